@@ -1,0 +1,14 @@
+module github.com/baton-go/baton
+
+go 1.25.0
+
+require (
+	github.com/coreos/go-systemd/v22 v22.7.0
+	github.com/spf13/cobra v1.10.2
+	golang.org/x/sys v0.47.0
+)
+
+require (
+	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	github.com/spf13/pflag v1.0.9 // indirect
+)

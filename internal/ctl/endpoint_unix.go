@@ -1,0 +1,154 @@
+//go:build unix
+
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+)
+
+// Dir returns the directory that holds the control sockets of this user:
+// $BATON_RUNTIME_DIR when set, else $XDG_RUNTIME_DIR/baton, else /run/baton
+// for root, else a per-uid directory under the system temporary directory.
+func Dir() string {
+	if d := os.Getenv("BATON_RUNTIME_DIR"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "baton")
+	}
+	if os.Geteuid() == 0 {
+		return "/run/baton"
+	}
+	return filepath.Join(os.TempDir(), "baton-"+strconv.Itoa(os.Geteuid()))
+}
+
+// Address returns where the endpoint called name lives.
+func Address(name string) (string, error) {
+	if err := CheckName(name); err != nil {
+		return "", err
+	}
+	p := filepath.Join(Dir(), name+".sock")
+	// sun_path is 104 bytes on the BSDs and 108 on Linux.
+	if len(p) >= 104 {
+		return "", fmt.Errorf("control socket path %q is too long for a unix socket (max 103 bytes); set BATON_RUNTIME_DIR to a shorter directory", p)
+	}
+	return p, nil
+}
+
+// ensureDir creates the runtime directory 0700 or checks that an existing
+// one belongs to us and is not writable by others: a socket in a directory
+// another user controls could be swapped for theirs.
+func ensureDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating control directory: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("control directory %s belongs to uid %d, not to us (uid %d)", dir, st.Uid, os.Geteuid())
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("control directory %s is writable by other users (mode %v)", dir, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// Listen creates the control endpoint for name. A socket file left behind by
+// a dead service is replaced; one that still answers yields ErrNameInUse.
+// The returned listener never unlinks the file on Close (the socket may live
+// on in the next generation); call Remove when the service is gone for good.
+func Listen(name string) (net.Listener, error) {
+	path, err := Address(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := ensureDir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
+	if _, err := os.Lstat(path); err == nil {
+		c, derr := net.Dial("unix", path)
+		if derr == nil {
+			c.Close()
+			return nil, fmt.Errorf("%w: %s", ErrNameInUse, path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing stale control socket: %w", err)
+		}
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("control endpoint: %w", err)
+	}
+	ln.SetUnlinkOnClose(false)
+	// The directory is already 0700; 0600 on the socket keeps it private even
+	// if someone later loosens the directory.
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("control endpoint: %w", err)
+	}
+	return ln, nil
+}
+
+// Remove deletes the socket file of the endpoint called name.
+func Remove(name string) error {
+	path, err := Address(name)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+func dial(ctx context.Context, name string) (net.Conn, error) {
+	path, err := Address(name)
+	if err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("%w: %q (%s)", ErrNoEndpoint, name, path)
+		}
+		return nil, fmt.Errorf("connecting to %q: %w", name, err)
+	}
+	return c, nil
+}
+
+// checkPeer admits our own user and root: the socket mode already keeps
+// others out, this also covers a directory whose permissions were changed.
+func checkPeer(c net.Conn) error {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("%w: not a unix socket connection", ErrPeerRefused)
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var uid int
+	var cerr error
+	if err := raw.Control(func(fd uintptr) { uid, cerr = peerUID(int(fd)) }); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("%w: reading peer credentials: %v", ErrPeerRefused, cerr)
+	}
+	if uid != os.Geteuid() && uid != 0 {
+		return fmt.Errorf("%w: peer uid %d is neither the service owner (uid %d) nor root", ErrPeerRefused, uid, os.Geteuid())
+	}
+	return nil
+}

@@ -1,0 +1,162 @@
+package ctl
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// Handler answers one request. It must not block for longer than the
+// operation needs; the connection is closed when it returns.
+type Handler func(ctx context.Context, req Request) Response
+
+// Server accepts control connections on one listener and answers each with
+// Handler after checking that the peer is allowed to steer the service.
+type Server struct {
+	ln      net.Listener
+	handler Handler
+	log     *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+// requestTimeout bounds how long a client may take to send its request line.
+const requestTimeout = 10 * time.Second
+
+// Serve starts answering requests on ln in the background.
+func Serve(ln net.Listener, h Handler, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{ln: ln, handler: h, log: log, ctx: ctx, cancel: cancel}
+	s.wg.Add(1)
+	go s.acceptLoop()
+	return s
+}
+
+func (s *Server) acceptLoop() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || s.ctx.Err() != nil {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			s.log.Warn("control endpoint accept failed", "err", err)
+			time.Sleep(50 * time.Millisecond) // e.g. EMFILE: do not spin
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(c)
+		}()
+	}
+}
+
+func (s *Server) serveConn(c net.Conn) {
+	defer c.Close()
+	if err := checkPeer(c); err != nil {
+		s.log.Warn("control connection refused", "err", err)
+		_ = writeLine(c, Response{Version: Version, Code: CodeBadRequest, Error: err.Error()})
+		return
+	}
+	_ = c.SetReadDeadline(time.Now().Add(requestTimeout))
+	var req Request
+	if err := readLine(bufio.NewReader(c), &req); err != nil {
+		_ = writeLine(c, Response{Version: Version, Code: CodeBadRequest, Error: err.Error()})
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	var resp Response
+	if req.Version != Version {
+		resp = Response{Code: CodeProtocol, Error: fmt.Sprintf("%v: client speaks %d, service speaks %d", ErrVersion, req.Version, Version)}
+	} else {
+		resp = s.handler(s.ctx, req)
+	}
+	resp.Version = Version
+	if err := writeLine(c, resp); err != nil {
+		s.log.Warn("control response not delivered", "op", req.Op, "err", err)
+	}
+}
+
+// Close stops accepting new control connections and returns at once;
+// requests already being answered finish (an upgrade that was asked for
+// still reports its outcome to its caller). The socket itself is not
+// removed: it may live on in the next generation.
+func (s *Server) Close() error {
+	var err error
+	s.once.Do(func() { err = s.ln.Close() })
+	return err
+}
+
+// Wait blocks until every accepted request has been answered.
+func (s *Server) Wait() { s.wg.Wait() }
+
+// Abort cancels the context of running handlers and closes the listener.
+func (s *Server) Abort() {
+	s.cancel()
+	_ = s.Close()
+}
+
+// Do sends one request to the service called name and returns its response.
+// ctx bounds the whole exchange (an upgrade may take as long as the new
+// generation needs to become ready).
+func Do(ctx context.Context, name string, req Request) (Response, error) {
+	if err := CheckName(name); err != nil {
+		return Response{}, err
+	}
+	c, err := dial(ctx, name)
+	if err != nil {
+		return Response{}, err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
+	defer stop()
+	req.Version = Version
+	if err := writeLine(c, req); err != nil {
+		return Response{}, fmt.Errorf("sending control request: %w", err)
+	}
+	var resp Response
+	if err := readLine(bufio.NewReader(c), &resp); err != nil {
+		if ctx.Err() != nil {
+			return Response{}, fmt.Errorf("waiting for the answer of %q: %w", name, ctx.Err())
+		}
+		return Response{}, fmt.Errorf("reading control response from %q: %w", name, err)
+	}
+	if resp.Version != Version {
+		return resp, fmt.Errorf("%w: service speaks %d, this client speaks %d", ErrVersion, resp.Version, Version)
+	}
+	return resp, nil
+}
+
+// Result decodes a successful response's result into v.
+func (r Response) Decode(v any) error {
+	if len(r.Result) == 0 {
+		return errors.New("control response has no result")
+	}
+	return json.Unmarshal(r.Result, v)
+}
+
+// OKResponse builds a successful response carrying v as its result.
+func OKResponse(v any) Response {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return Response{Code: CodeInternal, Error: err.Error()}
+	}
+	return Response{OK: true, Result: b}
+}

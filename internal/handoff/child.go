@@ -1,0 +1,104 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+)
+
+// processStart is taken when the handoff package initialises, as early in
+// the process as baton can observe: the child's "app start-up" time is
+// measured from here to Ready.
+var processStart = time.Now()
+
+// SinceStart is the time elapsed since this process started (as seen by
+// baton).
+func SinceStart() time.Duration { return time.Since(processStart) }
+
+// Inherited is what a child received from its parent.
+type Inherited struct {
+	Msg   Handoff
+	State []byte
+	Files []*os.File // Files[i] belongs to Msg.Files[i]
+
+	conn   net.Conn
+	stderr *os.File // the parent's real stderr, restored after the handover
+}
+
+// Receive reads the handoff when this process was started by a baton
+// parent; it returns (nil, nil) otherwise. On a bad message it tells the
+// parent why (so the parent's Upgrade reports it) and returns the error.
+func Receive(timeout time.Duration, maxState int64) (*Inherited, error) {
+	conn, err := openChannel()
+	if err != nil || conn == nil {
+		return nil, err
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(timeout))
+	h, state, err := ReadHandoff(conn, maxState)
+	_ = conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		code := "protocol"
+		switch {
+		case errors.Is(err, ErrStateTooLarge):
+			code = "state_too_large"
+		case errors.Is(err, ErrStateCorrupt):
+			code = "state"
+		}
+		_ = writeJSON(conn, Reply{Type: "refused", PID: os.Getpid(), Code: code, Reason: err.Error()})
+		conn.Close()
+		return nil, err
+	}
+	in := &Inherited{Msg: h, State: state, conn: conn}
+	in.Files, in.stderr, err = inheritedFiles(h.Files)
+	if err != nil {
+		_ = writeJSON(conn, Reply{Type: "refused", PID: os.Getpid(), Code: "protocol", Reason: err.Error()})
+		conn.Close()
+		return nil, err
+	}
+	return in, nil
+}
+
+// Ready tells the parent that this generation serves, then waits for its
+// go-ahead. It returns nil when the sockets are ours (also when the parent
+// vanished: somebody has to serve), ErrAborted when the parent called the
+// upgrade off (this process should exit).
+func (in *Inherited) Ready(ctx context.Context) error {
+	defer in.conn.Close()
+	r := Reply{Type: "ready", PID: os.Getpid(), AppStartup: SinceStart()}
+	if err := writeJSON(in.conn, r); err != nil {
+		return fmt.Errorf("%w: %v", ErrParentGone, err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = in.conn.SetReadDeadline(time.Now()) })
+	defer stop()
+	var ack Ack
+	if err := readJSON(in.conn, &ack); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("%w: %v", ErrParentGone, err)
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w: no go-ahead: %w", ErrAborted, ctx.Err())
+		}
+		return fmt.Errorf("%w: %v", ErrParentGone, err)
+	}
+	if !ack.Go {
+		return fmt.Errorf("%w: %s", ErrAborted, ack.Reason)
+	}
+	return nil
+}
+
+// RestoreStderr points this process's stderr back at the parent's own
+// stderr; until then it was a pipe that the parent read to report the tail
+// of a failed start.
+func (in *Inherited) RestoreStderr() error {
+	if in.stderr == nil {
+		return nil
+	}
+	err := restoreStderr(in.stderr)
+	in.stderr.Close()
+	in.stderr = nil
+	return err
+}

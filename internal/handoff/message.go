@@ -1,0 +1,265 @@
+// Package handoff is what passes between two generations of a service during
+// an upgrade: a versioned handoff message (names and addresses of the
+// inherited sockets and files, the generation number, the still-draining
+// ancestors and a checksummed state blob), the sockets themselves (file
+// descriptors on Unix), the child's "ready" or its refusal, and the parent's
+// go-ahead.
+//
+// The exchange on the handoff channel, each message one length-prefixed frame:
+//
+//	parent -> child   Handoff (JSON), then the state blob (raw bytes)
+//	child  -> parent  Reply{Type: "ready"} or Reply{Type: "refused"}
+//	parent -> child   Ack{Go: true} (handover done) or Ack{Go: false} (abort)
+//
+// How the channel and the sockets reach the child is platform code
+// (spawn_unix.go, spawn_windows.go); everything here is shared.
+package handoff
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// Version is the handoff protocol version. A child refuses a message with a
+// version it does not speak, and says so, rather than guessing.
+const Version = 1
+
+// EnvChannel names the environment variable through which a child learns
+// where its handoff channel is (a file descriptor number on Unix).
+const EnvChannel = "BATON_HANDOFF"
+
+const (
+	maxFrame = 1 << 20 // bound for a JSON frame
+	// MaxStateLimit is the largest state blob any generation accepts,
+	// whatever it was configured with.
+	MaxStateLimit = 1 << 30
+)
+
+// Sentinel errors; the baton package re-exports them.
+var (
+	ErrVersion       = errors.New("handoff protocol version not supported")
+	ErrStateTooLarge = errors.New("state blob too large")
+	ErrStateCorrupt  = errors.New("state blob corrupt")
+	ErrChildExited   = errors.New("new generation exited before it was ready")
+	ErrReadyTimeout  = errors.New("new generation did not become ready in time")
+	ErrRefused       = errors.New("new generation refused the handoff")
+	ErrAborted       = errors.New("upgrade aborted by the parent")
+	ErrParentGone    = errors.New("parent generation vanished during the handoff")
+	ErrBinary        = errors.New("binary cannot be started")
+	ErrUnsupported   = errors.New("listener handoff is not supported on this platform yet")
+)
+
+// Kind says what an inherited file is.
+type Kind string
+
+const (
+	KindListener Kind = "listener" // stream listener: tcp, tcp4, tcp6, unix
+	KindPacket   Kind = "packet"   // packet conn: udp*, unixgram
+	KindFile     Kind = "file"     // any other named file
+)
+
+// FileDesc describes one inherited file. Listeners and packet conns are
+// matched by Network+Addr (as the app asked for them), files by Name.
+type FileDesc struct {
+	Kind    Kind   `json:"kind"`
+	Name    string `json:"name,omitempty"`
+	Network string `json:"network,omitempty"`
+	Addr    string `json:"addr,omitempty"`
+}
+
+// Proc identifies a process beyond its pid, so that a recycled pid is not
+// mistaken for a still-draining generation.
+type Proc struct {
+	PID   int    `json:"pid"`
+	Start uint64 `json:"start,omitempty"` // platform start stamp, 0 if unknown
+}
+
+// Handoff is the message a parent sends to its child.
+type Handoff struct {
+	Version     int        `json:"v"`
+	Generation  int        `json:"generation"`
+	Parent      Proc       `json:"parent"`
+	Binary      string     `json:"binary"`
+	Files       []FileDesc `json:"files"`
+	Draining    []Proc     `json:"draining,omitempty"`
+	StateLen    int64      `json:"state_len"`
+	StateSHA256 string     `json:"state_sha256,omitempty"`
+}
+
+// Reply is the child's answer.
+type Reply struct {
+	Type       string        `json:"type"` // "ready" or "refused"
+	PID        int           `json:"pid"`
+	AppStartup time.Duration `json:"app_startup_ns,omitempty"`
+	Code       string        `json:"code,omitempty"` // for refusals: "protocol", "state"
+	Reason     string        `json:"reason,omitempty"`
+}
+
+// Ack is the parent's last word: Go=true means the sockets are handed over.
+type Ack struct {
+	Go     bool   `json:"go"`
+	Reason string `json:"reason,omitempty"`
+}
+
+func writeFrame(w io.Writer, b []byte) error {
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
+	if _, err := w.Write(hdr[:]); err != nil {
+		return err
+	}
+	_, err := w.Write(b)
+	return err
+}
+
+func readFrame(r io.Reader, limit int64) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := int64(binary.BigEndian.Uint32(hdr[:]))
+	if n > limit {
+		return nil, fmt.Errorf("handoff frame of %d bytes exceeds the limit of %d", n, limit)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, fmt.Errorf("truncated handoff frame: %w", err)
+	}
+	return b, nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return writeFrame(w, b)
+}
+
+func readJSON(r io.Reader, v any) error {
+	b, err := readFrame(r, maxFrame)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("malformed handoff message: %w", err)
+	}
+	return nil
+}
+
+// WriteHandoff sends the message and the state blob.
+func WriteHandoff(w io.Writer, h Handoff, state []byte) error {
+	h.Version = Version
+	h.StateLen = int64(len(state))
+	h.StateSHA256 = ""
+	if len(state) > 0 {
+		sum := sha256.Sum256(state)
+		h.StateSHA256 = hex.EncodeToString(sum[:])
+	}
+	if err := writeJSON(w, h); err != nil {
+		return err
+	}
+	if len(state) > 0 {
+		_, err := w.Write(state)
+		return err
+	}
+	return nil
+}
+
+// ReadHandoff reads and checks a handoff message: the version first (so a
+// newer parent gets a precise refusal), then the state blob against the
+// limit and the checksum. The returned error wraps ErrVersion,
+// ErrStateTooLarge or ErrStateCorrupt where it applies.
+func ReadHandoff(r io.Reader, maxState int64) (Handoff, []byte, error) {
+	var h Handoff
+	raw, err := readFrame(r, maxFrame)
+	if err != nil {
+		return h, nil, fmt.Errorf("reading handoff message: %w", err)
+	}
+	var v struct {
+		Version int `json:"v"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return h, nil, fmt.Errorf("malformed handoff message: %w", err)
+	}
+	if v.Version != Version {
+		return h, nil, fmt.Errorf("%w: parent speaks version %d, this binary speaks %d", ErrVersion, v.Version, Version)
+	}
+	if err := json.Unmarshal(raw, &h); err != nil {
+		return h, nil, fmt.Errorf("malformed handoff message: %w", err)
+	}
+	if maxState <= 0 || maxState > MaxStateLimit {
+		maxState = MaxStateLimit
+	}
+	if h.StateLen < 0 || h.StateLen > maxState {
+		return h, nil, fmt.Errorf("%w: %d bytes offered, this generation accepts at most %d", ErrStateTooLarge, h.StateLen, maxState)
+	}
+	if h.StateLen == 0 {
+		return h, nil, nil
+	}
+	state := make([]byte, h.StateLen)
+	if _, err := io.ReadFull(r, state); err != nil {
+		return h, nil, fmt.Errorf("%w: truncated after %d bytes: %v", ErrStateCorrupt, h.StateLen, err)
+	}
+	sum := sha256.Sum256(state)
+	if hex.EncodeToString(sum[:]) != h.StateSHA256 {
+		return h, nil, fmt.Errorf("%w: sha256 mismatch", ErrStateCorrupt)
+	}
+	return h, state, nil
+}
+
+// ExitError reports a new generation that exited before it was ready. It
+// matches ErrChildExited with errors.Is.
+type ExitError struct {
+	PID        int    `json:"pid"`
+	ExitCode   int    `json:"exit_code"`        // -1 when killed by a signal
+	Signal     string `json:"signal,omitempty"` // the signal that killed it, if any
+	StderrTail string `json:"stderr_tail,omitempty"`
+}
+
+func (e *ExitError) Error() string {
+	how := fmt.Sprintf("exit code %d", e.ExitCode)
+	if e.Signal != "" {
+		how = "killed by " + e.Signal
+	}
+	msg := fmt.Sprintf("new generation (pid %d) exited before it was ready: %s", e.PID, how)
+	if e.StderrTail != "" {
+		msg += "; last stderr:\n" + e.StderrTail
+	}
+	return msg
+}
+
+// Is makes errors.Is(err, ErrChildExited) true.
+func (e *ExitError) Is(target error) bool { return target == ErrChildExited }
+
+// Code maps an error of this package to the control protocol's error code.
+func Code(err error) string {
+	switch {
+	case errors.Is(err, ErrChildExited):
+		return "child_exited"
+	case errors.Is(err, ErrReadyTimeout):
+		return "ready_timeout"
+	case errors.Is(err, ErrVersion), errors.Is(err, ErrRefused):
+		return "protocol"
+	case errors.Is(err, ErrStateTooLarge), errors.Is(err, ErrStateCorrupt):
+		return "state"
+	case errors.Is(err, ErrBinary):
+		return "binary"
+	case errors.Is(err, ErrUnsupported):
+		return "unsupported"
+	}
+	return "internal"
+}
+
+// ReadReply reads the child's reply frame (for tools and tests that play
+// the parent).
+func ReadReply(r io.Reader) (Reply, error) {
+	var rep Reply
+	err := readJSON(r, &rep)
+	return rep, err
+}

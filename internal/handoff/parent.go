@@ -1,0 +1,212 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Item is one file handed to the child, with its description.
+type Item struct {
+	Desc FileDesc
+	File *os.File
+}
+
+// SpawnConfig says what to start and what to hand it.
+type SpawnConfig struct {
+	Binary  string
+	Args    []string // without argv[0]
+	Env     []string // the child's environment; baton's own variables are replaced
+	Items   []Item
+	Message Handoff // Files is filled in from Items
+	State   []byte
+	Logger  *slog.Logger
+}
+
+// Child is a new generation that has been started and not yet handed over.
+type Child struct {
+	PID int
+
+	conn    net.Conn
+	proc    *os.Process
+	tail    *tailBuffer
+	exited  chan struct{}
+	exitErr *ExitError
+	sendErr chan error // result of writing the handoff message
+	replies chan replyResult
+	once    sync.Once
+}
+
+type replyResult struct {
+	r   Reply
+	err error
+}
+
+// cleanEnv drops the variables that describe this process's own inheritance
+// (our handoff channel, systemd socket activation meant for our pid).
+func cleanEnv(env []string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case EnvChannel, "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES":
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+func newChild(pid int, proc *os.Process, conn net.Conn, tail *tailBuffer) *Child {
+	return &Child{
+		PID:     pid,
+		conn:    conn,
+		proc:    proc,
+		tail:    tail,
+		exited:  make(chan struct{}),
+		sendErr: make(chan error, 1),
+		replies: make(chan replyResult, 1),
+	}
+}
+
+// start runs the protocol goroutines once the process exists.
+func (c *Child) start(msg Handoff, state []byte) {
+	go func() {
+		c.sendErr <- WriteHandoff(c.conn, msg, state)
+	}()
+	go func() {
+		var r Reply
+		err := readJSON(c.conn, &r)
+		c.replies <- replyResult{r, err}
+	}()
+}
+
+// Exited is closed when the child process has exited.
+func (c *Child) Exited() <-chan struct{} { return c.exited }
+
+// WaitReady waits until the child says it is ready, refuses, exits, or ctx
+// ends. It does not kill the child: the caller decides (Abort).
+func (c *Child) WaitReady(ctx context.Context) (Reply, error) {
+	for {
+		select {
+		case err := <-c.sendErr:
+			if err != nil {
+				// The child may have exited or refused already; prefer that story.
+				select {
+				case <-c.exited:
+					return Reply{}, c.exitErr
+				case rr := <-c.replies:
+					if rr.err == nil {
+						return c.checkReply(rr.r)
+					}
+				case <-time.After(500 * time.Millisecond):
+				}
+				return Reply{}, fmt.Errorf("%w: sending the handoff message: %v", ErrRefused, err)
+			}
+			c.sendErr = nil // sent; stop selecting on it
+		case rr := <-c.replies:
+			if rr.err != nil {
+				// The channel closed without a reply: normally the child died.
+				select {
+				case <-c.exited:
+					return Reply{}, c.exitErr
+				case <-time.After(2 * time.Second):
+				}
+				return Reply{}, fmt.Errorf("%w: no reply on the handoff channel: %v", ErrRefused, rr.err)
+			}
+			return c.checkReply(rr.r)
+		case <-c.exited:
+			return Reply{}, c.exitErr
+		case <-ctx.Done():
+			return Reply{}, fmt.Errorf("%w (pid %d): %w", ErrReadyTimeout, c.PID, ctx.Err())
+		}
+	}
+}
+
+func (c *Child) checkReply(r Reply) (Reply, error) {
+	switch r.Type {
+	case "ready":
+		return r, nil
+	case "refused":
+		var base error = ErrRefused
+		switch r.Code {
+		case "protocol":
+			base = ErrVersion
+		case "state_too_large":
+			base = ErrStateTooLarge
+		case "state":
+			base = ErrStateCorrupt
+		}
+		return r, fmt.Errorf("%w: new generation (pid %d) refused the handoff: %s", base, c.PID, r.Reason)
+	}
+	return r, fmt.Errorf("%w: unexpected reply type %q", ErrRefused, r.Type)
+}
+
+// Ack tells the child that the sockets are now its own.
+func (c *Child) Ack() error {
+	_ = c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	err := writeJSON(c.conn, Ack{Go: true})
+	c.conn.Close()
+	return err
+}
+
+// Abort tells the child the upgrade is off, kills it and waits (bounded) for
+// it to be gone, so that no half-started generation is left behind.
+func (c *Child) Abort(reason string) {
+	c.once.Do(func() {
+		_ = c.conn.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+		_ = writeJSON(c.conn, Ack{Go: false, Reason: reason})
+		c.conn.Close()
+		_ = c.proc.Kill()
+		select {
+		case <-c.exited:
+		case <-time.After(10 * time.Second):
+		}
+	})
+}
+
+// tailBuffer keeps the last bytes written to it: the end of a failing
+// child's stderr, for the error message.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+	max int
+}
+
+func newTail(max int) *tailBuffer { return &tailBuffer{max: max} }
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimRight(string(t.buf), "\n")
+}
+
+// stderrTailBytes is how much of a failing child's stderr is reported.
+const stderrTailBytes = 2048
+
+var _ io.Writer = (*tailBuffer)(nil)
+
+// errBinary wraps a start failure so that callers can test ErrBinary.
+func errBinary(path string, err error) error {
+	if errors.Is(err, ErrBinary) {
+		return err
+	}
+	return fmt.Errorf("%w: %s: %v", ErrBinary, path, err)
+}

@@ -1,0 +1,27 @@
+//go:build !linux
+
+package proctest
+
+import (
+	"errors"
+	"os"
+)
+
+func becomeSubreaper() {}
+
+func checkExited(pid int) (Exit, bool) {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return Exit{ExitCode: -1}, true
+	}
+	if !processAlive(p) {
+		return Exit{ExitCode: -1}, true
+	}
+	return Exit{}, false
+}
+
+// IsZombie is only known on Linux.
+func IsZombie(pid int) bool { return false }
+
+// CountFDs is only implemented on Linux.
+func CountFDs(pid int) (int, error) { return 0, errors.New("fd counting needs /proc") }
