@@ -28,8 +28,14 @@ type Service struct {
 // waits until it answers `status` as serving. logTo receives its output
 // (nil: discarded).
 func Start(ctx context.Context, t *Tracker, batonCLI, name string, env []string, logTo *os.File, bin string, args ...string) (*Service, error) {
+	return StartCmd(ctx, t, batonCLI, name, env, logTo, nil, bin, args...)
+}
+
+// StartCmd is Start with extra files for the child (fd 3 onwards).
+func StartCmd(ctx context.Context, t *Tracker, batonCLI, name string, env []string, logTo *os.File, extra []*os.File, bin string, args ...string) (*Service, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Env = env
+	cmd.ExtraFiles = extra
 	if logTo != nil {
 		cmd.Stdout, cmd.Stderr = logTo, logTo
 	}

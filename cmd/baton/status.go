@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/baton-go/baton"
+	"github.com/baton-go/baton/internal/ctl"
+	"github.com/spf13/cobra"
+)
+
+func newStatusCmd() *cobra.Command {
+	var f commonFlags
+	c := &cobra.Command{
+		Use:   "status --name NAME",
+		Short: "Show the serving generation of a service and its last upgrade",
+		Long: `Show which generation of the service NAME serves (pid, binary, uptime,
+listeners), which old generations still drain, and the outcome of the last
+upgrade.
+
+` + exitCodesHelp,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runStatus(cmd.OutOrStdout(), f)
+		},
+	}
+	f.add(c, 10*time.Second)
+	return c
+}
+
+func runStatus(out io.Writer, f commonFlags) error {
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	defer cancel()
+	resp, err := ctl.Do(ctx, f.name, ctl.Request{Op: ctl.OpStatus})
+	if err != nil {
+		return transportError(err)
+	}
+	if !resp.OK {
+		return &exitError{code: exitInternal, err: fmt.Errorf("status of %s: %s (%s)", f.name, resp.Error, resp.Code)}
+	}
+	var st baton.Status
+	if err := resp.Decode(&st); err != nil {
+		return &exitError{code: exitInternal, err: fmt.Errorf("unreadable status: %w", err)}
+	}
+	if f.json {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	fmt.Fprintf(out, "service     %s\n", st.Name)
+	fmt.Fprintf(out, "pid         %d (generation %d, %s)\n", st.PID, st.Generation, st.Phase)
+	fmt.Fprintf(out, "binary      %s\n", st.Binary)
+	fmt.Fprintf(out, "uptime      %v\n", st.Uptime.Round(time.Second))
+	fmt.Fprintf(out, "listeners   %s\n", strings.Join(st.Listeners, ", "))
+	if len(st.Draining) > 0 {
+		fmt.Fprintf(out, "draining    %v\n", st.Draining)
+	}
+	if l := st.Last; l != nil {
+		if l.OK {
+			fmt.Fprintf(out, "last upgrade %s: ok -> pid %d (ready after %v)\n", l.At.Format(time.RFC3339), l.Result.PID, l.Result.ReadyAfter.Round(time.Millisecond))
+		} else {
+			fmt.Fprintf(out, "last upgrade %s: FAILED (%s): %s\n", l.At.Format(time.RFC3339), l.Code, l.Error)
+		}
+	}
+	return nil
+}

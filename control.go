@@ -1,0 +1,148 @@
+package baton
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/baton-go/baton/internal/ctl"
+	"github.com/baton-go/baton/internal/handoff"
+)
+
+// controlDesc names the control endpoint among the handed-over files.
+var controlDesc = handoff.FileDesc{Kind: handoff.KindListener, Network: "baton-control", Name: "control"}
+
+// Status is what `baton status` reports about a generation.
+type Status struct {
+	Name       string          `json:"name"`
+	PID        int             `json:"pid"`
+	Generation int             `json:"generation"`
+	Phase      string          `json:"phase"`
+	Binary     string          `json:"binary"`
+	StartedAt  time.Time       `json:"started_at"`
+	ReadyAt    *time.Time      `json:"ready_at,omitempty"`
+	Uptime     time.Duration   `json:"uptime_ns"`
+	Listeners  []string        `json:"listeners"`
+	Draining   []int           `json:"draining_pids"`
+	ParentPID  int             `json:"parent_pid,omitempty"`
+	Last       *UpgradeOutcome `json:"last_upgrade,omitempty"`
+}
+
+// Status reports this generation's state.
+func (u *Upgrader) Status() Status {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	s := Status{
+		Name:       u.opts.Name,
+		PID:        os.Getpid(),
+		Generation: u.generation,
+		Phase:      u.phase,
+		Binary:     u.binary,
+		StartedAt:  u.startedAt,
+		Uptime:     time.Since(u.startedAt),
+		Listeners:  u.listenerAddrs(),
+		Draining:   []int{},
+		Last:       u.last,
+	}
+	if !u.readyAt.IsZero() {
+		t := u.readyAt
+		s.ReadyAt = &t
+	}
+	if u.parent != nil {
+		s.ParentPID = u.parent.Msg.Parent.PID
+	}
+	for _, p := range u.draining {
+		if handoff.Alive(p) {
+			s.Draining = append(s.Draining, p.PID)
+		}
+	}
+	return s
+}
+
+// openControl takes the inherited control endpoint or creates it. A new
+// generation does not answer on it before Ready: until then its parent does.
+func (u *Upgrader) openControl() error {
+	if u.opts.Name == "" {
+		return nil
+	}
+	if f := u.claim(controlDesc); f != nil {
+		u.ctlEntry = &entry{desc: controlDesc, hand: f}
+		return nil
+	}
+	ln, err := ctl.Listen(u.opts.Name)
+	if errors.Is(err, ctl.ErrUnsupported) {
+		u.log.Warn("no control endpoint on this platform yet", "err", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	f, err := handoff.DupFile(ln.(syscall.Conn), "baton-control")
+	ln.Close()
+	if err != nil {
+		return err
+	}
+	u.ctlEntry = &entry{desc: controlDesc, hand: f}
+	return nil
+}
+
+// serveControl starts answering on the control endpoint (from a fresh copy
+// of the socket, so that it can be stopped and started again).
+func (u *Upgrader) serveControl() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.ctlEntry == nil || u.ctlSrv != nil || u.stopped {
+		return
+	}
+	ln, err := net.FileListener(u.ctlEntry.hand)
+	if err != nil {
+		u.log.Error("control endpoint unusable", "err", err)
+		return
+	}
+	u.ctlSrv = ctl.Serve(ln, u.handleControl, u.log)
+}
+
+func (u *Upgrader) stopControl() {
+	u.mu.Lock()
+	srv := u.ctlSrv
+	u.ctlSrv = nil
+	u.mu.Unlock()
+	if srv != nil {
+		srv.Close()
+	}
+}
+
+func (u *Upgrader) handleControl(ctx context.Context, req ctl.Request) ctl.Response {
+	switch req.Op {
+	case ctl.OpStatus:
+		return ctl.OKResponse(u.Status())
+	case ctl.OpUpgrade:
+		res, err := u.Upgrade(ctx)
+		if err != nil {
+			r := ctl.Response{Code: errorCode(err), Error: err.Error()}
+			var ce *ChildExitError
+			if errors.As(err, &ce) {
+				r.Result = ctl.OKResponse(ce).Result
+			}
+			return r
+		}
+		return ctl.OKResponse(res)
+	}
+	return ctl.Response{Code: ctl.CodeBadRequest, Error: "unknown operation " + req.Op}
+}
+
+// errorCode maps an Upgrade error to the control protocol's code.
+func errorCode(err error) string {
+	switch {
+	case errors.Is(err, ErrUpgradeInProgress):
+		return ctl.CodeBusy
+	case errors.Is(err, ErrTooManyDraining):
+		return ctl.CodeTooMany
+	case errors.Is(err, ErrStopped), errors.Is(err, ErrNotReady):
+		return ctl.CodeStopped
+	}
+	return handoff.Code(err)
+}

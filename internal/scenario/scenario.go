@@ -1,0 +1,236 @@
+// Package scenario runs the upgrade-under-load scenario shared by `make
+// demo` and `make bench`: examples/hello served on loopback, the mixed
+// non-retrying load, a series of upgrades through the real `baton` CLI,
+// and optionally one deliberately failing upgrade.
+package scenario
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/baton-go/baton/internal/loadgen"
+	"github.com/baton-go/baton/internal/proctest"
+)
+
+// Config describes one run.
+type Config struct {
+	Upgrades     int
+	Interval     time.Duration // between upgrade triggers
+	Workers      map[loadgen.Kind]int
+	IdleGrace    time.Duration
+	DrainTimeout time.Duration
+	StartupDelay time.Duration // hello's pretend start-up work
+	FailingLast  bool          // finish with an upgrade to a binary that crashes
+	Progress     io.Writer     // one line per event (nil: quiet)
+}
+
+// Upgrade is one measured upgrade.
+type Upgrade struct {
+	OldPID, NewPID int
+	Switch         time.Duration // trigger -> first response from the new pid
+	ReadyAfter     time.Duration // process start -> ready (baton's view)
+	AppStartup     time.Duration // the app's own part of ReadyAfter
+	OldExit        time.Duration // handover -> old process gone
+	AfterLast      time.Duration // last response from the old pid -> old process gone
+}
+
+// Overhead is the part of the switch time that is not the app's own
+// start-up: exec, runtime start, handoff, the CLI round trip.
+func (u Upgrade) Overhead() time.Duration { return u.Switch - u.AppStartup }
+
+// Result is what a run measured.
+type Result struct {
+	Load     loadgen.Report
+	Upgrades []Upgrade
+	Failing  *proctest.UpgradeReport // the deliberately failing upgrade
+	// FailingLost counts requests that failed while the failing upgrade ran.
+	FailingLost int64
+}
+
+// Run builds the binaries into a temporary directory and runs the scenario.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	say := func(format string, a ...any) {
+		if cfg.Progress != nil {
+			fmt.Fprintf(cfg.Progress, format+"\n", a...)
+		}
+	}
+	root, err := proctest.ModuleRoot()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "baton-scn")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	os.Setenv("BATON_RUNTIME_DIR", filepath.Join(dir, "run"))
+	say("building examples/hello and cmd/baton ...")
+	bins, err := proctest.Build(root, dir, map[string]string{
+		"hello": "./examples/hello", "baton": "./cmd/baton", "crasher": "./test/e2e/testdata/badapp",
+	}, map[string][]string{"crasher": {"-ldflags", "-X main.mode=exit"}})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	tracker := proctest.NewTracker()
+	defer tracker.Close()
+	logf, err := os.Create(filepath.Join(dir, "hello.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	installed := filepath.Join(dir, "installed-hello")
+	if err := copyFile(bins["hello"], installed); err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	svc, err := proctest.Start(sctx, tracker, bins["baton"], "scenario", os.Environ(), logf, installed,
+		"-name", "scenario", "-addr", addr, "-version", "v1",
+		"-idle-grace", cfg.IdleGrace.String(), "-drain-timeout", cfg.DrainTimeout.String(),
+		"-startup-delay", cfg.StartupDelay.String(), "-ready-timeout", "10s")
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if st, err := svc.Status(context.Background()); err == nil {
+			if p, err := os.FindProcess(st.PID); err == nil {
+				p.Signal(os.Interrupt)
+			}
+		}
+		wctx, wcancel := context.WithTimeout(context.Background(), cfg.DrainTimeout+5*time.Second)
+		defer wcancel()
+		for _, pid := range tracker.Live() {
+			if _, err := tracker.WaitExit(wctx, pid); err != nil {
+				if p, err := os.FindProcess(pid); err == nil {
+					p.Kill()
+				}
+			}
+		}
+	}()
+	st, err := svc.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	say("hello serving on http://%s (pid %d)", addr, st.PID)
+
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: cfg.Workers, MaxRequests: 5_000_000})
+	if err != nil {
+		return nil, err
+	}
+	defer load.Stop()
+	time.Sleep(500 * time.Millisecond)
+
+	res := &Result{}
+	type pending struct {
+		up       Upgrade
+		handover time.Time
+	}
+	var ups []pending
+	current := st.PID
+	tick := time.NewTicker(cfg.Interval)
+	defer tick.Stop()
+	for i := 0; i < cfg.Upgrades; i++ {
+		<-tick.C
+		rep, err := svc.Upgrade(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if !rep.OK {
+			return nil, fmt.Errorf("upgrade %d failed (exit %d): %s %s", i+1, rep.ExitCode, rep.Code, rep.Error)
+		}
+		seen, err := load.WaitPID(ctx, rep.Result.PID)
+		if err != nil {
+			return nil, err
+		}
+		u := Upgrade{OldPID: current, NewPID: rep.Result.PID, Switch: seen.Sub(rep.Triggered),
+			ReadyAfter: rep.Result.ReadyAfter, AppStartup: rep.Result.AppStartup}
+		say("upgrade %2d: pid %d -> %d, first response from the new pid after %v", i+1, current, u.NewPID, u.Switch.Round(100*time.Microsecond))
+		ups = append(ups, pending{up: u, handover: rep.Returned})
+		current = rep.Result.PID
+	}
+	if cfg.FailingLast {
+		<-tick.C
+		before := load.Snapshot().TotalFailed()
+		if err := copyFile(installed, installed+".good"); err != nil {
+			return nil, err
+		}
+		if err := copyFile(bins["crasher"], installed); err != nil {
+			return nil, err
+		}
+		say("installing a broken release (it exits 3 at start-up) and upgrading to it ...")
+		rep, err := svc.Upgrade(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := copyFile(installed+".good", installed); err != nil {
+			return nil, err
+		}
+		res.Failing = &rep
+		time.Sleep(cfg.Interval)
+		res.FailingLost = load.Snapshot().TotalFailed() - before
+		st, _ := svc.Status(ctx)
+		say("failed upgrade: exit code %d, code %q; pid %d still serving (%s)", rep.ExitCode, rep.Code, st.PID, st.Phase)
+	}
+	time.Sleep(cfg.Interval)
+	res.Load = load.Stop()
+	for _, p := range ups {
+		wctx, wcancel := context.WithTimeout(ctx, cfg.DrainTimeout+5*time.Second)
+		ex, err := tracker.WaitExit(wctx, p.up.OldPID)
+		wcancel()
+		if err != nil {
+			return nil, fmt.Errorf("old generation %d did not exit: %w", p.up.OldPID, err)
+		}
+		p.up.OldExit = ex.At.Sub(p.handover)
+		if last, ok := load.LastSeen(p.up.OldPID); ok {
+			p.up.AfterLast = ex.At.Sub(last)
+		}
+		res.Upgrades = append(res.Upgrades, p.up)
+	}
+	return res, nil
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	tmp := dst + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o755); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
+
+// Stats summarises durations.
+type Stats struct{ Min, Median, P90, Max time.Duration }
+
+// Summarize computes Stats of f over the upgrades.
+func Summarize(ups []Upgrade, f func(Upgrade) time.Duration) Stats {
+	if len(ups) == 0 {
+		return Stats{}
+	}
+	ds := make([]time.Duration, len(ups))
+	for i, u := range ups {
+		ds[i] = f(u)
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return Stats{Min: ds[0], Median: ds[len(ds)/2], P90: ds[len(ds)*9/10], Max: ds[len(ds)-1]}
+}
+
+func (s Stats) String() string {
+	r := func(d time.Duration) string { return d.Round(100 * time.Microsecond).String() }
+	return fmt.Sprintf("median %-8s p90 %-8s max %-8s", r(s.Median), r(s.P90), r(s.Max))
+}

@@ -1,0 +1,219 @@
+//go:build unix
+
+package e2e
+
+import (
+	"context"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/baton-go/baton/internal/loadgen"
+	"github.com/baton-go/baton/internal/proctest"
+)
+
+// Exit codes of the baton CLI (cmd/baton).
+const (
+	exitFailed = 1
+	exitBusy   = 4
+)
+
+// TestFailedUpgradesLoseNothing replaces the installed binary with broken
+// ones while load runs: each upgrade fails with a clear error and exit code,
+// the running generation keeps serving, and no request fails. A good
+// upgrade at the end proves the service is still upgradable.
+func TestFailedUpgradesLoseNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end load test")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, bin := startHello(t, "fail", "-addr", addr, "-version", "v1", "-idle-grace", "500ms", "-ready-timeout", "2s")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	servingPID := st.PID
+	load := startMixedLoad(t, ctx, addr, "", "")
+	good := bin + ".good"
+	installCopy(t, bin, good)
+
+	stillServing := func(t *testing.T) {
+		t.Helper()
+		st, err := svc.Status(ctx)
+		if err != nil {
+			t.Fatalf("status after the failed upgrade: %v", err)
+		}
+		if st.PID != servingPID || st.Phase != "serving" {
+			t.Fatalf("after a failed upgrade pid %d is %s; want pid %d serving", st.PID, st.Phase, servingPID)
+		}
+		if st.Last == nil || st.Last.OK {
+			t.Fatalf("status does not report the failed upgrade: %+v", st.Last)
+		}
+		before := load.tcp.Snapshot().PIDs[servingPID].Responses
+		deadline := time.Now().Add(5 * time.Second)
+		for load.tcp.Snapshot().PIDs[servingPID].Responses == before {
+			if time.Now().After(deadline) {
+				t.Fatal("the old generation stopped answering")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	restore := func() { installCopy(t, good, bin) }
+
+	t.Run("exits before ready", func(t *testing.T) {
+		installCopy(t, bins["badapp-exit"], bin)
+		defer restore()
+		rep, err := svc.Upgrade(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.ExitCode != exitFailed || rep.OK || rep.Code != "child_exited" {
+			t.Fatalf("exit %d ok=%v code=%q, want exit 1 and code child_exited (%s)", rep.ExitCode, rep.OK, rep.Code, rep.Error)
+		}
+		if rep.ChildExit == nil || rep.ChildExit.ExitCode != 3 || !strings.Contains(rep.ChildExit.StderrTail, "boom: configuration file") {
+			t.Fatalf("child exit details missing or wrong: %+v", rep.ChildExit)
+		}
+		if !strings.Contains(rep.Error, "exit code 3") {
+			t.Errorf("error message %q does not name the exit code", rep.Error)
+		}
+		stillServing(t)
+	})
+
+	t.Run("never ready", func(t *testing.T) {
+		installCopy(t, bins["badapp-hang"], bin)
+		defer restore()
+		rep, err := svc.Upgrade(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.ExitCode != exitFailed || rep.Code != "ready_timeout" {
+			t.Fatalf("exit %d code=%q, want exit 1 and ready_timeout (%s)", rep.ExitCode, rep.Code, rep.Error)
+		}
+		assertKilled(t, rep.Error)
+		stillServing(t)
+	})
+
+	t.Run("busy", func(t *testing.T) {
+		installCopy(t, bins["badapp-hang"], bin)
+		defer restore()
+		var wg sync.WaitGroup
+		var first proctest.UpgradeReport
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			first, _ = svc.Upgrade(ctx)
+		}()
+		// Wait until the first upgrade is under way.
+		for {
+			st, err := svc.Status(ctx)
+			if err == nil && st.Phase == "upgrading" {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatal("first upgrade never started")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		rep, err := svc.Upgrade(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.ExitCode != exitBusy || rep.Code != "busy" {
+			t.Fatalf("second upgrade: exit %d code=%q, want exit 4 and busy (%s)", rep.ExitCode, rep.Code, rep.Error)
+		}
+		wg.Wait()
+		if first.Code != "ready_timeout" {
+			t.Fatalf("first upgrade: code %q, want ready_timeout", first.Code)
+		}
+		stillServing(t)
+	})
+
+	t.Run("binary missing", func(t *testing.T) {
+		if err := os.Remove(bin); err != nil {
+			t.Fatal(err)
+		}
+		defer restore()
+		rep, err := svc.Upgrade(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.ExitCode != exitFailed || rep.Code != "binary" || !strings.Contains(rep.Error, "no such file") {
+			t.Fatalf("exit %d code=%q error=%q, want exit 1, code binary, 'no such file'", rep.ExitCode, rep.Code, rep.Error)
+		}
+		stillServing(t)
+	})
+
+	t.Run("binary not executable", func(t *testing.T) {
+		if err := os.Chmod(bin, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Chmod(bin, 0o755)
+		rep, err := svc.Upgrade(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.ExitCode != exitFailed || rep.Code != "binary" || !strings.Contains(rep.Error, "not executable") {
+			t.Fatalf("exit %d code=%q error=%q, want exit 1, code binary, 'not executable'", rep.ExitCode, rep.Code, rep.Error)
+		}
+		stillServing(t)
+	})
+
+	t.Run("good upgrade afterwards", func(t *testing.T) {
+		rep, err := svc.Upgrade(ctx)
+		if err != nil || !rep.OK {
+			t.Fatalf("upgrade after the failures: %v %+v", err, rep)
+		}
+		if _, err := load.tcp.WaitPID(ctx, rep.Result.PID); err != nil {
+			t.Fatal(err)
+		}
+	})
+	load.stopAndCheck(t)
+}
+
+// assertKilled checks that the pid named in a ready-timeout error is gone.
+func assertKilled(t *testing.T, msg string) {
+	t.Helper()
+	m := regexp.MustCompile(`pid (\d+)`).FindStringSubmatch(msg)
+	if m == nil {
+		t.Fatalf("error %q does not name the pid", msg)
+	}
+	pid, _ := strconv.Atoi(m[1])
+	if _, err := os.Stat("/proc/" + m[1]); err == nil && !proctest.IsZombie(pid) {
+		t.Fatalf("the new generation (pid %d) that never got ready is still running", pid)
+	}
+}
+
+// TestStateTooLarge: a state blob over the bound is refused before anything
+// is started, with a clear error, and the service keeps serving.
+func TestStateTooLarge(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, _ := startHello(t, "state", "-addr", addr, "-state-pad", strconv.Itoa(17<<20))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.KeepAlivePOST: 2, loadgen.Fresh: 2}, MaxRequests: 500_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	rep, err := svc.Upgrade(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.ExitCode != exitFailed || rep.Code != "state" || !strings.Contains(rep.Error, "too large") {
+		t.Fatalf("exit %d code=%q error=%q, want exit 1, code state, 'too large'", rep.ExitCode, rep.Code, rep.Error)
+	}
+	time.Sleep(200 * time.Millisecond)
+	r := load.Stop()
+	if r.TotalFailed() != 0 || r.TotalOK() == 0 {
+		t.Fatalf("load: %s", r)
+	}
+}

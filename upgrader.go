@@ -1,0 +1,305 @@
+package baton
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"time"
+
+	"github.com/baton-go/baton/internal/ctl"
+	"github.com/baton-go/baton/internal/handoff"
+)
+
+// Phases of a generation, as reported by Status.
+const (
+	PhaseStarting  = "starting"  // New called, Ready not yet
+	PhaseServing   = "serving"   // ready, current generation
+	PhaseUpgrading = "upgrading" // an upgrade is running
+	PhaseDraining  = "draining"  // handed over, draining
+	PhaseStopped   = "stopped"
+)
+
+// Upgrader is one generation's handle on its sockets and on the upgrade
+// machinery. Create it with New, early in main.
+type Upgrader struct {
+	opts       Options
+	log        *slog.Logger
+	generation int
+	binary     string
+	parent     *handoff.Inherited // nil for a first generation
+	state      []byte             // from the parent
+	draining   []handoff.Proc     // older generations that may still drain
+	startedAt  time.Time
+
+	upgradeMu sync.Mutex // held for the whole of one upgrade
+
+	mu         sync.Mutex
+	entries    []*entry
+	pool       []pooled // inherited, not yet claimed
+	phase      string
+	readyAt    time.Time
+	handedOver bool
+	stopped    bool
+	last       *UpgradeOutcome
+	ctlEntry   *entry
+	ctlSrv     *ctl.Server
+
+	readyOnce sync.Once
+	readyErr  error
+	exitC     chan struct{}
+	exitOnce  sync.Once
+	exitAt    time.Time
+	stopSig   func()
+}
+
+// New prepares this generation: it reads the handoff from the previous
+// generation (or systemd's socket activation) and opens the control
+// endpoint. A new generation that cannot understand its parent's handoff
+// returns the error (after telling the parent why); the program should then
+// exit non-zero.
+func New(opts Options) (*Upgrader, error) {
+	opts.setDefaults()
+	u := &Upgrader{
+		opts:       opts,
+		log:        opts.Logger.With("component", "baton"),
+		generation: 1,
+		phase:      PhaseStarting,
+		startedAt:  time.Now(),
+		exitC:      make(chan struct{}),
+	}
+	if opts.Name != "" {
+		if err := ctl.CheckName(opts.Name); err != nil {
+			return nil, fmt.Errorf("baton: %w", err)
+		}
+	}
+	in, err := handoff.Receive(opts.ReadyTimeout, opts.MaxStateSize)
+	if err != nil {
+		return nil, fmt.Errorf("baton: handoff from the previous generation: %w", err)
+	}
+	u.binary = opts.Binary
+	if in != nil {
+		u.parent = in
+		u.generation = in.Msg.Generation
+		u.state = in.State
+		u.draining = append(append(u.draining, in.Msg.Draining...), in.Msg.Parent)
+		if u.binary == "" {
+			u.binary = in.Msg.Binary
+		}
+		for i, d := range in.Msg.Files {
+			u.pool = append(u.pool, pooled{desc: d, file: in.Files[i]})
+		}
+	} else {
+		u.pool = append(u.pool, socketActivated(u.log)...)
+	}
+	if u.binary == "" {
+		if u.binary, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("baton: cannot find the running executable (set Options.Binary): %w", err)
+		}
+	}
+	u.log = u.log.With("gen", u.generation)
+	if err := u.openControl(); err != nil {
+		u.closeAll()
+		return nil, err
+	}
+	u.watchSignal()
+	return u, nil
+}
+
+// HasParent reports whether this generation was started by an upgrade.
+func (u *Upgrader) HasParent() bool { return u.parent != nil }
+
+// Generation returns this generation's number: 1 for a fresh start, one
+// more than the parent's after an upgrade.
+func (u *Upgrader) Generation() int { return u.generation }
+
+// State returns the state blob the previous generation handed over (nil if
+// none). It was checked against its checksum and size bound.
+func (u *Upgrader) State() []byte { return u.state }
+
+// Exit returns a channel that is closed when this generation must drain:
+// after it handed over to a new generation, or after Stop.
+func (u *Upgrader) Exit() <-chan struct{} { return u.exitC }
+
+// DrainContext returns a context whose deadline is the drain deadline
+// (DrainTimeout after the handover or Stop; after now if called before).
+func (u *Upgrader) DrainContext() (context.Context, context.CancelFunc) {
+	u.mu.Lock()
+	at := u.exitAt
+	u.mu.Unlock()
+	if at.IsZero() {
+		at = time.Now()
+	}
+	return context.WithDeadline(context.Background(), at.Add(u.opts.DrainTimeout))
+}
+
+// Ready says that this generation serves. In a new generation it tells the
+// parent, waits for the go-ahead (the parent then stops accepting), and
+// takes over the control endpoint, the PID file and systemd's MAINPID. It
+// returns ErrAborted when the parent called the upgrade off (timeout): the
+// process should then exit. Calling it again returns the first result.
+func (u *Upgrader) Ready() error {
+	u.readyOnce.Do(func() { u.readyErr = u.ready() })
+	return u.readyErr
+}
+
+func (u *Upgrader) ready() error {
+	if u.parent != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), u.opts.ReadyTimeout)
+		err := u.parent.Ready(ctx)
+		cancel()
+		if errors.Is(err, handoff.ErrAborted) {
+			u.log.Error("the previous generation called the upgrade off", "err", err)
+			return fmt.Errorf("baton: %w", err)
+		}
+		if err != nil {
+			// Parent gone: somebody has to serve.
+			u.log.Warn("previous generation vanished during the handoff; serving anyway", "err", err)
+		}
+		if err := u.parent.RestoreStderr(); err != nil {
+			u.log.Warn("restoring stderr", "err", err)
+		}
+	}
+	u.mu.Lock()
+	if u.stopped {
+		u.mu.Unlock()
+		return fmt.Errorf("baton: Ready: %w", ErrStopped)
+	}
+	u.phase = PhaseServing
+	u.readyAt = time.Now()
+	// Inherited sockets nobody asked for are closed here, not leaked.
+	for _, p := range u.pool {
+		u.log.Warn("inherited socket not claimed by this generation; closing it", "kind", p.desc.Kind, "network", p.desc.Network, "addr", p.desc.Addr, "name", p.desc.Name)
+		p.file.Close()
+	}
+	u.pool = nil
+	u.mu.Unlock()
+
+	if u.opts.PIDFile != "" {
+		if err := writePIDFile(u.opts.PIDFile); err != nil {
+			u.log.Error("writing PID file", "path", u.opts.PIDFile, "err", err)
+		}
+	}
+	notifyReady(u.log, u.parent != nil, fmt.Sprintf("generation %d serving (pid %d)", u.generation, os.Getpid()))
+	u.serveControl()
+	u.log.Info("ready", "pid", os.Getpid(), "startup", handoff.SinceStart().Round(time.Millisecond))
+	return nil
+}
+
+// Stop ends this generation: it closes Exit (if not closed yet), stops
+// accepting on every listener and closes every socket and file. When this
+// generation has not handed over, it is the last one: it also removes unix
+// socket files, the control endpoint and the PID file. Call it when the app
+// has drained, typically deferred in main.
+func (u *Upgrader) Stop() {
+	u.mu.Lock()
+	if u.stopped {
+		u.mu.Unlock()
+		return
+	}
+	u.stopped = true
+	last := !u.handedOver
+	u.phase = PhaseStopped
+	u.mu.Unlock()
+	if u.stopSig != nil {
+		u.stopSig()
+	}
+	u.signalExit()
+	if last {
+		notifyStopping()
+	}
+	u.closeAll()
+	if last {
+		for _, e := range u.entries {
+			if e.unixPath != "" {
+				os.Remove(e.unixPath)
+			}
+		}
+		if u.opts.Name != "" {
+			ctl.Remove(u.opts.Name)
+		}
+		if u.opts.PIDFile != "" {
+			removePIDFile(u.opts.PIDFile)
+		}
+	}
+}
+
+func (u *Upgrader) closeAll() {
+	u.mu.Lock()
+	srv := u.ctlSrv
+	entries := append([]*entry(nil), u.entries...)
+	if u.ctlEntry != nil {
+		entries = append(entries, u.ctlEntry)
+	}
+	pool := u.pool
+	u.pool = nil
+	u.mu.Unlock()
+	if srv != nil {
+		srv.Close()
+	}
+	for _, e := range entries {
+		if e.ln != nil {
+			e.ln.Close()
+		}
+		if e.pc != nil {
+			e.pc.Close()
+		}
+		if e.hand != nil {
+			e.hand.Close()
+		}
+	}
+	for _, p := range pool {
+		p.file.Close()
+	}
+}
+
+func (u *Upgrader) signalExit() {
+	u.exitOnce.Do(func() {
+		u.mu.Lock()
+		u.exitAt = time.Now()
+		u.mu.Unlock()
+		close(u.exitC)
+	})
+}
+
+// watchSignal turns the upgrade signal into upgrades. It is installed at
+// New so that an early signal does not kill the process (SIGHUP's default).
+func (u *Upgrader) watchSignal() {
+	if u.opts.UpgradeSignal == nil || u.opts.UpgradeSignal == NoSignal {
+		return
+	}
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, u.opts.UpgradeSignal)
+	done := make(chan struct{})
+	u.stopSig = func() { signal.Stop(c); close(done) }
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-c:
+				res, err := u.Upgrade(context.Background())
+				if err != nil {
+					u.log.Error("upgrade by signal failed; this generation keeps serving", "signal", u.opts.UpgradeSignal.String(), "err", err)
+				} else {
+					u.log.Info("upgrade by signal done", "pid", res.PID, "generation", res.Generation)
+				}
+			}
+		}
+	}()
+}
+
+// listenerAddrs lists what this generation serves, for Status.
+func (u *Upgrader) listenerAddrs() []string {
+	var out []string
+	for _, e := range u.entries {
+		out = append(out, e.String())
+	}
+	return out
+}
+
+var _ net.Listener = (*net.TCPListener)(nil)
