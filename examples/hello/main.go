@@ -29,6 +29,10 @@ import (
 	"github.com/baton-go/baton/httpdrain"
 )
 
+// buildVersion is the default of -version; release builds set it with
+// -ldflags "-X main.buildVersion=v2".
+var buildVersion = "dev"
+
 type state struct {
 	Served int64  `json:"served"`
 	Pad    string `json:"pad,omitempty"`
@@ -37,7 +41,7 @@ type state struct {
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "TCP address to serve HTTP on")
 	name := flag.String("name", "hello", "control endpoint name (baton upgrade --name NAME)")
-	version := flag.String("version", "dev", "version string reported in X-Version")
+	version := flag.String("version", buildVersion, "version string reported in X-Version (default: the version built in)")
 	unixPath := flag.String("unix", "", "also serve HTTP on this unix socket path")
 	udpAddr := flag.String("udp", "", "also answer UDP datagrams on this address (echo with pid)")
 	pidFile := flag.String("pidfile", "", "write the serving generation's pid here")

@@ -72,8 +72,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	os.Setenv("BATON_RUNTIME_DIR", filepath.Join(dir, "run"))
 	say("building examples/hello and cmd/baton ...")
 	bins, err := proctest.Build(root, dir, map[string]string{
-		"hello": "./examples/hello", "baton": "./cmd/baton", "crasher": "./test/e2e/testdata/badapp",
-	}, map[string][]string{"crasher": {"-ldflags", "-X main.mode=exit"}})
+		"hello-v1": "./examples/hello", "hello-v2": "./examples/hello",
+		"baton": "./cmd/baton", "crasher": "./test/e2e/testdata/badapp",
+	}, map[string][]string{
+		"hello-v1": {"-ldflags", "-X main.buildVersion=v1"},
+		"hello-v2": {"-ldflags", "-X main.buildVersion=v2"},
+		"crasher":  {"-ldflags", "-X main.mode=exit"},
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -92,12 +97,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	defer logf.Close()
 	installed := filepath.Join(dir, "installed-hello")
-	if err := copyFile(bins["hello"], installed); err != nil {
+	if err := copyFile(bins["hello-v1"], installed); err != nil {
 		return nil, err
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	svc, err := proctest.Start(sctx, tracker, bins["baton"], "scenario", os.Environ(), logf, installed,
-		"-name", "scenario", "-addr", addr, "-version", "v1",
+		"-name", "scenario", "-addr", addr,
 		"-idle-grace", cfg.IdleGrace.String(), "-drain-timeout", cfg.DrainTimeout.String(),
 		"-startup-delay", cfg.StartupDelay.String(), "-ready-timeout", "10s")
 	cancel()
@@ -144,6 +149,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	defer tick.Stop()
 	for i := 0; i < cfg.Upgrades; i++ {
 		<-tick.C
+		// Alternate releases: each upgrade starts what is on disk now.
+		version := []string{"v2", "v1"}[i%2]
+		if err := copyFile(bins["hello-"+version], installed); err != nil {
+			return nil, err
+		}
 		rep, err := svc.Upgrade(ctx)
 		if err != nil {
 			return nil, err
@@ -157,7 +167,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		u := Upgrade{OldPID: current, NewPID: rep.Result.PID, Switch: seen.Sub(rep.Triggered),
 			ReadyAfter: rep.Result.ReadyAfter, AppStartup: rep.Result.AppStartup}
-		say("upgrade %2d: pid %d -> %d, first response from the new pid after %v", i+1, current, u.NewPID, u.Switch.Round(100*time.Microsecond))
+		say("upgrade %2d: install %s, pid %d -> %d, first response from the new pid after %v", i+1, version, current, u.NewPID, u.Switch.Round(100*time.Microsecond))
 		ups = append(ups, pending{up: u, handover: rep.Returned})
 		current = rep.Result.PID
 	}

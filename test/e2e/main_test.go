@@ -47,10 +47,13 @@ func run(m *testing.M) int {
 	os.Setenv("BATON_RUNTIME_DIR", filepath.Join(workDir, "run"))
 	bins, err = proctest.Build(root, workDir, map[string]string{
 		"hello":       "./examples/hello",
+		"hello-v2":    "./examples/hello",
 		"baton":       "./cmd/baton",
 		"badapp-exit": "./test/e2e/testdata/badapp",
 		"badapp-hang": "./test/e2e/testdata/badapp",
 	}, map[string][]string{
+		"hello":       {"-race", "-ldflags", "-X main.buildVersion=v1"},
+		"hello-v2":    {"-race", "-ldflags", "-X main.buildVersion=v2"},
 		"badapp-exit": {"-ldflags", "-X main.mode=exit"},
 		"badapp-hang": {"-ldflags", "-X main.mode=hang"},
 	})

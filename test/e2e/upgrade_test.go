@@ -101,8 +101,8 @@ func TestUpgradesUnderLoad(t *testing.T) {
 	addr := freeAddr(t, "tcp")
 	udpAddr := freeAddr(t, "udp")
 	unixPath := filepath.Join(workDir, "hello-load.sock")
-	svc, _ := startHello(t, "load", "-addr", addr, "-unix", unixPath, "-udp", udpAddr,
-		"-version", "v1", "-idle-grace", "1s", "-drain-timeout", drainTimeout.String())
+	svc, bin := startHello(t, "load", "-addr", addr, "-unix", unixPath, "-udp", udpAddr,
+		"-idle-grace", "1s", "-drain-timeout", drainTimeout.String())
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -128,6 +128,9 @@ func TestUpgradesUnderLoad(t *testing.T) {
 	defer tick.Stop()
 	for i := 0; i < upgrades; i++ {
 		<-tick.C
+		// Alternate releases on disk: an upgrade starts what is there now.
+		want := []string{"v2", "v1"}[i%2]
+		installCopy(t, bins[map[string]string{"v1": "hello", "v2": "hello-v2"}[want]], bin)
 		rep, err := svc.Upgrade(ctx)
 		if err != nil {
 			t.Fatalf("upgrade %d: %v", i+1, err)
@@ -138,6 +141,9 @@ func TestUpgradesUnderLoad(t *testing.T) {
 		seen, err := load.tcp.WaitPID(ctx, rep.Result.PID)
 		if err != nil {
 			t.Fatalf("upgrade %d: no response from the new pid %d: %v", i+1, rep.Result.PID, err)
+		}
+		if v := load.tcp.Snapshot().PIDs[rep.Result.PID].Version; v != want {
+			t.Errorf("upgrade %d: new pid serves version %q, want %q (the binary on disk)", i+1, v, want)
 		}
 		handovers = append(handovers, handover{oldPID: current, newPID: rep.Result.PID, at: rep.Returned, switchTime: seen.Sub(rep.Triggered)})
 		current = rep.Result.PID
