@@ -31,7 +31,7 @@ func TestFailedUpgradesLoseNothing(t *testing.T) {
 		t.Skip("end-to-end load test")
 	}
 	addr := freeAddr(t, "tcp")
-	svc, bin := startHello(t, "fail", "-addr", addr, "-version", "v1", "-idle-grace", "500ms", "-ready-timeout", "2s")
+	svc, bin := startHello(t, "fail", "-addr", addr, "-idle-grace", "500ms", "-ready-timeout", "2s")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	st, err := svc.Status(ctx)
@@ -215,5 +215,63 @@ func TestStateTooLarge(t *testing.T) {
 	r := load.Stop()
 	if r.TotalFailed() != 0 || r.TotalOK() == 0 {
 		t.Fatalf("load: %s", r)
+	}
+}
+
+// TestDrainingBound: old generations that still drain long requests do not
+// block the next upgrade, up to -max-draining; past it the answer is a
+// clear "too many draining" (exit 4) and the service keeps serving.
+func TestDrainingBound(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, _ := startHello(t, "bound", "-addr", addr, "-max-draining", "2", "-idle-grace", "200ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// One long request in flight per generation keeps it draining.
+	long := func() *loadgen.Load {
+		l, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.Slow: 1}, SlowMS: 8000, MaxRequests: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond) // the request is accepted by the current generation
+		return l
+	}
+	var slow []*loadgen.Load
+	for i := 0; i < 2; i++ {
+		slow = append(slow, long())
+		rep, err := svc.Upgrade(ctx)
+		if err != nil || !rep.OK {
+			t.Fatalf("upgrade %d while %d generation(s) drain: %v %+v", i+1, i, err, rep)
+		}
+	}
+	slow = append(slow, long())
+	rep, err := svc.Upgrade(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.ExitCode != exitBusy || rep.Code != "too_many_draining" || !strings.Contains(rep.Error, "2 older generations are still draining") {
+		t.Fatalf("third upgrade: exit %d code %q error %q; want exit 4, too_many_draining", rep.ExitCode, rep.Code, rep.Error)
+	}
+	st, err := svc.Status(ctx)
+	if err != nil || len(st.Draining) != 2 {
+		t.Fatalf("status: %v draining=%v, want 2 draining pids", err, st.Draining)
+	}
+	// The slow requests finish on the generations that took them.
+	for _, l := range slow {
+		r := l.Stop()
+		if r.TotalFailed() != 0 || r.TotalOK() != 1 {
+			t.Fatalf("slow request: %s", r)
+		}
+	}
+	// Once they are gone, upgrades work again.
+	for _, pid := range st.Draining {
+		if _, err := tracker.WaitExit(ctx, pid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rep, err := svc.Upgrade(ctx); err != nil || !rep.OK {
+		t.Fatalf("upgrade after the drains: %v %+v", err, rep)
 	}
 }

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// The test binary doubles as the CLI so that exit codes are checked for
+// real, through a process exit.
+func TestMain(m *testing.M) {
+	if os.Getenv("BATON_CLI_UNDER_TEST") == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, args...)
+	dir, err := os.MkdirTemp("", "bcli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cmd.Env = append(os.Environ(), "BATON_CLI_UNDER_TEST=1", "BATON_RUNTIME_DIR="+dir)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), o.String(), e.String()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return 0, o.String(), e.String()
+}
+
+func TestExitCodesAndMessages(t *testing.T) {
+	cases := []struct {
+		args     []string
+		code     int
+		contains string
+	}{
+		{[]string{"upgrade"}, exitUsage, `required flag(s) "name" not set`},
+		{[]string{"upgrade", "--name", "x", "--bogus"}, exitUsage, "unknown flag: --bogus"},
+		{[]string{"upgrade", "--name", "../etc"}, exitUsage, "invalid control endpoint name"},
+		{[]string{"upgrade", "--name", "nosuchservice"}, exitUnreachable, `no baton service listens under that name: "nosuchservice"`},
+		{[]string{"status", "--name", "nosuchservice", "--json"}, exitUnreachable, "no baton service"},
+		{[]string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
+		{[]string{"upgrade", "--name", "x", "extra"}, exitUsage, "unknown command"},
+	}
+	for _, c := range cases {
+		code, _, stderr := runCLI(t, c.args...)
+		if code != c.code || !strings.Contains(stderr, c.contains) {
+			t.Errorf("baton %s: exit %d, stderr %q; want exit %d and %q", strings.Join(c.args, " "), code, stderr, c.code, c.contains)
+		}
+	}
+}
+
+func TestHelpDocumentsExitCodes(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"upgrade", "--help"}, {"status", "--help"}} {
+		code, stdout, _ := runCLI(t, args...)
+		if code != 0 || !strings.Contains(stdout, "Exit codes:") || !strings.Contains(stdout, "4  busy") {
+			t.Errorf("baton %v: exit %d, help without the exit codes:\n%s", args, code, stdout)
+		}
+	}
+}
