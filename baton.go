@@ -67,6 +67,9 @@ var (
 	// ErrAborted: returned by Ready in a new generation whose parent called
 	// the upgrade off (it timed out); the process should exit.
 	ErrAborted = handoff.ErrAborted
+	// ErrCanceled: the upgrade's context was canceled (or this generation
+	// was stopped) before the new generation was ready; it was killed.
+	ErrCanceled = handoff.ErrCanceled
 	// ErrUnsupported: the operation is not available on this platform yet.
 	ErrUnsupported = handoff.ErrUnsupported
 )

@@ -109,6 +109,9 @@ func (u *Upgrader) stopControl() {
 	u.mu.Lock()
 	srv := u.ctlSrv
 	u.ctlSrv = nil
+	if srv != nil {
+		u.ctlStopped = append(u.ctlStopped, srv) // Stop waits for its answers
+	}
 	u.mu.Unlock()
 	if srv != nil {
 		srv.Close()

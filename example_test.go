@@ -104,4 +104,3 @@ func ExampleOptions_stateFunc() {
 	fmt.Println("counter starts at", counter)
 	// Output: counter starts at 0
 }
-

@@ -43,13 +43,14 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.stopped {
+	if u.stopped || u.handedOver {
 		return nil, fmt.Errorf("baton: Listen %s %s: %w", network, addr, ErrStopped)
 	}
 	desc := handoff.FileDesc{Kind: handoff.KindListener, Network: network, Addr: addr}
 	if f := u.claim(desc); f != nil {
 		ln, err := net.FileListener(f)
 		if err != nil {
+			f.Close()
 			return nil, fmt.Errorf("baton: inherited %s %s: %w", network, addr, err)
 		}
 		e := &entry{desc: desc, hand: f, ln: ln}
@@ -95,13 +96,14 @@ func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.stopped {
+	if u.stopped || u.handedOver {
 		return nil, fmt.Errorf("baton: ListenPacket %s %s: %w", network, addr, ErrStopped)
 	}
 	desc := handoff.FileDesc{Kind: handoff.KindPacket, Network: network, Addr: addr}
 	if f := u.claim(desc); f != nil {
 		pc, err := net.FilePacketConn(f)
 		if err != nil {
+			f.Close()
 			return nil, fmt.Errorf("baton: inherited %s %s: %w", network, addr, err)
 		}
 		e := &entry{desc: desc, hand: f, pc: pc}
@@ -139,7 +141,7 @@ func (u *Upgrader) File(name string, open func() (*os.File, error)) (*os.File, e
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.stopped {
+	if u.stopped || u.handedOver {
 		return nil, fmt.Errorf("baton: File %s: %w", name, ErrStopped)
 	}
 	for _, e := range u.entries {
@@ -158,6 +160,7 @@ func (u *Upgrader) File(name string, open func() (*os.File, error)) (*os.File, e
 	}
 	e := &entry{desc: desc, file: f}
 	if e.hand, err = handoff.DupFile(f, "file:"+name); err != nil && !errors.Is(err, handoff.ErrUnsupported) {
+		f.Close()
 		return nil, fmt.Errorf("baton: %w", err)
 	}
 	u.entries = append(u.entries, e)
@@ -231,13 +234,14 @@ func removeStaleSocket(path string) {
 	if err != nil || fi.Mode()&os.ModeSocket == 0 {
 		return
 	}
-	if c, err := net.Dial("unix", path); err == nil {
+	// Only a refused connection proves nobody listens: a full backlog does
+	// not, and a live unixgram socket answers a stream dial with EPROTOTYPE.
+	c, err := net.Dial("unix", path)
+	if err == nil {
 		c.Close()
 		return
 	}
-	// A unixgram socket does not accept stream connections: try a datagram dial.
-	if c, err := net.Dial("unixgram", path); err == nil {
-		c.Close()
+	if !errors.Is(err, syscall.ECONNREFUSED) {
 		return
 	}
 	os.Remove(path)

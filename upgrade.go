@@ -34,7 +34,15 @@ func (u *Upgrader) Upgrade(ctx context.Context) (UpgradeResult, error) {
 	}
 	defer u.upgradeMu.Unlock()
 	start := time.Now()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	u.mu.Lock()
+	u.cancelUpgrade = cancel
+	u.mu.Unlock()
 	res, err := u.upgrade(ctx, start)
+	u.mu.Lock()
+	u.cancelUpgrade = nil
+	u.mu.Unlock()
 	out := &UpgradeOutcome{At: start, OK: err == nil}
 	if err == nil {
 		out.Result = &res
@@ -133,6 +141,16 @@ func (u *Upgrader) upgrade(ctx context.Context, start time.Time) (UpgradeResult,
 	}
 	readyAfter := time.Since(spawned)
 
+	// Decide under the lock, so that a concurrent Stop either cancels the
+	// upgrade or sees it handed over, never half of each.
+	u.mu.Lock()
+	if u.stopped {
+		u.mu.Unlock()
+		child.Abort("the old generation is stopping")
+		return UpgradeResult{}, fmt.Errorf("%w: this generation was stopped during the upgrade; pid %d was killed", ErrCanceled, child.PID)
+	}
+	u.handedOver = true
+	u.mu.Unlock()
 	// The control endpoint moves first so that a request arriving now is
 	// queued for the new generation instead of being answered by us.
 	u.stopControl()
@@ -140,6 +158,9 @@ func (u *Upgrader) upgrade(ctx context.Context, start time.Time) (UpgradeResult,
 		// The child died between its ready and our go-ahead: keep serving.
 		u.log.Error("new generation vanished before the handover; this generation keeps serving", "pid", child.PID, "err", err)
 		child.Abort("go-ahead not delivered")
+		u.mu.Lock()
+		u.handedOver = false
+		u.mu.Unlock()
 		u.serveControl()
 		return UpgradeResult{}, fmt.Errorf("%w: go-ahead not delivered: %v", handoff.ErrRefused, err)
 	}
@@ -162,7 +183,6 @@ func (u *Upgrader) upgrade(ctx context.Context, start time.Time) (UpgradeResult,
 // handover stops this generation accepting and tells the app to drain.
 func (u *Upgrader) handover() {
 	u.mu.Lock()
-	u.handedOver = true
 	u.phase = PhaseDraining
 	entries := append([]*entry(nil), u.entries...)
 	u.mu.Unlock()
@@ -180,9 +200,12 @@ func (u *Upgrader) handover() {
 	}
 	u.signalExit()
 	if u.opts.ForceExitAfter > 0 {
-		time.AfterFunc(u.opts.ForceExitAfter, func() {
+		t := time.AfterFunc(u.opts.ForceExitAfter, func() {
 			u.log.Error("still alive long after the handover; exiting", "after", u.opts.ForceExitAfter)
 			os.Exit(3)
 		})
+		u.mu.Lock()
+		u.forceExit = t
+		u.mu.Unlock()
 	}
 }

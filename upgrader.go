@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -48,6 +49,7 @@ type Upgrader struct {
 	last       *UpgradeOutcome
 	ctlEntry   *entry
 	ctlSrv     *ctl.Server
+	ctlStopped []*ctl.Server // stopped servers that may still be answering
 
 	readyOnce sync.Once
 	readyErr  error
@@ -55,6 +57,9 @@ type Upgrader struct {
 	exitOnce  sync.Once
 	exitAt    time.Time
 	stopSig   func()
+
+	cancelUpgrade func()      // cancels the running upgrade (Stop calls it)
+	forceExit     *time.Timer // armed at the handover
 }
 
 // New prepares this generation: it reads the handoff from the previous
@@ -97,7 +102,7 @@ func New(opts Options) (*Upgrader, error) {
 		u.pool = append(u.pool, socketActivated(u.log)...)
 	}
 	if u.binary == "" {
-		if u.binary, err = os.Executable(); err != nil {
+		if u.binary, err = executablePath(); err != nil {
 			return nil, fmt.Errorf("baton: cannot find the running executable (set Options.Binary): %w", err)
 		}
 	}
@@ -148,10 +153,24 @@ func (u *Upgrader) Ready() error {
 }
 
 func (u *Upgrader) ready() error {
+	u.mu.Lock()
+	stopped := u.stopped
+	u.mu.Unlock()
+	if stopped {
+		if u.parent != nil {
+			u.parent.Refuse("stopped", "the new generation was stopped before it got ready")
+		}
+		return fmt.Errorf("baton: Ready: %w", ErrStopped)
+	}
 	if u.parent != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), u.opts.ReadyTimeout)
 		err := u.parent.Ready(ctx)
 		cancel()
+		// Restore stderr before anything is logged: if the parent is gone,
+		// the pipe is broken.
+		if rerr := u.parent.RestoreStderr(); rerr != nil {
+			u.log.Warn("restoring stderr", "err", rerr)
+		}
 		if errors.Is(err, handoff.ErrAborted) {
 			u.log.Error("the previous generation called the upgrade off", "err", err)
 			return fmt.Errorf("baton: %w", err)
@@ -159,9 +178,6 @@ func (u *Upgrader) ready() error {
 		if err != nil {
 			// Parent gone: somebody has to serve.
 			u.log.Warn("previous generation vanished during the handoff; serving anyway", "err", err)
-		}
-		if err := u.parent.RestoreStderr(); err != nil {
-			u.log.Warn("restoring stderr", "err", err)
 		}
 	}
 	u.mu.Lock()
@@ -202,9 +218,20 @@ func (u *Upgrader) Stop() {
 		return
 	}
 	u.stopped = true
-	last := !u.handedOver
+	// The sockets' files, the control endpoint and the PID file belong to
+	// the generation that serves: a first generation, or a new one once it
+	// got ready. A new generation that never got ready must not remove its
+	// parent's files; one that handed over leaves them to its successor.
+	last := (u.parent == nil || !u.readyAt.IsZero()) && !u.handedOver
 	u.phase = PhaseStopped
+	cancelUpgrade, forceExit := u.cancelUpgrade, u.forceExit
 	u.mu.Unlock()
+	if cancelUpgrade != nil {
+		cancelUpgrade()
+	}
+	if forceExit != nil {
+		forceExit.Stop()
+	}
 	if u.stopSig != nil {
 		u.stopSig()
 	}
@@ -230,7 +257,11 @@ func (u *Upgrader) Stop() {
 
 func (u *Upgrader) closeAll() {
 	u.mu.Lock()
-	srv := u.ctlSrv
+	srvs := append([]*ctl.Server(nil), u.ctlStopped...)
+	if u.ctlSrv != nil {
+		srvs = append(srvs, u.ctlSrv)
+	}
+	u.ctlSrv = nil
 	entries := append([]*entry(nil), u.entries...)
 	if u.ctlEntry != nil {
 		entries = append(entries, u.ctlEntry)
@@ -238,8 +269,19 @@ func (u *Upgrader) closeAll() {
 	pool := u.pool
 	u.pool = nil
 	u.mu.Unlock()
-	if srv != nil {
-		srv.Close()
+	// Let an answer in progress (the outcome of the upgrade that made us
+	// drain) reach its caller before the process goes away.
+	done := make(chan struct{})
+	go func() {
+		for _, srv := range srvs {
+			srv.Close()
+			srv.Wait()
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
 	}
 	for _, e := range entries {
 		if e.ln != nil {
@@ -302,4 +344,16 @@ func (u *Upgrader) listenerAddrs() []string {
 	return out
 }
 
-var _ net.Listener = (*net.TCPListener)(nil)
+// executablePath is the path the program was started as, made absolute,
+// without resolving symlinks: a deployment that switches a symlink (or
+// renames a new file into place) is picked up by the next upgrade.
+func executablePath() (string, error) {
+	if len(os.Args) > 0 && os.Args[0] != "" {
+		if p, err := exec.LookPath(os.Args[0]); err == nil {
+			if abs, err := filepath.Abs(p); err == nil {
+				return abs, nil
+			}
+		}
+	}
+	return os.Executable()
+}

@@ -10,7 +10,8 @@
 //	1  the upgrade failed; the running generation keeps serving
 //	2  usage error
 //	3  the service cannot be reached (not running, wrong name, permission)
-//	4  busy: an upgrade is running or too many old generations still drain; retry later
+//	4  busy: an upgrade is running, too many old generations still drain, or the
+//	   generation reached is starting or draining; retry later
 //	5  protocol or internal error
 package main
 
@@ -67,7 +68,8 @@ const exitCodesHelp = `Exit codes:
   1  the upgrade failed; the running generation keeps serving
   2  usage error
   3  the service cannot be reached (not running, wrong name, permission)
-  4  busy: an upgrade is running or too many old generations still drain; retry later
+  4  busy: an upgrade is running, too many old generations still drain, or the
+     generation reached is starting or draining; retry later
   5  protocol or internal error`
 
 func newRootCmd() *cobra.Command {

@@ -64,6 +64,13 @@ func TestExitCodesAndMessages(t *testing.T) {
 	}
 }
 
+func TestJSONEvenWhenUnreachable(t *testing.T) {
+	code, stdout, _ := runCLI(t, "upgrade", "--name", "nosuchservice", "--json")
+	if code != exitUnreachable || !strings.Contains(stdout, `"code": "unreachable"`) || !strings.Contains(stdout, `"ok": false`) {
+		t.Fatalf("exit %d, stdout %q: want exit 3 and a JSON report", code, stdout)
+	}
+}
+
 func TestHelpDocumentsExitCodes(t *testing.T) {
 	for _, args := range [][]string{{"--help"}, {"upgrade", "--help"}, {"status", "--help"}} {
 		code, stdout, _ := runCLI(t, args...)

@@ -37,10 +37,19 @@ func runStatus(out io.Writer, f commonFlags) error {
 	defer cancel()
 	resp, err := ctl.Do(ctx, f.name, ctl.Request{Op: ctl.OpStatus})
 	if err != nil {
-		return transportError(err)
+		return reportTransport(out, f, err)
 	}
 	if !resp.OK {
-		return &exitError{code: exitInternal, err: fmt.Errorf("status of %s: %s (%s)", f.name, resp.Error, resp.Code)}
+		code := exitInternal
+		if resp.Code == ctl.CodeForbidden {
+			code = exitUnreachable
+		}
+		if f.json {
+			enc := json.NewEncoder(out)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(map[string]any{"name": f.name, "ok": false, "code": resp.Code, "error": resp.Error})
+		}
+		return &exitError{code: code, err: fmt.Errorf("status of %s: %s (%s)", f.name, resp.Error, resp.Code)}
 	}
 	var st baton.Status
 	if err := resp.Decode(&st); err != nil {

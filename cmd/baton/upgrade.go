@@ -65,7 +65,7 @@ func runUpgrade(out io.Writer, f commonFlags) error {
 	start := time.Now()
 	resp, err := ctl.Do(ctx, f.name, ctl.Request{Op: ctl.OpUpgrade})
 	if err != nil {
-		return transportError(err)
+		return reportTransport(out, f, err)
 	}
 	rep := upgradeReport{Name: f.name, OK: resp.OK, Code: resp.Code, Error: resp.Error, Took: time.Since(start)}
 	if resp.OK {
@@ -95,8 +95,10 @@ func runUpgrade(out io.Writer, f commonFlags) error {
 	}
 	code := exitFailed
 	switch resp.Code {
-	case ctl.CodeBusy, ctl.CodeTooMany:
+	case ctl.CodeBusy, ctl.CodeTooMany, ctl.CodeStopped:
 		code = exitBusy
+	case ctl.CodeForbidden:
+		code = exitUnreachable
 	case ctl.CodeBadRequest, ctl.CodeInternal:
 		code = exitInternal
 	case ctl.CodeProtocol:
@@ -108,10 +110,37 @@ func runUpgrade(out io.Writer, f commonFlags) error {
 		return &exitError{code: code, err: errReported}
 	}
 	msg := resp.Error
-	if code == exitFailed {
+	switch {
+	case code == exitFailed:
 		msg += "\nthe running generation keeps serving"
+	case resp.Code == ctl.CodeStopped:
+		msg += "\nthe request reached a generation that is starting or draining; retry in a moment"
 	}
 	return &exitError{code: code, err: fmt.Errorf("upgrade of %s failed (%s): %s", f.name, resp.Code, msg)}
+}
+
+// reportTransport reports a failure to talk to the service at all, as JSON
+// too when --json was asked for (scripts parse stdout, whatever happened).
+func reportTransport(out io.Writer, f commonFlags, err error) error {
+	ee := transportError(err).(*exitError)
+	if f.json {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(map[string]any{"name": f.name, "ok": false, "code": transportCode(ee.code), "error": ee.err.Error()})
+	}
+	return ee
+}
+
+func transportCode(exit int) string {
+	switch exit {
+	case exitUsage:
+		return "usage"
+	case exitUnreachable:
+		return "unreachable"
+	case exitInternal:
+		return "protocol"
+	}
+	return "timeout"
 }
 
 // transportError classifies a failure to talk to the service at all.

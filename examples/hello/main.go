@@ -33,12 +33,24 @@ import (
 // -ldflags "-X main.buildVersion=v2".
 var buildVersion = "dev"
 
+// brokenRelease, when set at build time, makes this binary fail after it
+// has opened its listeners and before it is ready, the way a release with a
+// bad configuration does (used by the failure tests).
+var brokenRelease = ""
+
 type state struct {
 	Served int64  `json:"served"`
 	Pad    string `json:"pad,omitempty"`
 }
 
 func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "hello:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
 	addr := flag.String("addr", "127.0.0.1:8080", "TCP address to serve HTTP on")
 	name := flag.String("name", "hello", "control endpoint name (baton upgrade --name NAME)")
 	version := flag.String("version", buildVersion, "version string reported in X-Version (default: the version built in)")
@@ -67,15 +79,13 @@ func main() {
 		},
 	})
 	if err != nil {
-		log.Error("cannot start", "err", err)
-		os.Exit(1)
+		return fmt.Errorf("cannot start: %w", err)
 	}
 	defer upg.Stop()
 	if b := upg.State(); b != nil {
 		var st state
 		if err := json.Unmarshal(b, &st); err != nil {
-			log.Error("state from the previous generation unreadable", "err", err)
-			os.Exit(1)
+			return fmt.Errorf("state from the previous generation unreadable: %w", err)
 		}
 		served.Store(st.Served)
 	}
@@ -118,28 +128,31 @@ func main() {
 	})
 
 	srv := httpdrain.New(&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, httpdrain.Options{IdleGrace: *idleGrace, Logger: log})
-	serve := func(network, address string) {
+	serve := func(network, address string) error {
 		ln, err := upg.Listen(network, address)
 		if err != nil {
-			log.Error("cannot listen", "network", network, "addr", address, "err", err)
-			os.Exit(1)
+			return err
 		}
 		go func() {
 			if err := srv.Serve(ln); err != nil {
 				log.Error("serve", "err", err)
 			}
 		}()
+		return nil
 	}
-	serve("tcp", *addr)
+	if err := serve("tcp", *addr); err != nil {
+		return err
+	}
 	if *unixPath != "" {
-		serve("unix", *unixPath)
+		if err := serve("unix", *unixPath); err != nil {
+			return err
+		}
 	}
 	var udpDone sync.WaitGroup
 	if *udpAddr != "" {
 		pc, err := upg.ListenPacket("udp", *udpAddr)
 		if err != nil {
-			log.Error("cannot listen", "network", "udp", "addr", *udpAddr, "err", err)
-			os.Exit(1)
+			return err
 		}
 		udpDone.Add(1)
 		go func() {
@@ -148,10 +161,15 @@ func main() {
 		}()
 	}
 
-	time.Sleep(*startupDelay)
+	if *startupDelay > 0 {
+		time.Sleep(*startupDelay)
+		log.Info("start-up work done", "took", *startupDelay)
+	}
+	if brokenRelease != "" {
+		return fmt.Errorf("broken release: %s", brokenRelease)
+	}
 	if err := upg.Ready(); err != nil {
-		log.Error("not ready", "err", err)
-		os.Exit(1)
+		return fmt.Errorf("not ready: %w", err)
 	}
 
 	stop := make(chan os.Signal, 1)
@@ -169,6 +187,7 @@ func main() {
 	udpDone.Wait()
 	log.Info("drained", "took", rep.Finished.Sub(rep.Started).Round(time.Millisecond),
 		"conns_at_start", rep.ConnsAtStart, "forced_http", rep.ForcedHTTP, "forced_hijacked", rep.ForcedHijacked, "err", err)
+	return nil
 }
 
 // echoUDP answers each datagram with prefix+payload until the generation

@@ -81,6 +81,10 @@ func Listen(name string) (net.Listener, error) {
 			c.Close()
 			return nil, fmt.Errorf("%w: %s", ErrNameInUse, path)
 		}
+		// Only a refused connection proves the socket is stale.
+		if !errors.Is(derr, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("control socket %s exists and cannot be probed (%v); remove it if no service owns it", path, derr)
+		}
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("removing stale control socket: %w", err)
 		}

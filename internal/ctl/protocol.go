@@ -43,6 +43,8 @@ const (
 	CodeStopped      = "stopped"       // this generation is draining or stopping
 	CodeBadRequest   = "bad_request"   // malformed request
 	CodeUnsupported  = "unsupported"   // not available on this platform
+	CodeForbidden    = "forbidden"     // the peer may not steer this service
+	CodeCanceled     = "canceled"      // the upgrade was canceled
 	CodeInternal     = "internal"
 )
 

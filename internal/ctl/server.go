@@ -72,7 +72,7 @@ func (s *Server) serveConn(c net.Conn) {
 	defer c.Close()
 	if err := checkPeer(c); err != nil {
 		s.log.Warn("control connection refused", "err", err)
-		_ = writeLine(c, Response{Version: Version, Code: CodeBadRequest, Error: err.Error()})
+		_ = writeLine(c, Response{Version: Version, Code: CodeForbidden, Error: err.Error()})
 		return
 	}
 	_ = c.SetReadDeadline(time.Now().Add(requestTimeout))

@@ -25,8 +25,9 @@ type Inherited struct {
 	State []byte
 	Files []*os.File // Files[i] belongs to Msg.Files[i]
 
-	conn   net.Conn
-	stderr *os.File // the parent's real stderr, restored after the handover
+	conn    net.Conn
+	stderr  *os.File // the parent's real stderr, restored after the handover
+	unguard func()   // undoes guardStderrPipe
 }
 
 // Receive reads the handoff when this process was started by a baton
@@ -37,6 +38,9 @@ func Receive(timeout time.Duration, maxState int64) (*Inherited, error) {
 	if err != nil || conn == nil {
 		return nil, err
 	}
+	// Until Ready our stderr is a pipe to the parent: if the parent dies, a
+	// log line must not kill us with SIGPIPE.
+	unguard := guardStderrPipe()
 	_ = conn.SetReadDeadline(time.Now().Add(timeout))
 	h, state, err := ReadHandoff(conn, maxState)
 	_ = conn.SetReadDeadline(time.Time{})
@@ -52,7 +56,7 @@ func Receive(timeout time.Duration, maxState int64) (*Inherited, error) {
 		conn.Close()
 		return nil, err
 	}
-	in := &Inherited{Msg: h, State: state, conn: conn}
+	in := &Inherited{Msg: h, State: state, conn: conn, unguard: unguard}
 	in.Files, in.stderr, err = inheritedFiles(h.Files)
 	if err != nil {
 		_ = writeJSON(conn, Reply{Type: "refused", PID: os.Getpid(), Code: "protocol", Reason: err.Error()})
@@ -100,5 +104,15 @@ func (in *Inherited) RestoreStderr() error {
 	err := restoreStderr(in.stderr)
 	in.stderr.Close()
 	in.stderr = nil
+	if in.unguard != nil {
+		in.unguard()
+	}
 	return err
+}
+
+// Refuse tells the parent that this generation will not take over (for
+// example because it is being stopped before it got ready).
+func (in *Inherited) Refuse(code, reason string) {
+	_ = writeJSON(in.conn, Reply{Type: "refused", PID: os.Getpid(), Code: code, Reason: reason})
+	in.conn.Close()
 }

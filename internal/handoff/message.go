@@ -50,6 +50,7 @@ var (
 	ErrReadyTimeout  = errors.New("new generation did not become ready in time")
 	ErrRefused       = errors.New("new generation refused the handoff")
 	ErrAborted       = errors.New("upgrade aborted by the parent")
+	ErrCanceled      = errors.New("upgrade canceled")
 	ErrParentGone    = errors.New("parent generation vanished during the handoff")
 	ErrBinary        = errors.New("binary cannot be started")
 	ErrUnsupported   = errors.New("listener handoff is not supported on this platform yet")
@@ -252,6 +253,8 @@ func Code(err error) string {
 		return "binary"
 	case errors.Is(err, ErrUnsupported):
 		return "unsupported"
+	case errors.Is(err, ErrCanceled):
+		return "canceled"
 	}
 	return "internal"
 }

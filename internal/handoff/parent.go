@@ -125,6 +125,9 @@ func (c *Child) WaitReady(ctx context.Context) (Reply, error) {
 		case <-c.exited:
 			return Reply{}, c.exitErr
 		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.Canceled) {
+				return Reply{}, fmt.Errorf("%w while waiting for pid %d to get ready; it was killed", ErrCanceled, c.PID)
+			}
 			return Reply{}, fmt.Errorf("%w (pid %d): %w", ErrReadyTimeout, c.PID, ctx.Err())
 		}
 	}

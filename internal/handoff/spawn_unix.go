@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"syscall"
 	"time"
@@ -155,6 +156,25 @@ func inheritedFiles(descs []FileDesc) ([]*os.File, *os.File, error) {
 
 func restoreStderr(f *os.File) error {
 	return unix.Dup2(int(f.Fd()), 2)
+}
+
+// guardStderrPipe makes a write to a broken stderr pipe return EPIPE
+// instead of killing the process: with a channel registered for SIGPIPE the
+// Go runtime does not die on it.
+func guardStderrPipe() (undo func()) {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGPIPE)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-c:
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { signal.Stop(c); close(done) }
 }
 
 // DupFile duplicates the descriptor behind a socket (close-on-exec) into an

@@ -46,16 +46,18 @@ func run(m *testing.M) int {
 	defer os.RemoveAll(workDir)
 	os.Setenv("BATON_RUNTIME_DIR", filepath.Join(workDir, "run"))
 	bins, err = proctest.Build(root, workDir, map[string]string{
-		"hello":       "./examples/hello",
-		"hello-v2":    "./examples/hello",
-		"baton":       "./cmd/baton",
-		"badapp-exit": "./test/e2e/testdata/badapp",
-		"badapp-hang": "./test/e2e/testdata/badapp",
+		"hello":        "./examples/hello",
+		"hello-v2":     "./examples/hello",
+		"hello-broken": "./examples/hello",
+		"baton":        "./cmd/baton",
+		"badapp-exit":  "./test/e2e/testdata/badapp",
+		"badapp-hang":  "./test/e2e/testdata/badapp",
 	}, map[string][]string{
-		"hello":       {"-race", "-ldflags", "-X main.buildVersion=v1"},
-		"hello-v2":    {"-race", "-ldflags", "-X main.buildVersion=v2"},
-		"badapp-exit": {"-ldflags", "-X main.mode=exit"},
-		"badapp-hang": {"-ldflags", "-X main.mode=hang"},
+		"hello":        {"-race", "-ldflags", "-X main.buildVersion=v1"},
+		"hello-v2":     {"-race", "-ldflags", "-X main.buildVersion=v2"},
+		"hello-broken": {"-ldflags", "-X main.brokenRelease=database_url_missing"},
+		"badapp-exit":  {"-ldflags", "-X main.mode=exit"},
+		"badapp-hang":  {"-ldflags", "-X main.mode=hang"},
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

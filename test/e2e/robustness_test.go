@@ -1,0 +1,180 @@
+//go:build unix
+
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/baton-go/baton/internal/loadgen"
+	"github.com/baton-go/baton/internal/proctest"
+)
+
+// A new release that uses baton but fails before Ready (and stops its
+// upgrader on the way out) must not remove the serving generation's control
+// socket or unix socket file.
+func TestBrokenReleaseLeavesParentFilesAlone(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	sock := filepath.Join(workDir, "broken.sock")
+	svc, bin := startHello(t, "broken", "-addr", addr, "-unix", sock)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	installCopy(t, bins["hello-broken"], bin)
+	rep, err := svc.Upgrade(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Code != "child_exited" || rep.ChildExit == nil || !strings.Contains(rep.ChildExit.StderrTail, "database_url_missing") {
+		t.Fatalf("upgrade to a broken release: %+v", rep)
+	}
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("the unix socket file of the serving generation was removed: %v", err)
+	}
+	st, err := svc.Status(ctx)
+	if err != nil || st.Phase != "serving" {
+		t.Fatalf("control endpoint after the broken release: %v %+v", err, st)
+	}
+	l, err := loadgen.Start(ctx, loadgen.Config{Network: "unix", Addr: sock, Workers: map[loadgen.Kind]int{loadgen.Fresh: 1}, MaxRequests: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-l.Done()
+	if r := l.Stop(); r.TotalFailed() != 0 || r.TotalOK() != 20 {
+		t.Fatalf("unix socket after the broken release: %s", r)
+	}
+}
+
+// If the old generation dies (SIGKILL) while the new one is still starting
+// and writing to its stderr, the new one must not die of SIGPIPE: it takes
+// over and serves.
+func TestParentKilledDuringStartup(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, _ := startHello(t, "orphan", "-addr", addr, "-startup-delay", "1s")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go svc.Upgrade(ctx) // its caller loses the answer: the parent is killed
+	waitPhase(t, ctx, svc, "upgrading")
+	time.Sleep(300 * time.Millisecond) // the child is in its start-up work
+	syscall.Kill(st.PID, syscall.SIGKILL)
+	// The child logs after its start-up work (stderr is still the pipe to
+	// the dead parent), then gets ready and serves.
+	var now proctest.Service = *svc
+	for {
+		st2, err := now.Status(ctx)
+		if err == nil && st2.PID != st.PID && st2.Phase == "serving" {
+			tracker.Track(st2.PID)
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("no generation took over after the parent was killed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	l, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.Fresh: 1}, MaxRequests: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-l.Done()
+	if r := l.Stop(); r.TotalFailed() != 0 || r.TotalOK() != 20 {
+		t.Fatalf("after the takeover: %s", r)
+	}
+}
+
+// SIGTERM to the serving generation during an upgrade cancels the upgrade:
+// the new process is killed, the caller is told, nothing is left running.
+func TestStopDuringUpgrade(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, bin := startHello(t, "stopping", "-addr", addr, "-ready-timeout", "20s")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, _ := svc.Status(ctx)
+	installCopy(t, bins["badapp-hang"], bin)
+	var wg sync.WaitGroup
+	var rep proctest.UpgradeReport
+	wg.Add(1)
+	go func() { defer wg.Done(); rep, _ = svc.Upgrade(ctx) }()
+	waitPhase(t, ctx, svc, "upgrading")
+	syscall.Kill(st.PID, syscall.SIGTERM)
+	wg.Wait()
+	if rep.ExitCode != exitFailed || rep.Code != "canceled" {
+		t.Fatalf("upgrade interrupted by SIGTERM: exit %d code %q (%s)", rep.ExitCode, rep.Code, rep.Error)
+	}
+	assertKilled(t, rep.Error)
+	if _, err := tracker.WaitExit(ctx, st.PID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A deployment that switches a symlink is picked up: the upgrade starts the
+// path the service was started as, not the file it resolved to.
+func TestSymlinkSwitchDeploy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	dir := t.TempDir()
+	for _, v := range []string{"v1", "v2"} {
+		os.Mkdir(filepath.Join(dir, v), 0o755)
+	}
+	installCopy(t, bins["hello"], filepath.Join(dir, "v1", "hello"))
+	installCopy(t, bins["hello-v2"], filepath.Join(dir, "v2", "hello"))
+	current := filepath.Join(dir, "current")
+	if err := os.Symlink("v1", current); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t, "tcp")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	svc, err := proctest.Start(ctx, tracker, bins["baton"], "symlink", os.Environ(), nil, filepath.Join(current, "hello"), "-name", "symlink", "-addr", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopService(t, svc) })
+	tmp := filepath.Join(dir, "current.new")
+	os.Symlink("v2", tmp)
+	if err := os.Rename(tmp, current); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := svc.Upgrade(ctx)
+	if err != nil || !rep.OK {
+		t.Fatalf("upgrade: %v %+v", err, rep)
+	}
+	l, _ := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.Fresh: 1}, MaxRequests: 5})
+	<-l.Done()
+	r := l.Stop()
+	if v := r.PIDs[rep.Result.PID].Version; v != "v2" {
+		t.Fatalf("after switching the symlink to v2, the new generation serves %q", v)
+	}
+}
+
+func waitPhase(t *testing.T, ctx context.Context, svc *proctest.Service, phase string) {
+	t.Helper()
+	for {
+		st, err := svc.Status(ctx)
+		if err == nil && st.Phase == phase {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("phase %q never reached", phase)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
