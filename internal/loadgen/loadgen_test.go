@@ -236,7 +236,10 @@ func TestAbruptCloseIsFailureWithoutRetry(t *testing.T) {
 		t.Fatalf("server saw %d (answered %d), loader ok=%d failed=%d: retries or lost requests",
 			seen.Load(), answered.Load(), r.TotalOK(), r.TotalFailed())
 	}
-	if r.ByKind[Fresh].Failed != 0 || r.ByKind[KeepAliveGET].Failed == 0 || r.ByKind[KeepAlivePOST].Failed == 0 {
+	// Which persistent-connection worker hits the closes depends on
+	// scheduling (one may use up MaxRequests alone); fresh ones never do.
+	persistentFailed := r.ByKind[KeepAliveGET].Failed + r.ByKind[KeepAlivePOST].Failed + r.ByKind[Slow].Failed
+	if r.ByKind[Fresh].Failed != 0 || persistentFailed == 0 {
 		t.Fatalf("unexpected per-kind counts:\n%s", r)
 	}
 	for _, f := range r.Failures {
