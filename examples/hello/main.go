@@ -63,6 +63,7 @@ func run() error {
 	maxDraining := flag.Int("max-draining", 8, "how many old generations may drain at once")
 	startupDelay := flag.Duration("startup-delay", 0, "pretend start-up work before Ready (for benchmarks)")
 	statePad := flag.Int("state-pad", 0, "add this many bytes to the state blob (for testing the bound)")
+	eventLog := flag.String("event-log", "", "append one line per generation event to this file (opened once, then inherited)")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("app", "hello", "pid", os.Getpid(), "version", *version)
@@ -91,6 +92,19 @@ func run() error {
 	}
 	gen := strconv.Itoa(upg.Generation())
 	pid := strconv.Itoa(os.Getpid())
+	var events io.Writer = io.Discard
+	if *eventLog != "" {
+		// Opened by the first generation only; later ones inherit the same
+		// open file from baton (even if the path was rotated away).
+		f, err := upg.File("event-log", func() (*os.File, error) {
+			return os.OpenFile(*eventLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		})
+		if err != nil {
+			return err
+		}
+		events = f
+	}
+	fmt.Fprintf(events, "generation %s pid %s version %s starting\n", gen, pid, *version)
 
 	mux := http.NewServeMux()
 	answer := func(w http.ResponseWriter, r *http.Request) {
@@ -171,6 +185,7 @@ func run() error {
 	if err := upg.Ready(); err != nil {
 		return fmt.Errorf("not ready: %w", err)
 	}
+	fmt.Fprintf(events, "generation %s pid %s ready\n", gen, pid)
 
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)

@@ -4,6 +4,9 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -176,5 +179,70 @@ func waitPhase(t *testing.T, ctx context.Context, svc *proctest.Service, phase s
 			t.Fatalf("phase %q never reached", phase)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A named file (here an event log) is opened once and inherited by every
+// later generation, and the state blob (the served-requests counter)
+// travels from generation to generation.
+func TestInheritedFileAndState(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	logPath := filepath.Join(t.TempDir(), "events.log")
+	svc, _ := startHello(t, "files", "-addr", addr, "-event-log", logPath)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// Rotate the path away: generations that inherit the open file keep
+	// writing to the rotated file; one that reopened the path would not.
+	rotated := logPath + ".1"
+	if err := os.Rename(logPath, rotated); err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	var served int
+	for i := 0; i < 3; i++ {
+		l, _ := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.Fresh: 1}, MaxRequests: 10})
+		<-l.Done()
+		if r := l.Stop(); r.TotalOK() != 10 {
+			t.Fatalf("load: %s", r)
+		}
+		served += 10
+		rep, err := svc.Upgrade(ctx)
+		if err != nil || !rep.OK {
+			t.Fatalf("upgrade: %v %+v", err, rep)
+		}
+		pids = append(pids, rep.Result.PID)
+	}
+	if _, err := os.Stat(logPath); !os.IsNotExist(err) {
+		t.Fatalf("a later generation reopened the event log by path instead of inheriting it (%v)", err)
+	}
+	b, err := os.ReadFile(rotated)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range pids {
+		if !strings.Contains(string(b), fmt.Sprintf("pid %d ready", pid)) {
+			t.Errorf("generation pid %d did not write to the inherited file:\n%s", pid, b)
+		}
+	}
+	// The counter handed over as state: the last generation knows about
+	// the requests served by the first ones.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	body, _ := io.ReadAll(c)
+	var got int
+	if i := strings.Index(string(body), "served "); i < 0 {
+		t.Fatalf("no counter in %q", body)
+	} else {
+		fmt.Sscan(string(body[i+len("served "):]), &got)
+	}
+	if got < served {
+		t.Fatalf("generation 4 counts %d served requests, want at least %d: the state did not travel", got, served)
 	}
 }
