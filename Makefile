@@ -3,7 +3,7 @@ GO      ?= go
 GOFLAGS ?=
 export GOFLAGS
 
-.PHONY: all build demo test test-unix vet cross bench clean
+.PHONY: all build demo test test-unix test-windows vet cross bench clean
 
 all: build
 
@@ -14,11 +14,16 @@ build:
 demo:
 	$(GO) run ./test/demo
 
-## test: the whole suite: vet for every target OS, then the race-enabled tests
-test: vet test-unix
+## test: the whole suite: vet for every target OS, the race-enabled tests,
+## and the Windows lane under Wine (installed when missing; CI=true fails
+## rather than skips when it cannot run)
+test: vet test-unix test-windows
 
 test-unix:
 	$(GO) test -race -count=1 -timeout 10m ./...
+
+test-windows:
+	GO=$(GO) bash scripts/wine/lane.sh
 
 vet: cross
 	$(GO) vet ./...

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"net"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/baton-go/baton/internal/ctl"
+	"github.com/baton-go/baton/internal/handlecount"
 	"github.com/baton-go/baton/internal/handoff"
 )
 
@@ -17,18 +17,21 @@ var controlDesc = handoff.FileDesc{Kind: handoff.KindListener, Network: "baton-c
 
 // Status is what `baton status` reports about a generation.
 type Status struct {
-	Name       string          `json:"name"`
-	PID        int             `json:"pid"`
-	Generation int             `json:"generation"`
-	Phase      string          `json:"phase"`
-	Binary     string          `json:"binary"`
-	StartedAt  time.Time       `json:"started_at"`
-	ReadyAt    *time.Time      `json:"ready_at,omitempty"`
-	Uptime     time.Duration   `json:"uptime_ns"`
-	Listeners  []string        `json:"listeners"`
-	Draining   []int           `json:"draining_pids"`
-	ParentPID  int             `json:"parent_pid,omitempty"`
-	Last       *UpgradeOutcome `json:"last_upgrade,omitempty"`
+	Name       string        `json:"name"`
+	PID        int           `json:"pid"`
+	Generation int           `json:"generation"`
+	Phase      string        `json:"phase"`
+	Binary     string        `json:"binary"`
+	StartedAt  time.Time     `json:"started_at"`
+	ReadyAt    *time.Time    `json:"ready_at,omitempty"`
+	Uptime     time.Duration `json:"uptime_ns"`
+	Listeners  []string      `json:"listeners"`
+	// OpenHandles: open file descriptors (Unix) or handles (Windows) of
+	// this process; flat across upgrades unless something leaks.
+	OpenHandles int             `json:"open_handles"`
+	Draining    []int           `json:"draining_pids"`
+	ParentPID   int             `json:"parent_pid,omitempty"`
+	Last        *UpgradeOutcome `json:"last_upgrade,omitempty"`
 }
 
 // Status reports this generation's state.
@@ -36,16 +39,17 @@ func (u *Upgrader) Status() Status {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	s := Status{
-		Name:       u.opts.Name,
-		PID:        os.Getpid(),
-		Generation: u.generation,
-		Phase:      u.phase,
-		Binary:     u.binary,
-		StartedAt:  u.startedAt,
-		Uptime:     time.Since(u.startedAt),
-		Listeners:  u.listenerAddrs(),
-		Draining:   []int{},
-		Last:       u.last,
+		Name:        u.opts.Name,
+		PID:         os.Getpid(),
+		Generation:  u.generation,
+		Phase:       u.phase,
+		Binary:      u.binary,
+		StartedAt:   u.startedAt,
+		Uptime:      time.Since(u.startedAt),
+		Listeners:   u.listenerAddrs(),
+		OpenHandles: openHandles(),
+		Draining:    []int{},
+		Last:        u.last,
 	}
 	if !u.readyAt.IsZero() {
 		t := u.readyAt
@@ -68,11 +72,11 @@ func (u *Upgrader) openControl() error {
 	if u.opts.Name == "" {
 		return nil
 	}
-	if f := u.claim(controlDesc); f != nil {
-		u.ctlEntry = &entry{desc: controlDesc, hand: f}
-		return nil
+	var inherited *pooled
+	if p, ok := u.claim(controlDesc); ok {
+		inherited = &p
 	}
-	ln, err := ctl.Listen(u.opts.Name)
+	ep, err := openControlEndpoint(u.opts.Name, inherited)
 	if errors.Is(err, ctl.ErrUnsupported) {
 		u.log.Warn("no control endpoint on this platform yet", "err", err)
 		return nil
@@ -80,24 +84,19 @@ func (u *Upgrader) openControl() error {
 	if err != nil {
 		return err
 	}
-	f, err := handoff.DupFile(ln.(syscall.Conn), "baton-control")
-	ln.Close()
-	if err != nil {
-		return err
-	}
-	u.ctlEntry = &entry{desc: controlDesc, hand: f}
+	u.ctl = ep
 	return nil
 }
 
-// serveControl starts answering on the control endpoint (from a fresh copy
-// of the socket, so that it can be stopped and started again).
+// serveControl starts answering on the control endpoint (from a fresh
+// listener, so that it can be stopped and started again).
 func (u *Upgrader) serveControl() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.ctlEntry == nil || u.ctlSrv != nil || u.stopped {
+	if u.ctl == nil || u.ctlSrv != nil || u.stopped {
 		return
 	}
-	ln, err := net.FileListener(u.ctlEntry.hand)
+	ln, err := u.ctl.listen()
 	if err != nil {
 		u.log.Error("control endpoint unusable", "err", err)
 		return
@@ -121,6 +120,12 @@ func (u *Upgrader) stopControl() {
 func (u *Upgrader) handleControl(ctx context.Context, req ctl.Request) ctl.Response {
 	switch req.Op {
 	case ctl.OpStatus:
+		return ctl.OKResponse(u.Status())
+	case ctl.OpStop:
+		// Answer first, then stop: the caller learns that the stop was
+		// accepted; the app then drains (Exit is closed).
+		go u.Stop() // Stop waits for this answer to be written
+
 		return ctl.OKResponse(u.Status())
 	case ctl.OpUpgrade:
 		res, err := u.Upgrade(ctx)
@@ -148,4 +153,20 @@ func errorCode(err error) string {
 		return ctl.CodeStopped
 	}
 	return handoff.Code(err)
+}
+
+// controlEndpoint is where a generation answers control requests; how it
+// passes from one generation to the next is platform code.
+type controlEndpoint interface {
+	listen() (net.Listener, error) // a fresh listener on the endpoint
+	item() (handoff.Item, bool)    // what to hand to the next generation, if anything
+	close()
+}
+
+func openHandles() int {
+	n, err := handlecount.Count()
+	if err != nil {
+		return -1
+	}
+	return n
 }

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strconv"
-	"syscall"
 
 	"github.com/baton-go/baton/internal/handoff"
 )
@@ -14,7 +12,7 @@ import (
 // entry is one socket or file this generation owns and will hand over.
 type entry struct {
 	desc handoff.FileDesc
-	hand *os.File // our close-on-exec copy, passed to the next generation
+	item handoff.Item // what is passed to the next generation
 
 	ln   net.Listener   // KindListener: what the app got
 	pc   net.PacketConn // KindPacket
@@ -28,6 +26,19 @@ func (e *entry) String() string {
 		return "file " + e.desc.Name
 	}
 	return e.desc.Network + " " + e.desc.Addr
+}
+
+// pooled is an inherited file not yet claimed by the app.
+type pooled struct {
+	desc  handoff.FileDesc
+	file  *os.File // nil where the platform passes data instead (Windows sockets)
+	local net.Addr // for socket-activated sockets: their bound address
+}
+
+func (p pooled) close() {
+	if p.file != nil {
+		p.file.Close()
+	}
 }
 
 // Listen returns a stream listener for network ("tcp", "tcp4", "tcp6" or
@@ -46,41 +57,29 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 	if u.stopped || u.handedOver {
 		return nil, fmt.Errorf("baton: Listen %s %s: %w", network, addr, ErrStopped)
 	}
-	desc := handoff.FileDesc{Kind: handoff.KindListener, Network: network, Addr: addr}
-	if f := u.claim(desc); f != nil {
-		ln, err := net.FileListener(f)
-		if err != nil {
-			f.Close()
+	e := &entry{desc: handoff.FileDesc{Kind: handoff.KindListener, Network: network, Addr: addr}}
+	var err error
+	if p, ok := u.claim(e.desc); ok {
+		if e.ln, e.item, err = inheritListener(p); err != nil {
+			p.close()
 			return nil, fmt.Errorf("baton: inherited %s %s: %w", network, addr, err)
 		}
-		e := &entry{desc: desc, hand: f, ln: ln}
-		if ul, ok := ln.(*net.UnixListener); ok {
-			ul.SetUnlinkOnClose(false)
-			e.unixPath = addr
+	} else {
+		if network == "unix" {
+			removeStaleSocket(addr)
 		}
-		u.entries = append(u.entries, e)
-		u.log.Debug("listener inherited", "network", network, "addr", addr)
-		return ln, nil
+		if e.ln, e.item, err = newListener(network, addr); err != nil {
+			return nil, fmt.Errorf("baton: %w", err)
+		}
 	}
-	if network == "unix" {
-		removeStaleSocket(addr)
-	}
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		return nil, fmt.Errorf("baton: %w", err)
-	}
-	e := &entry{desc: desc, ln: ln}
-	if ul, ok := ln.(*net.UnixListener); ok {
+	if ul, ok := e.ln.(*net.UnixListener); ok {
 		// Whoever stops last unlinks the file, not whoever closes first.
 		ul.SetUnlinkOnClose(false)
 		e.unixPath = addr
 	}
-	if e.hand, err = handoff.DupFile(ln.(syscall.Conn), desc.Network+":"+addr); err != nil && !errors.Is(err, handoff.ErrUnsupported) {
-		ln.Close()
-		return nil, fmt.Errorf("baton: %w", err)
-	}
+	e.item.Desc = e.desc
 	u.entries = append(u.entries, e)
-	return ln, nil
+	return e.ln, nil
 }
 
 // ListenPacket returns a packet conn for network ("udp", "udp4", "udp6" or
@@ -99,37 +98,27 @@ func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
 	if u.stopped || u.handedOver {
 		return nil, fmt.Errorf("baton: ListenPacket %s %s: %w", network, addr, ErrStopped)
 	}
-	desc := handoff.FileDesc{Kind: handoff.KindPacket, Network: network, Addr: addr}
-	if f := u.claim(desc); f != nil {
-		pc, err := net.FilePacketConn(f)
-		if err != nil {
-			f.Close()
+	e := &entry{desc: handoff.FileDesc{Kind: handoff.KindPacket, Network: network, Addr: addr}}
+	var err error
+	if p, ok := u.claim(e.desc); ok {
+		if e.pc, e.item, err = inheritPacketConn(p); err != nil {
+			p.close()
 			return nil, fmt.Errorf("baton: inherited %s %s: %w", network, addr, err)
 		}
-		e := &entry{desc: desc, hand: f, pc: pc}
+	} else {
 		if network == "unixgram" {
-			e.unixPath = addr
+			removeStaleSocket(addr)
 		}
-		u.entries = append(u.entries, e)
-		return pc, nil
+		if e.pc, e.item, err = newPacketConn(network, addr); err != nil {
+			return nil, fmt.Errorf("baton: %w", err)
+		}
 	}
-	if network == "unixgram" {
-		removeStaleSocket(addr)
-	}
-	pc, err := net.ListenPacket(network, addr)
-	if err != nil {
-		return nil, fmt.Errorf("baton: %w", err)
-	}
-	e := &entry{desc: desc, pc: pc}
 	if network == "unixgram" {
 		e.unixPath = addr
 	}
-	if e.hand, err = handoff.DupFile(pc.(syscall.Conn), network+":"+addr); err != nil && !errors.Is(err, handoff.ErrUnsupported) {
-		pc.Close()
-		return nil, fmt.Errorf("baton: %w", err)
-	}
+	e.item.Desc = e.desc
 	u.entries = append(u.entries, e)
-	return pc, nil
+	return e.pc, nil
 }
 
 // File returns the named file inherited from the previous generation, or
@@ -149,26 +138,31 @@ func (u *Upgrader) File(name string, open func() (*os.File, error)) (*os.File, e
 			return nil, fmt.Errorf("baton: File %q requested twice", name)
 		}
 	}
-	desc := handoff.FileDesc{Kind: handoff.KindFile, Name: name}
-	if f := u.claim(desc); f != nil {
-		u.entries = append(u.entries, &entry{desc: desc, hand: f, file: f})
-		return f, nil
+	e := &entry{desc: handoff.FileDesc{Kind: handoff.KindFile, Name: name}}
+	var err error
+	if p, ok := u.claim(e.desc); ok {
+		if e.file, e.item, err = inheritFile(p); err != nil {
+			p.close()
+			return nil, fmt.Errorf("baton: inherited file %q: %w", name, err)
+		}
+	} else {
+		f, err := open()
+		if err != nil {
+			return nil, fmt.Errorf("baton: File %q: %w", name, err)
+		}
+		if e.item, err = fileItem(f); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("baton: File %q: %w", name, err)
+		}
+		e.file = f
 	}
-	f, err := open()
-	if err != nil {
-		return nil, fmt.Errorf("baton: File %q: %w", name, err)
-	}
-	e := &entry{desc: desc, file: f}
-	if e.hand, err = handoff.DupFile(f, "file:"+name); err != nil && !errors.Is(err, handoff.ErrUnsupported) {
-		f.Close()
-		return nil, fmt.Errorf("baton: %w", err)
-	}
+	e.item.Desc = e.desc
 	u.entries = append(u.entries, e)
-	return f, nil
+	return e.file, nil
 }
 
 // claim takes the inherited (or socket-activated) file that matches desc.
-func (u *Upgrader) claim(desc handoff.FileDesc) *os.File {
+func (u *Upgrader) claim(desc handoff.FileDesc) (pooled, bool) {
 	for i, p := range u.pool {
 		if p.desc.Kind != desc.Kind {
 			continue
@@ -184,17 +178,10 @@ func (u *Upgrader) claim(desc handoff.FileDesc) *os.File {
 		}
 		if match {
 			u.pool = append(u.pool[:i], u.pool[i+1:]...)
-			return p.file
+			return p, true
 		}
 	}
-	return nil
-}
-
-// pooled is an inherited file not yet claimed by the app.
-type pooled struct {
-	desc  handoff.FileDesc
-	file  *os.File
-	local net.Addr // for socket-activated sockets: their bound address
+	return pooled{}, false
 }
 
 // sameAddr reports whether a socket bound to got serves what the app asks
@@ -225,26 +212,3 @@ func sameIP(want, got net.IP) bool {
 	}
 	return want.Equal(got)
 }
-
-// removeStaleSocket deletes a unix socket file that nobody listens on any
-// more (left by a crashed service), so that binding it again works. A file
-// that is not a socket, or a live socket, is left for net.Listen to report.
-func removeStaleSocket(path string) {
-	fi, err := os.Lstat(path)
-	if err != nil || fi.Mode()&os.ModeSocket == 0 {
-		return
-	}
-	// Only a refused connection proves nobody listens: a full backlog does
-	// not, and a live unixgram socket answers a stream dial with EPROTOTYPE.
-	c, err := net.Dial("unix", path)
-	if err == nil {
-		c.Close()
-		return
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return
-	}
-	os.Remove(path)
-}
-
-func itoa(i int) string { return strconv.Itoa(i) }

@@ -78,12 +78,12 @@ func (u *Upgrader) upgrade(ctx context.Context, start time.Time) (UpgradeResult,
 	}
 	items := make([]handoff.Item, 0, len(u.entries)+1)
 	for _, e := range u.entries {
-		if e.hand != nil {
-			items = append(items, handoff.Item{Desc: e.desc, File: e.hand})
-		}
+		items = append(items, e.item)
 	}
-	if u.ctlEntry != nil {
-		items = append(items, handoff.Item{Desc: u.ctlEntry.desc, File: u.ctlEntry.hand})
+	if u.ctl != nil {
+		if it, ok := u.ctl.item(); ok {
+			items = append(items, it)
+		}
 	}
 	u.phase = PhaseUpgrading
 	u.mu.Unlock()

@@ -47,7 +47,7 @@ type Upgrader struct {
 	handedOver bool
 	stopped    bool
 	last       *UpgradeOutcome
-	ctlEntry   *entry
+	ctl        controlEndpoint // nil without a control endpoint
 	ctlSrv     *ctl.Server
 	ctlStopped []*ctl.Server // stopped servers that may still be answering
 
@@ -190,7 +190,7 @@ func (u *Upgrader) ready() error {
 	// Inherited sockets nobody asked for are closed here, not leaked.
 	for _, p := range u.pool {
 		u.log.Warn("inherited socket not claimed by this generation; closing it", "kind", p.desc.Kind, "network", p.desc.Network, "addr", p.desc.Addr, "name", p.desc.Name)
-		p.file.Close()
+		p.close()
 	}
 	u.pool = nil
 	u.mu.Unlock()
@@ -263,9 +263,7 @@ func (u *Upgrader) closeAll() {
 	}
 	u.ctlSrv = nil
 	entries := append([]*entry(nil), u.entries...)
-	if u.ctlEntry != nil {
-		entries = append(entries, u.ctlEntry)
-	}
+	ep := u.ctl
 	pool := u.pool
 	u.pool = nil
 	u.mu.Unlock()
@@ -290,12 +288,13 @@ func (u *Upgrader) closeAll() {
 		if e.pc != nil {
 			e.pc.Close()
 		}
-		if e.hand != nil {
-			e.hand.Close()
-		}
+		e.item.Close()
+	}
+	if ep != nil {
+		ep.close()
 	}
 	for _, p := range pool {
-		p.file.Close()
+		p.close()
 	}
 }
 

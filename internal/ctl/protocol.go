@@ -29,6 +29,7 @@ const maxLine = 1 << 20
 const (
 	OpUpgrade = "upgrade"
 	OpStatus  = "status"
+	OpStop    = "stop"
 )
 
 // Error codes carried in Response.Code. The CLI maps them to exit codes.

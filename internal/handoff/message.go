@@ -72,6 +72,9 @@ type FileDesc struct {
 	Name    string `json:"name,omitempty"`
 	Network string `json:"network,omitempty"`
 	Addr    string `json:"addr,omitempty"`
+	// Data is what the child needs to rebuild the file where no descriptor
+	// can be inherited (Windows: WSAPROTOCOL_INFOW, or a handle value).
+	Data []byte `json:"data,omitempty"`
 }
 
 // Proc identifies a process beyond its pid, so that a recycled pid is not

@@ -16,7 +16,19 @@ import (
 // Item is one file handed to the child, with its description.
 type Item struct {
 	Desc FileDesc
+	// File is passed as a descriptor on Unix; on Windows its handle is
+	// duplicated into the child.
 	File *os.File
+	// Socket (Windows) is a SOCKET duplicated for the child with
+	// WSADuplicateSocket; File is nil then.
+	Socket uintptr
+}
+
+// Close releases what the item holds for the next generation.
+func (it Item) Close() {
+	if it.File != nil {
+		it.File.Close()
+	}
 }
 
 // SpawnConfig says what to start and what to hand it.

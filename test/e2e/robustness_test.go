@@ -223,7 +223,7 @@ func TestInheritedFileAndState(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, pid := range pids {
-		if !strings.Contains(string(b), fmt.Sprintf("pid %d ready", pid)) {
+		if !strings.Contains(string(b), fmt.Sprintf("pid %d version", pid) /* written before Ready */) {
 			t.Errorf("generation pid %d did not write to the inherited file:\n%s", pid, b)
 		}
 	}

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/baton-go/baton"
+	"github.com/baton-go/baton/internal/ctl"
+	"github.com/spf13/cobra"
+)
+
+func newStopCmd() *cobra.Command {
+	var f commonFlags
+	c := &cobra.Command{
+		Use:   "stop --name NAME",
+		Short: "Stop a service: it stops accepting, drains and exits",
+		Long: `Ask the service NAME to stop: the serving generation stops accepting, lets
+requests in flight finish (its drain deadline) and exits. Waits until the
+control endpoint is gone, or --timeout.
+
+` + exitCodesHelp,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runStop(cmd.OutOrStdout(), f)
+		},
+	}
+	f.add(c, time.Minute)
+	return c
+}
+
+func runStop(out io.Writer, f commonFlags) error {
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	defer cancel()
+	resp, err := ctl.Do(ctx, f.name, ctl.Request{Op: ctl.OpStop})
+	if err != nil {
+		return reportTransport(out, f, err)
+	}
+	var st baton.Status
+	if !resp.OK || resp.Decode(&st) != nil {
+		return &exitError{code: exitInternal, err: fmt.Errorf("stop of %s: %s (%s)", f.name, resp.Error, resp.Code)}
+	}
+	// Wait until nothing answers under the name any more.
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := ctl.Do(pctx, f.name, ctl.Request{Op: ctl.OpStatus})
+		pcancel()
+		if errors.Is(err, ctl.ErrNoEndpoint) {
+			break
+		}
+		if ctx.Err() != nil {
+			return &exitError{code: exitFailed, err: fmt.Errorf("%s (pid %d) still answers after %v", f.name, st.PID, f.timeout)}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if f.json {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"name": f.name, "ok": true, "pid": st.PID})
+	}
+	fmt.Fprintf(out, "stopped %s (pid %d)\n", f.name, st.PID)
+	return nil
+}

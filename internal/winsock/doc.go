@@ -1,0 +1,26 @@
+// Package winsock serves and hands over listening TCP sockets on Windows with
+// raw Winsock calls, so that a running process can pass its listener to the
+// process replacing it without refusing or losing a connection.
+//
+// Why not the standard library: net.Listen associates the socket with the
+// runtime's I/O completion port, and every duplicate of a socket (in any
+// process) shares that association, so completions of the new process's
+// accepts would be queued to the old process's port. net.FileListener needs
+// NtSetInformationFile(FileReplaceCompletionInformation), which Wine lacks.
+//
+// The mechanism (see shared notes on Windows handoff):
+//
+//   - Listen creates the socket with SO_EXCLUSIVEADDRUSE and never puts it on
+//     an IOCP.
+//   - The old process calls Duplicate(l.Socket(), newPID) and sends the bytes to
+//     the new process, which calls ListenerFromProtocolInfo.
+//   - Listener.Accept uses AcceptEx completed through an event whose handle has
+//     its low bit set, so no completion packet is queued to any IOCP; Close
+//     cancels the pending AcceptEx (closesocket alone does not while another
+//     process holds a copy) and still returns a connection that completed at
+//     the same moment.
+//   - Accepted connections are *os.File-backed (a DuplicateHandle copy of the
+//     SOCKET), so reads and writes use the runtime's IOCP and deadlines work.
+//
+// The package is empty on other operating systems.
+package winsock

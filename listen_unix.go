@@ -1,0 +1,87 @@
+//go:build unix
+
+package baton
+
+import (
+	"errors"
+	"net"
+	"os"
+	"syscall"
+
+	"github.com/baton-go/baton/internal/handoff"
+)
+
+// On Unix every socket and file is passed as a file descriptor: we keep a
+// close-on-exec duplicate of each (handoff.DupFile) to give to children.
+
+func newListener(network, addr string) (net.Listener, handoff.Item, error) {
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, handoff.Item{}, err
+	}
+	f, err := handoff.DupFile(ln.(syscall.Conn), network+":"+addr)
+	if err != nil {
+		ln.Close()
+		return nil, handoff.Item{}, err
+	}
+	return ln, handoff.Item{File: f}, nil
+}
+
+func inheritListener(p pooled) (net.Listener, handoff.Item, error) {
+	ln, err := net.FileListener(p.file)
+	if err != nil {
+		return nil, handoff.Item{}, err
+	}
+	return ln, handoff.Item{File: p.file}, nil
+}
+
+func newPacketConn(network, addr string) (net.PacketConn, handoff.Item, error) {
+	pc, err := net.ListenPacket(network, addr)
+	if err != nil {
+		return nil, handoff.Item{}, err
+	}
+	f, err := handoff.DupFile(pc.(syscall.Conn), network+":"+addr)
+	if err != nil {
+		pc.Close()
+		return nil, handoff.Item{}, err
+	}
+	return pc, handoff.Item{File: f}, nil
+}
+
+func inheritPacketConn(p pooled) (net.PacketConn, handoff.Item, error) {
+	pc, err := net.FilePacketConn(p.file)
+	if err != nil {
+		return nil, handoff.Item{}, err
+	}
+	return pc, handoff.Item{File: p.file}, nil
+}
+
+func fileItem(f *os.File) (handoff.Item, error) {
+	d, err := handoff.DupFile(f, f.Name())
+	return handoff.Item{File: d}, err
+}
+
+func inheritFile(p pooled) (*os.File, handoff.Item, error) {
+	return p.file, handoff.Item{File: p.file}, nil
+}
+
+// removeStaleSocket deletes a unix socket file that nobody listens on any
+// more (left by a crashed service), so that binding it again works. A file
+// that is not a socket, or a live socket, is left for net.Listen to report.
+func removeStaleSocket(path string) {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return
+	}
+	// Only a refused connection proves nobody listens: a full backlog does
+	// not, and a live unixgram socket answers a stream dial with EPROTOTYPE.
+	c, err := net.Dial("unix", path)
+	if err == nil {
+		c.Close()
+		return
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return
+	}
+	os.Remove(path)
+}

@@ -1,0 +1,196 @@
+//go:build linux
+
+package wine
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/baton-go/baton/internal/loadgen"
+)
+
+// Exit codes of the baton CLI.
+const (
+	exitFailed = 1
+	exitBusy   = 4
+)
+
+// TestUpgradesUnderLoadOnWindows: hello.exe under Wine is upgraded 10 times
+// in a row through baton.exe, alternating v1 and v2 builds renamed into
+// place, while a native loader sends keep-alive GETs, non-retried POSTs,
+// fresh connections and slow requests: no request may fail, every upgrade
+// switches, every old generation is gone, handles do not grow.
+func TestUpgradesUnderLoadOnWindows(t *testing.T) {
+	addr := freePort(t)
+	s := startService(t, "winload", "-addr", addr, "-idle-grace", "1s", "-drain-timeout", "20s")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	st0, err := s.status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
+		loadgen.KeepAliveGET: 3, loadgen.KeepAlivePOST: 3, loadgen.Fresh: 3, loadgen.Slow: 2,
+	}, Pause: 5 * time.Millisecond, MaxRequests: 1_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	const upgrades = 10
+	var switches []time.Duration
+	var lastPID int
+	for i := 0; i < upgrades; i++ {
+		version := []string{"v2", "v1"}[i%2]
+		replaceRunning(t, bins["hello-"+version], s.exe, i)
+		rep := s.upgrade(ctx)
+		if rep.ExitCode != 0 || !rep.OK || rep.Result == nil {
+			t.Fatalf("upgrade %d: exit %d %s: %s", i+1, rep.ExitCode, rep.Code, rep.Error)
+		}
+		seen, err := load.WaitPID(ctx, rep.Result.PID)
+		if err != nil {
+			t.Fatalf("upgrade %d: no response from new pid %d: %v", i+1, rep.Result.PID, err)
+		}
+		if v := load.Snapshot().PIDs[rep.Result.PID].Version; v != version {
+			t.Errorf("upgrade %d: new generation serves %q, want %q (the exe renamed into place)", i+1, v, version)
+		}
+		switches = append(switches, seen.Sub(rep.Triggered))
+		lastPID = rep.Result.PID
+		time.Sleep(500 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	rep := load.Stop()
+	t.Logf("load under Wine:\n%s", rep)
+	for kind, ks := range rep.ByKind {
+		if ks.OK == 0 || ks.Failed != 0 {
+			t.Errorf("%s: %d ok, %d failed", kind, ks.OK, ks.Failed)
+		}
+	}
+	for i, f := range rep.Failures {
+		if i < 10 {
+			t.Errorf("failure: %+v", f)
+		}
+	}
+	sort.Slice(switches, func(i, j int) bool { return switches[i] < switches[j] })
+	t.Logf("switch time under Wine (trigger -> first response from the new pid, includes starting baton.exe under Wine): median %v, max %v",
+		switches[len(switches)/2].Round(time.Millisecond), switches[len(switches)-1].Round(time.Millisecond))
+
+	// Every old generation is gone (the serving one sees none draining),
+	// and the stale renamed copies were removed once their process exited.
+	var st = st0
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err = s.status(ctx)
+		if err == nil && len(st.Draining) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("old generations still running: %v (%v)", st.Draining, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if st.PID != lastPID || st.Generation != upgrades+1 {
+		t.Errorf("serving pid %d generation %d, want pid %d generation %d", st.PID, st.Generation, lastPID, upgrades+1)
+	}
+	t.Logf("open handles: generation 1 at start %d, generation %d at the end %d", st0.OpenHandles, st.Generation, st.OpenHandles)
+	if st.OpenHandles > st0.OpenHandles+10 {
+		t.Errorf("handle count grew across generations: %d -> %d", st0.OpenHandles, st.OpenHandles)
+	}
+}
+
+// TestFailedUpgradesOnWindows: the failure cases of the core issue under
+// Wine, with load running: no request fails and each error is clear.
+func TestFailedUpgradesOnWindows(t *testing.T) {
+	addr := freePort(t)
+	s := startService(t, "winfail", "-addr", addr, "-idle-grace", "500ms", "-ready-timeout", "5s")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	st, err := s.status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
+		loadgen.KeepAlivePOST: 2, loadgen.Fresh: 2, loadgen.Slow: 1,
+	}, Pause: 5 * time.Millisecond, MaxRequests: 1_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 100
+	swap := func(src string) {
+		n++
+		replaceRunning(t, src, s.exe, n)
+	}
+	stillServing := func(t *testing.T) {
+		t.Helper()
+		now, err := s.status(ctx)
+		if err != nil || now.PID != st.PID || now.Phase != "serving" {
+			t.Fatalf("after the failed upgrade: %v %+v (want pid %d serving)", err, now, st.PID)
+		}
+	}
+	t.Run("exits before ready", func(t *testing.T) {
+		swap(bins["badapp-exit"])
+		defer swap(bins["hello-v1"])
+		rep := s.upgrade(ctx)
+		if rep.ExitCode != exitFailed || rep.Code != "child_exited" || !strings.Contains(rep.Error, "exit code 3") {
+			t.Fatalf("exit %d code %q: %s", rep.ExitCode, rep.Code, rep.Error)
+		}
+		stillServing(t)
+	})
+	t.Run("never ready", func(t *testing.T) {
+		swap(bins["badapp-hang"])
+		defer swap(bins["hello-v1"])
+		rep := s.upgrade(ctx)
+		if rep.ExitCode != exitFailed || rep.Code != "ready_timeout" || pidIn(rep.Error) == "" {
+			t.Fatalf("exit %d code %q: %s", rep.ExitCode, rep.Code, rep.Error)
+		}
+		stillServing(t)
+	})
+	t.Run("busy", func(t *testing.T) {
+		swap(bins["badapp-hang"])
+		defer swap(bins["hello-v1"])
+		var wg sync.WaitGroup
+		var first upgradeReport
+		wg.Add(1)
+		go func() { defer wg.Done(); first = s.upgrade(ctx) }()
+		for {
+			now, err := s.status(ctx)
+			if err == nil && now.Phase == "upgrading" {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatal("first upgrade never started")
+			}
+		}
+		rep := s.upgrade(ctx)
+		if rep.ExitCode != exitBusy || rep.Code != "busy" {
+			t.Fatalf("second upgrade: exit %d code %q: %s", rep.ExitCode, rep.Code, rep.Error)
+		}
+		wg.Wait()
+		if first.Code != "ready_timeout" {
+			t.Fatalf("first upgrade: %+v", first)
+		}
+		stillServing(t)
+	})
+	t.Run("exe missing", func(t *testing.T) {
+		if err := os.Rename(s.exe, s.exe+".aside"); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Rename(s.exe+".aside", s.exe)
+		rep := s.upgrade(ctx)
+		if rep.ExitCode != exitFailed || rep.Code != "binary" {
+			t.Fatalf("exit %d code %q: %s", rep.ExitCode, rep.Code, rep.Error)
+		}
+		stillServing(t)
+	})
+	r := load.Stop()
+	t.Logf("load under Wine during the failures:\n%s", r)
+	if r.TotalFailed() != 0 || r.TotalOK() == 0 {
+		t.Fatalf("%d failed requests", r.TotalFailed())
+	}
+	_ = fmt.Sprint()
+}
