@@ -1,7 +1,6 @@
 package baton
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/baton-go/baton/internal/handoff"
 	"github.com/baton-go/baton/internal/winsock"
-	"golang.org/x/sys/windows"
 )
 
 // On Windows nothing is inherited: listening sockets are created by baton's
@@ -83,14 +81,13 @@ func fileItem(f *os.File) (handoff.Item, error) {
 	return handoff.Item{File: f}, nil
 }
 
-// inheritFile takes a file handle the parent duplicated into this process.
+// inheritFile takes a file handle the parent duplicated into this process
+// (the handoff package made it an *os.File).
 func inheritFile(p pooled) (*os.File, handoff.Item, error) {
-	if len(p.desc.Data) != 8 {
+	if p.file == nil {
 		return nil, handoff.Item{}, errors.New("no handle in the handoff message")
 	}
-	h := windows.Handle(binary.LittleEndian.Uint64(p.desc.Data))
-	f := os.NewFile(uintptr(h), p.desc.Name)
-	return f, handoff.Item{File: f}, nil
+	return p.file, handoff.Item{File: p.file}, nil
 }
 
 func removeStaleSocket(path string) {}

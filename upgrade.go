@@ -114,7 +114,9 @@ func (u *Upgrader) upgrade(ctx context.Context, start time.Time) (UpgradeResult,
 
 	u.log.Info("upgrade: starting next generation", "binary", u.binary)
 	spawned := time.Now()
-	child, err := handoff.Spawn(handoff.SpawnConfig{
+	rctx, cancel := context.WithTimeout(ctx, u.opts.ReadyTimeout)
+	defer cancel()
+	child, err := handoff.Spawn(rctx, handoff.SpawnConfig{
 		Binary: u.binary,
 		Args:   u.opts.Args,
 		Env:    os.Environ(),
@@ -131,9 +133,7 @@ func (u *Upgrader) upgrade(ctx context.Context, start time.Time) (UpgradeResult,
 	if err != nil {
 		return UpgradeResult{}, err
 	}
-	rctx, cancel := context.WithTimeout(ctx, u.opts.ReadyTimeout)
 	reply, err := child.WaitReady(rctx)
-	cancel()
 	if err != nil {
 		child.Abort(err.Error())
 		u.log.Error("upgrade failed; this generation keeps serving", "pid", child.PID, "err", err)

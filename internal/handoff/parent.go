@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -54,6 +56,11 @@ type Child struct {
 	sendErr chan error // result of writing the handoff message
 	replies chan replyResult
 	once    sync.Once
+
+	// Platform hooks: afterAck runs once the child owns the sockets (e.g.
+	// lets it outlive us), onExit when the process is gone.
+	afterAck func()
+	onExit   func()
 }
 
 type replyResult struct {
@@ -76,16 +83,39 @@ func cleanEnv(env []string) []string {
 	return out
 }
 
-func newChild(pid int, proc *os.Process, conn net.Conn, tail *tailBuffer) *Child {
-	return &Child{
-		PID:     pid,
-		conn:    conn,
-		proc:    proc,
+// newChild watches a started process: it reaps it and records how it
+// ended. The caller sets conn before calling start.
+func newChild(cmd *exec.Cmd, tail *tailBuffer) *Child {
+	c := &Child{
+		PID:     cmd.Process.Pid,
+		proc:    cmd.Process,
 		tail:    tail,
 		exited:  make(chan struct{}),
 		sendErr: make(chan error, 1),
 		replies: make(chan replyResult, 1),
 	}
+	go func() {
+		err := cmd.Wait()
+		c.exitErr = exitError(c.PID, cmd.ProcessState, err, tail)
+		if c.onExit != nil {
+			c.onExit()
+		}
+		close(c.exited)
+	}()
+	return c
+}
+
+func exitError(pid int, ps *os.ProcessState, err error, tail *tailBuffer) *ExitError {
+	e := &ExitError{PID: pid, ExitCode: -1, StderrTail: tail.String()}
+	if ps == nil {
+		e.StderrTail = fmt.Sprintf("%v\n%s", err, e.StderrTail)
+		return e
+	}
+	e.ExitCode = ps.ExitCode()
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		e.Signal = ws.Signal().String()
+	}
+	return e
 }
 
 // start runs the protocol goroutines once the process exists.
@@ -169,6 +199,9 @@ func (c *Child) Ack() error {
 	_ = c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	err := writeJSON(c.conn, Ack{Go: true})
 	c.conn.Close()
+	if err == nil && c.afterAck != nil {
+		c.afterAck()
+	}
 	return err
 }
 
@@ -176,9 +209,11 @@ func (c *Child) Ack() error {
 // it to be gone, so that no half-started generation is left behind.
 func (c *Child) Abort(reason string) {
 	c.once.Do(func() {
-		_ = c.conn.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
-		_ = writeJSON(c.conn, Ack{Go: false, Reason: reason})
-		c.conn.Close()
+		if c.conn != nil {
+			_ = c.conn.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+			_ = writeJSON(c.conn, Ack{Go: false, Reason: reason})
+			c.conn.Close()
+		}
 		_ = c.proc.Kill()
 		select {
 		case <-c.exited:

@@ -3,6 +3,7 @@
 package handoff
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -47,7 +48,8 @@ func checkBinary(path string) error {
 }
 
 // Spawn starts the new generation with the items and sends it the handoff.
-func Spawn(cfg SpawnConfig) (*Child, error) {
+// On Unix it returns as soon as the process runs (ctx is used by WaitReady).
+func Spawn(ctx context.Context, cfg SpawnConfig) (*Child, error) {
 	if err := checkBinary(cfg.Binary); err != nil {
 		return nil, err
 	}
@@ -93,27 +95,10 @@ func Spawn(cfg SpawnConfig) (*Child, error) {
 		conn.Close()
 		return nil, errBinary(cfg.Binary, err)
 	}
-	c := newChild(cmd.Process.Pid, cmd.Process, conn, tail)
-	go func() {
-		err := cmd.Wait()
-		c.exitErr = exitError(c.PID, cmd.ProcessState, err, tail)
-		close(c.exited)
-	}()
+	c := newChild(cmd, tail)
+	c.conn = conn
 	c.start(msg, cfg.State)
 	return c, nil
-}
-
-func exitError(pid int, ps *os.ProcessState, err error, tail *tailBuffer) *ExitError {
-	e := &ExitError{PID: pid, ExitCode: -1, StderrTail: tail.String()}
-	if ps == nil {
-		e.StderrTail = fmt.Sprintf("%v\n%s", err, e.StderrTail)
-		return e
-	}
-	e.ExitCode = ps.ExitCode()
-	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		e.Signal = ws.Signal().String()
-	}
-	return e
 }
 
 // openChannel finds the handoff channel that a baton parent gave us.

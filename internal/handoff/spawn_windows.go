@@ -1,6 +1,7 @@
 package handoff
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -11,7 +12,7 @@ import (
 // Windows port. Until then every entry point says so clearly.
 
 // Spawn starts the new generation with the items and sends it the handoff.
-func Spawn(cfg SpawnConfig) (*Child, error) {
+func Spawn(ctx context.Context, cfg SpawnConfig) (*Child, error) {
 	return nil, fmt.Errorf("%w (windows)", ErrUnsupported)
 }
 
