@@ -128,7 +128,13 @@ func (u *Upgrader) handleControl(ctx context.Context, req ctl.Request) ctl.Respo
 
 		return ctl.OKResponse(u.Status())
 	case ctl.OpUpgrade:
-		res, err := u.Upgrade(ctx)
+		var res UpgradeResult
+		var err error
+		if req.Binary != "" {
+			res, err = u.UpgradeTo(ctx, req.Binary)
+		} else {
+			res, err = u.Upgrade(ctx)
+		}
 		if err != nil {
 			r := ctl.Response{Code: errorCode(err), Error: err.Error()}
 			var ce *ChildExitError

@@ -33,6 +33,11 @@ func (u *Upgrader) Upgrade(ctx context.Context) (UpgradeResult, error) {
 		return UpgradeResult{}, ErrUpgradeInProgress
 	}
 	defer u.upgradeMu.Unlock()
+	return u.runUpgrade(ctx)
+}
+
+// runUpgrade is Upgrade with upgradeMu held.
+func (u *Upgrader) runUpgrade(ctx context.Context) (UpgradeResult, error) {
 	start := time.Now()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

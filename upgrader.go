@@ -202,6 +202,7 @@ func (u *Upgrader) ready() error {
 	}
 	notifyReady(u.log, u.parent != nil, fmt.Sprintf("generation %d serving (pid %d)", u.generation, os.Getpid()))
 	u.serveControl()
+	u.removeStaleBinaries()
 	u.log.Info("ready", "pid", os.Getpid(), "startup", handoff.SinceStart().Round(time.Millisecond))
 	return nil
 }

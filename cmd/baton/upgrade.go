@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -19,6 +20,7 @@ type commonFlags struct {
 	name    string
 	json    bool
 	timeout time.Duration
+	binary  string // upgrade only
 }
 
 func (f *commonFlags) add(c *cobra.Command, defTimeout time.Duration) {
@@ -56,6 +58,7 @@ generation keeps serving then).
 		},
 	}
 	f.add(c, 5*time.Minute)
+	c.Flags().StringVar(&f.binary, "binary", "", "install this binary first (the running one is renamed aside and put back if the upgrade fails)")
 	return c
 }
 
@@ -63,7 +66,18 @@ func runUpgrade(out io.Writer, f commonFlags) error {
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
 	start := time.Now()
-	resp, err := ctl.Do(ctx, f.name, ctl.Request{Op: ctl.OpUpgrade})
+	req := ctl.Request{Op: ctl.OpUpgrade}
+	if f.binary != "" {
+		abs, err := filepath.Abs(f.binary)
+		if err != nil {
+			return &exitError{code: exitUsage, err: err}
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return &exitError{code: exitUsage, err: fmt.Errorf("--binary: %w", err)}
+		}
+		req.Binary = abs
+	}
+	resp, err := ctl.Do(ctx, f.name, req)
 	if err != nil {
 		return reportTransport(out, f, err)
 	}

@@ -68,6 +68,9 @@ var (
 type Request struct {
 	Version int    `json:"baton"`
 	Op      string `json:"op"`
+	// Binary (upgrade): install this file at the service's binary path
+	// first; the previous one is put back if the upgrade fails.
+	Binary string `json:"binary,omitempty"`
 }
 
 // Response is what a generation answers. Result holds an operation-specific

@@ -4,11 +4,13 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -245,4 +247,50 @@ func TestInheritedFileAndState(t *testing.T) {
 	if got < served {
 		t.Fatalf("generation 4 counts %d served requests, want at least %d: the state did not travel", got, served)
 	}
+}
+
+// `baton upgrade --binary F` installs F (the running binary renamed aside,
+// the new one renamed into place) and upgrades; when the upgrade fails the
+// previous binary is put back, byte for byte.
+func TestUpgradeWithBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, bin := startHello(t, "withbin", "-addr", addr)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rep, err := svc.Upgrade(ctx, "--binary", bins["hello-v2"])
+	if err != nil || !rep.OK {
+		t.Fatalf("upgrade --binary v2: %v %+v", err, rep)
+	}
+	l, _ := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.Fresh: 1}, MaxRequests: 3})
+	<-l.Done()
+	if v := l.Stop().PIDs[rep.Result.PID].Version; v != "v2" {
+		t.Fatalf("after --binary v2 the new generation serves %q", v)
+	}
+	before := sha(t, bin)
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err = svc.Upgrade(ctx, "--binary", bins["badapp-exit"])
+	if err != nil || rep.OK || rep.Code != "child_exited" || rep.ExitCode != exitFailed {
+		t.Fatalf("upgrade --binary badapp: %v %+v", err, rep)
+	}
+	if after := sha(t, bin); after != before {
+		t.Fatal("the installed binary was not put back after the failed upgrade")
+	}
+	if _, err := os.Stat(bin + ".old-" + strconv.Itoa(st.PID)); err == nil {
+		t.Fatal("a copy renamed aside was left behind after restoring")
+	}
+}
+
+func sha(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", sha256.Sum256(b))
 }
