@@ -26,8 +26,8 @@ type Inherited struct {
 	Files []*os.File // Files[i] belongs to Msg.Files[i]
 
 	conn    net.Conn
-	stderr  *os.File // the parent's real stderr, restored after the handover
-	unguard func()   // undoes guardStderrPipe
+	stderr  stderrSwitch // how to point stderr back at the parent's own
+	unguard func()       // undoes guardStderrPipe
 }
 
 // Receive reads the handoff when this process was started by a baton
@@ -57,7 +57,7 @@ func Receive(timeout time.Duration, maxState int64) (*Inherited, error) {
 		return nil, err
 	}
 	in := &Inherited{Msg: h, State: state, conn: conn, unguard: unguard}
-	in.Files, in.stderr, err = inheritedFiles(h.Files)
+	in.Files, in.stderr, err = inheritedFiles(h)
 	if err != nil {
 		_ = writeJSON(conn, Reply{Type: "refused", PID: os.Getpid(), Code: "protocol", Reason: err.Error()})
 		conn.Close()
@@ -65,6 +65,10 @@ func Receive(timeout time.Duration, maxState int64) (*Inherited, error) {
 	}
 	return in, nil
 }
+
+// stderrSwitch points this process's stderr back at its parent's own
+// (platform code).
+type stderrSwitch interface{ restore() error }
 
 // Ready tells the parent that this generation serves, then waits for its
 // go-ahead. It returns nil when the sockets are ours (also when the parent
@@ -101,8 +105,7 @@ func (in *Inherited) RestoreStderr() error {
 	if in.stderr == nil {
 		return nil
 	}
-	err := restoreStderr(in.stderr)
-	in.stderr.Close()
+	err := in.stderr.restore()
 	in.stderr = nil
 	if in.unguard != nil {
 		in.unguard()

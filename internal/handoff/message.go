@@ -86,14 +86,18 @@ type Proc struct {
 
 // Handoff is the message a parent sends to its child.
 type Handoff struct {
-	Version     int        `json:"v"`
-	Generation  int        `json:"generation"`
-	Parent      Proc       `json:"parent"`
-	Binary      string     `json:"binary"`
-	Files       []FileDesc `json:"files"`
-	Draining    []Proc     `json:"draining,omitempty"`
-	StateLen    int64      `json:"state_len"`
-	StateSHA256 string     `json:"state_sha256,omitempty"`
+	Version    int        `json:"v"`
+	Generation int        `json:"generation"`
+	Parent     Proc       `json:"parent"`
+	Binary     string     `json:"binary"`
+	Files      []FileDesc `json:"files"`
+	Draining   []Proc     `json:"draining,omitempty"`
+	// StderrRelay (Windows): handles, valid in the child, of the read end
+	// of its stderr pipe and of the parent's own stderr; see
+	// spawn_windows.go.
+	StderrRelay []uint64 `json:"stderr_relay,omitempty"`
+	StateLen    int64    `json:"state_len"`
+	StateSHA256 string   `json:"state_sha256,omitempty"`
 }
 
 // Reply is the child's answer.

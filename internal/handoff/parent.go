@@ -59,8 +59,9 @@ type Child struct {
 
 	// Platform hooks: afterAck runs once the child owns the sockets (e.g.
 	// lets it outlive us), onExit when the process is gone.
-	afterAck func()
-	onExit   func()
+	afterAck   func()
+	beforeExit func() // e.g. let the stderr tail arrive
+	onExit     func()
 }
 
 type replyResult struct {
@@ -83,10 +84,10 @@ func cleanEnv(env []string) []string {
 	return out
 }
 
-// newChild watches a started process: it reaps it and records how it
-// ended. The caller sets conn before calling start.
+// newChild describes a started process. The caller sets its hooks, then
+// calls watch, sets conn and calls start.
 func newChild(cmd *exec.Cmd, tail *tailBuffer) *Child {
-	c := &Child{
+	return &Child{
 		PID:     cmd.Process.Pid,
 		proc:    cmd.Process,
 		tail:    tail,
@@ -94,15 +95,21 @@ func newChild(cmd *exec.Cmd, tail *tailBuffer) *Child {
 		sendErr: make(chan error, 1),
 		replies: make(chan replyResult, 1),
 	}
+}
+
+// watch reaps the process and records how it ended.
+func (c *Child) watch(cmd *exec.Cmd) {
 	go func() {
 		err := cmd.Wait()
-		c.exitErr = exitError(c.PID, cmd.ProcessState, err, tail)
+		if c.beforeExit != nil {
+			c.beforeExit()
+		}
+		c.exitErr = exitError(c.PID, cmd.ProcessState, err, c.tail)
 		if c.onExit != nil {
 			c.onExit()
 		}
 		close(c.exited)
 	}()
-	return c
 }
 
 func exitError(pid int, ps *os.ProcessState, err error, tail *tailBuffer) *ExitError {

@@ -96,6 +96,7 @@ func Spawn(ctx context.Context, cfg SpawnConfig) (*Child, error) {
 		return nil, errBinary(cfg.Binary, err)
 	}
 	c := newChild(cmd, tail)
+	c.watch(cmd)
 	c.conn = conn
 	c.start(msg, cfg.State)
 	return c, nil
@@ -123,11 +124,11 @@ func openChannel() (net.Conn, error) {
 	return conn, nil
 }
 
-func inheritedFiles(descs []FileDesc) ([]*os.File, *os.File, error) {
+func inheritedFiles(h Handoff) ([]*os.File, stderrSwitch, error) {
 	unix.CloseOnExec(fdStderr)
-	stderr := os.NewFile(uintptr(fdStderr), stderrFDName)
-	files := make([]*os.File, len(descs))
-	for i, d := range descs {
+	stderr := fdStderrSwitch{os.NewFile(uintptr(fdStderr), stderrFDName)}
+	files := make([]*os.File, len(h.Files))
+	for i, d := range h.Files {
 		fd := fdFirstItem + i
 		var st unix.Stat_t
 		if err := unix.Fstat(fd, &st); err != nil {
@@ -139,8 +140,13 @@ func inheritedFiles(descs []FileDesc) ([]*os.File, *os.File, error) {
 	return files, stderr, nil
 }
 
-func restoreStderr(f *os.File) error {
-	return unix.Dup2(int(f.Fd()), 2)
+// fdStderrSwitch puts the parent's real stderr (fd 4) back on fd 2.
+type fdStderrSwitch struct{ real *os.File }
+
+func (s fdStderrSwitch) restore() error {
+	err := unix.Dup2(int(s.real.Fd()), 2)
+	s.real.Close()
+	return err
 }
 
 // guardStderrPipe makes a write to a broken stderr pipe return EPIPE

@@ -1,4 +1,4 @@
-package ctl
+package winpipe
 
 import (
 	"errors"
@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -15,11 +14,8 @@ import (
 	"golang.org/x/sys/windows"
 )
 
-// A named pipe listener built on x/sys only.
-//
-// Why not go-winio: its ListenPipe hangs forever under Wine (it relies on a
-// placeholder-instance behaviour of NT that Wine lacks), and we want the
-// Windows code to be testable under Wine.
+// A named pipe listener built on x/sys only (the package comment says why
+// not go-winio).
 //
 // How it works. The listener always owns one pipe instance that is not yet
 // connected ("pending"); the first one is created by Listen, so a client
@@ -61,23 +57,22 @@ const (
 // before anything else. A client that opened an instance cannot otherwise
 // tell "accepted, request lost" from "the listener closed this instance
 // before accepting it" (which happens when a generation stops while clients
-// keep coming): dial waits for this byte, and retries on another instance
+// keep coming): Dial waits for this byte, and retries on another instance
 // when the pipe breaks before it, which is safe because nothing was read.
 // It is a space so that a script that does not know about it still parses
-// the response: JSON allows leading white space.
+// the response of a JSON protocol (such as baton's control endpoint): JSON
+// allows leading white space.
 const greeting = ' '
 
-// dialDropped counts connections that dial saw dropped before the greeting
-// (and retried); tests look at it.
-var dialDropped atomic.Int64
-
-// pipeAddr is the address of both ends of a control pipe: its path.
+// pipeAddr is the address of both ends of a pipe: its path.
 type pipeAddr string
 
 func (a pipeAddr) Network() string { return "pipe" }
 func (a pipeAddr) String() string  { return string(a) }
 
-type pipeListener struct {
+// Listener is a named pipe listener made by Listen; it implements
+// net.Listener. Its methods may be called from several goroutines.
+type Listener struct {
 	path   string
 	path16 *uint16
 	sd     *windows.SECURITY_DESCRIPTOR // kept alive for sa
@@ -104,18 +99,27 @@ var leakedOverlapped struct {
 	ovs []*windows.Overlapped
 }
 
-// listenPipe creates the first instance of the pipe at path, protected by
-// the security descriptor written in sddl.
-func listenPipe(path, sddl string) (*pipeListener, error) {
+// Listen creates a named pipe listener at path (such as `\\.\pipe\name`),
+// protected by the security descriptor written in sddl (see OwnerOnlySDDL).
+// The first instance of the pipe exists when Listen returns: clients that
+// open it before the first Accept wait for that Accept, so call Listen when
+// about to accept. Several listeners of the same path may coexist, in one
+// process or in several (the old and the new generation during a handover);
+// a client reaches any of them, and one whose instance is closed unaccepted
+// by a stopping listener tries again (see greeting). If the pipe exists
+// under a security descriptor that does not let this process add instances
+// (another user's listener holds the name), the error satisfies
+// errors.Is(err, os.ErrPermission).
+func Listen(path, sddl string) (*Listener, error) {
 	path16, err := windows.UTF16PtrFromString(path)
 	if err != nil {
 		return nil, err
 	}
 	sd, err := windows.SecurityDescriptorFromString(sddl)
 	if err != nil {
-		return nil, fmt.Errorf("control endpoint security descriptor %q: %w", sddl, err)
+		return nil, fmt.Errorf("named pipe %s: security descriptor %q: %w", path, sddl, err)
 	}
-	l := &pipeListener{
+	l := &Listener{
 		path:    path,
 		path16:  path16,
 		sd:      sd,
@@ -125,11 +129,11 @@ func listenPipe(path, sddl string) (*pipeListener, error) {
 	l.sa = &windows.SecurityAttributes{SecurityDescriptor: sd, InheritHandle: 0}
 	l.sa.Length = uint32(unsafe.Sizeof(*l.sa))
 	if l.connEv, err = windows.CreateEvent(nil, 1, 0, nil); err != nil {
-		return nil, fmt.Errorf("control endpoint: %w", err)
+		return nil, fmt.Errorf("named pipe %s: CreateEvent: %w", path, err)
 	}
 	if l.closeEv, err = windows.CreateEvent(nil, 1, 0, nil); err != nil {
 		windows.CloseHandle(l.connEv)
-		return nil, fmt.Errorf("control endpoint: %w", err)
+		return nil, fmt.Errorf("named pipe %s: CreateEvent: %w", path, err)
 	}
 	// The first instance exists before Listen returns: from now on clients
 	// find the name (they connect and wait until Accept takes them).
@@ -143,7 +147,7 @@ func listenPipe(path, sddl string) (*pipeListener, error) {
 	return l, nil
 }
 
-func (l *pipeListener) createInstance() (windows.Handle, error) {
+func (l *Listener) createInstance() (windows.Handle, error) {
 	h, err := windows.CreateNamedPipe(l.path16,
 		windows.PIPE_ACCESS_DUPLEX|windows.FILE_FLAG_OVERLAPPED,
 		windows.PIPE_TYPE_BYTE|windows.PIPE_READMODE_BYTE|windows.PIPE_WAIT|windows.PIPE_REJECT_REMOTE_CLIENTS,
@@ -152,23 +156,25 @@ func (l *pipeListener) createInstance() (windows.Handle, error) {
 		if errors.Is(err, windows.ERROR_ACCESS_DENIED) {
 			// The pipe exists and its DACL (set by whoever created its first
 			// instance) does not let us add instances: another user's
-			// service owns the name.
-			return windows.InvalidHandle, fmt.Errorf("control endpoint %s: %w (%w)", l.path, ErrNameInUse, err)
+			// listener owns the name. The error satisfies
+			// errors.Is(err, os.ErrPermission) (so says the Errno).
+			return windows.InvalidHandle, fmt.Errorf("named pipe %s: cannot add an instance, the pipe belongs to someone else: %w", l.path, err)
 		}
-		return windows.InvalidHandle, fmt.Errorf("control endpoint %s: CreateNamedPipe: %w", l.path, err)
+		return windows.InvalidHandle, fmt.Errorf("named pipe %s: CreateNamedPipe: %w", l.path, err)
 	}
 	return h, nil
 }
 
-func (l *pipeListener) Addr() net.Addr { return pipeAddr(l.path) }
+func (l *Listener) Addr() net.Addr { return pipeAddr(l.path) }
 
-func (l *pipeListener) opErr(err error) error {
+func (l *Listener) opErr(err error) error {
 	return &net.OpError{Op: "accept", Net: "pipe", Addr: pipeAddr(l.path), Err: err}
 }
 
-// Accept waits for the next client. After Close it returns an error that
-// satisfies errors.Is(err, net.ErrClosed).
-func (l *pipeListener) Accept() (net.Conn, error) {
+// Accept waits for the next client and returns the server end of its
+// connection, once the greeting is written into it. After Close it returns
+// an error that satisfies errors.Is(err, net.ErrClosed).
+func (l *Listener) Accept() (net.Conn, error) {
 	l.acceptMu.Lock()
 	defer l.acceptMu.Unlock()
 	for {
@@ -231,7 +237,7 @@ func (l *pipeListener) Accept() (net.Conn, error) {
 // connect waits until a client is connected to h. It returns an error
 // wrapping net.ErrClosed when the listener was closed first. The caller
 // holds acceptMu.
-func (l *pipeListener) connect(h windows.Handle) error {
+func (l *Listener) connect(h windows.Handle) error {
 	*l.ov = windows.Overlapped{HEvent: l.connEv}
 	if err := windows.ResetEvent(l.connEv); err != nil {
 		return err
@@ -272,7 +278,7 @@ func (l *pipeListener) connect(h windows.Handle) error {
 // not (never seen), the OVERLAPPED and its event are retired for good: the
 // caller then closes h, which aborts the operation, and the system can never
 // write into freed memory.
-func (l *pipeListener) cancelConnect(h windows.Handle) bool {
+func (l *Listener) cancelConnect(h windows.Handle) bool {
 	_ = windows.CancelIoEx(h, l.ov)
 	ev, _ := windows.WaitForSingleObject(l.connEv, uint32(closeCancelWait/time.Millisecond))
 	if ev == windows.WAIT_OBJECT_0 {
@@ -289,10 +295,10 @@ func (l *pipeListener) cancelConnect(h windows.Handle) bool {
 // Close stops the listener: a blocked Accept returns net.ErrClosed and the
 // pending instance is closed. Connections already accepted stay usable.
 // A client that had opened the pending instance but was not accepted yet
-// sees the pipe break before the greeting, and dial retries elsewhere (the
+// sees the pipe break before the greeting, and Dial retries elsewhere (the
 // next generation's instance during a handover). Close is idempotent and
 // bounded.
-func (l *pipeListener) Close() error {
+func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		l.mu.Lock()
 		l.closed = true
@@ -319,8 +325,9 @@ func (l *pipeListener) Close() error {
 }
 
 // SDDL reads back the owner and DACL of the pipe from one of the
-// listener's own instances, in SDDL form.
-func (l *pipeListener) SDDL() (string, error) {
+// listener's own instances, in SDDL form. After Close it returns an error
+// that satisfies errors.Is(err, net.ErrClosed).
+func (l *Listener) SDDL() (string, error) {
 	sd, err := l.securityDescriptor()
 	if err != nil {
 		return "", err
@@ -328,14 +335,14 @@ func (l *pipeListener) SDDL() (string, error) {
 	return sd.String(), nil
 }
 
-func (l *pipeListener) securityDescriptor() (*windows.SECURITY_DESCRIPTOR, error) {
+func (l *Listener) securityDescriptor() (*windows.SECURITY_DESCRIPTOR, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
 		return nil, &net.OpError{Op: "sddl", Net: "pipe", Addr: pipeAddr(l.path), Err: net.ErrClosed}
 	}
 	if l.pending == windows.InvalidHandle {
-		return nil, fmt.Errorf("control endpoint %s: no instance to read the security descriptor from", l.path)
+		return nil, fmt.Errorf("named pipe %s: no instance to read the security descriptor from", l.path)
 	}
 	return windows.GetSecurityInfo(l.pending, windows.SE_KERNEL_OBJECT,
 		windows.OWNER_SECURITY_INFORMATION|windows.DACL_SECURITY_INFORMATION)
@@ -400,6 +407,17 @@ func (c *pipeConn) SetWriteDeadline(t time.Time) error {
 
 // SyscallConn gives access to the pipe handle.
 func (c *pipeConn) SyscallConn() (syscall.RawConn, error) { return c.f.SyscallConn() }
+
+// ClientPID returns the process id of the client of a server-side conn
+// returned by Listener.Accept. It fails for any other conn (the client end
+// of a pipe included).
+func ClientPID(c net.Conn) (uint32, error) {
+	pc, ok := c.(*pipeConn)
+	if !ok || pc == nil {
+		return 0, fmt.Errorf("not a named pipe connection (%T)", c)
+	}
+	return pc.clientPID()
+}
 
 // clientPID returns the process id of the client of a server-side conn.
 func (c *pipeConn) clientPID() (uint32, error) {
