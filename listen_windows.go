@@ -18,7 +18,7 @@ import (
 
 func newListener(network, addr string) (net.Listener, handoff.Item, error) {
 	if network == "unix" {
-		return nil, handoff.Item{}, fmt.Errorf("listen %s %s: %w (windows)", network, addr, ErrUnsupported)
+		return nil, handoff.Item{}, fmt.Errorf("listen %s %s: %w: baton does not hand over unix sockets on Windows", network, addr, ErrUnsupported)
 	}
 	ln, err := winsock.Listen(network, addr)
 	if err != nil {
@@ -40,7 +40,7 @@ func inheritListener(p pooled) (net.Listener, handoff.Item, error) {
 // that path, so this is only exercised on real Windows.
 func newPacketConn(network, addr string) (net.PacketConn, handoff.Item, error) {
 	if network == "unixgram" {
-		return nil, handoff.Item{}, fmt.Errorf("listen %s %s: %w (windows)", network, addr, ErrUnsupported)
+		return nil, handoff.Item{}, fmt.Errorf("listen %s %s: %w: baton does not hand over unix sockets on Windows", network, addr, ErrUnsupported)
 	}
 	pc, err := net.ListenPacket(network, addr)
 	if err != nil {

@@ -53,7 +53,7 @@ var (
 	ErrCanceled      = errors.New("upgrade canceled")
 	ErrParentGone    = errors.New("parent generation vanished during the handoff")
 	ErrBinary        = errors.New("binary cannot be started")
-	ErrUnsupported   = errors.New("listener handoff is not supported on this platform yet")
+	ErrUnsupported   = errors.New("not supported on this platform")
 )
 
 // Kind says what an inherited file is.

@@ -12,7 +12,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -198,10 +197,10 @@ type upgradeReport struct {
 	ChildExit *baton.ChildExitError `json:"child_exit"`
 }
 
-func (s *service) upgrade(ctx context.Context) upgradeReport {
+func (s *service) upgrade(ctx context.Context, extra ...string) upgradeReport {
 	s.t.Helper()
 	rep := upgradeReport{Triggered: time.Now()}
-	code, out, errOut, err := winCmd(ctx, bins["baton"], "upgrade", "--name", s.name, "--json")
+	code, out, errOut, err := winCmd(ctx, bins["baton"], append([]string{"upgrade", "--name", s.name, "--json"}, extra...)...)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -242,5 +241,5 @@ func pidIn(msg string) string {
 	return ""
 }
 
-var _ = io.Discard
-var _ = strings.Contains
+// winPath is how a Windows program under Wine names a host path.
+func winPath(p string) string { return `Z:` + strings.ReplaceAll(p, "/", `\`) }
