@@ -75,35 +75,17 @@ func installBinary(dst, src string) (restore func() error, err error) {
 	return undo, nil
 }
 
-// copyInto writes src to a temporary file beside dst, syncs it and renames
-// it to dst.
+// copyInto installs a copy of src at dst atomically.
 func copyInto(dst, src string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".new-*")
-	if err != nil {
+	return writeFileAtomic(dst, 0o755, func(w io.Writer) error {
+		_, err := io.Copy(w, in)
 		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := io.Copy(tmp, in); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o755); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), dst)
+	})
 }
 
 // removeStaleBinaries deletes copies of binary renamed aside by processes

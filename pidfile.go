@@ -2,32 +2,41 @@ package baton
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 )
 
-// writePIDFile replaces path atomically (temporary file, fsync, rename), so
-// a reader never sees an empty or half-written PID file.
+// writePIDFile replaces path atomically, so a reader never sees an empty
+// or half-written PID file.
 func writePIDFile(path string) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	return writeFileAtomic(path, 0o644, func(w io.Writer) error {
+		_, err := io.WriteString(w, strconv.Itoa(os.Getpid())+"\n")
+		return err
+	})
+}
+
+// writeFileAtomic writes a temporary file beside path, syncs it and renames
+// it over path: after a crash at any moment path holds the old or the new
+// content, never a part.
+func writeFileAtomic(path string, mode os.FileMode, write func(io.Writer) error) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".new-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.WriteString(strconv.Itoa(os.Getpid()) + "\n"); err != nil {
-		tmp.Close()
-		return err
+	err = write(tmp)
+	if err == nil {
+		err = tmp.Chmod(mode)
 	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return err
+	if err == nil {
+		err = tmp.Sync()
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
 	}
-	if err := tmp.Close(); err != nil {
+	if err != nil {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)

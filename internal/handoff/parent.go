@@ -260,6 +260,19 @@ const stderrTailBytes = 2048
 
 var _ io.Writer = (*tailBuffer)(nil)
 
+// statBinary checks what every platform requires of the binary to start:
+// it exists and is not a directory.
+func statBinary(path string) (os.FileInfo, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, errBinary(path, err)
+	}
+	if fi.IsDir() {
+		return nil, errBinary(path, errors.New("is a directory"))
+	}
+	return fi, nil
+}
+
 // errBinary wraps a start failure so that callers can test ErrBinary.
 func errBinary(path string, err error) error {
 	if errors.Is(err, ErrBinary) {

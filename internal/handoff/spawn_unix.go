@@ -31,12 +31,9 @@ const (
 )
 
 func checkBinary(path string) error {
-	fi, err := os.Stat(path)
+	fi, err := statBinary(path)
 	if err != nil {
-		return errBinary(path, err)
-	}
-	if fi.IsDir() {
-		return errBinary(path, errors.New("is a directory"))
+		return err
 	}
 	if fi.Mode().Perm()&0o111 == 0 {
 		return errBinary(path, errors.New("not executable (no x permission)"))

@@ -36,14 +36,8 @@ import (
 const connectWait = 30 * time.Second
 
 func checkBinary(path string) error {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return errBinary(path, err)
-	}
-	if fi.IsDir() {
-		return errBinary(path, errors.New("is a directory"))
-	}
-	return nil
+	_, err := statBinary(path)
+	return err
 }
 
 // Spawn starts the new generation, waits (bounded by ctx) until it has

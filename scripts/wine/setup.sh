@@ -8,7 +8,7 @@
 # and no way to install it): callers skip locally and fail in CI.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-prefix="${BATON_WINEPREFIX:-${XDG_CACHE_HOME:-$HOME/.cache}/baton-wine}"
+prefix="${BATON_WINEPREFIX:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/baton-wine}"
 
 need_install=()
 command -v wine >/dev/null 2>&1 || need_install+=(wine64)
