@@ -4,6 +4,9 @@ package wine
 
 import (
 	"context"
+	"io"
+	"net"
+	"path/filepath"
 	"fmt"
 	"os"
 	"sort"
@@ -22,8 +25,8 @@ const (
 )
 
 // TestUpgradesUnderLoadOnWindows: hello.exe under Wine is upgraded 10 times
-// in a row through baton.exe, alternating v1 and v2 builds renamed into
-// place, while a native loader sends keep-alive GETs, non-retried POSTs,
+// in a row through baton.exe, alternating v1 and v2 builds installed with
+// --binary (the running exe renamed aside), while a native loader sends keep-alive GETs, non-retried POSTs,
 // fresh connections and slow requests: no request may fail, every upgrade
 // switches, every old generation is gone, handles do not grow.
 func TestUpgradesUnderLoadOnWindows(t *testing.T) {
@@ -43,7 +46,7 @@ func TestUpgradesUnderLoadOnWindows(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	const upgrades = 10
-	var switches []time.Duration
+	var switches, readies []time.Duration
 	var handles []int
 	var lastPID int
 	for i := 0; i < upgrades; i++ {
@@ -53,8 +56,7 @@ func TestUpgradesUnderLoadOnWindows(t *testing.T) {
 			}
 		}
 		version := []string{"v2", "v1"}[i%2]
-		replaceRunning(t, bins["hello-"+version], s.exe, i)
-		rep := s.upgrade(ctx)
+		rep := s.upgrade(ctx, "--binary", winPath(bins["hello-"+version]))
 		if rep.ExitCode != 0 || !rep.OK || rep.Result == nil {
 			t.Fatalf("upgrade %d: exit %d %s: %s", i+1, rep.ExitCode, rep.Code, rep.Error)
 		}
@@ -66,6 +68,7 @@ func TestUpgradesUnderLoadOnWindows(t *testing.T) {
 			t.Errorf("upgrade %d: new generation serves %q, want %q (the exe renamed into place)", i+1, v, version)
 		}
 		switches = append(switches, seen.Sub(rep.Triggered))
+		readies = append(readies, rep.Result.ReadyAfter)
 		lastPID = rep.Result.PID
 		time.Sleep(500 * time.Millisecond)
 	}
@@ -83,6 +86,8 @@ func TestUpgradesUnderLoadOnWindows(t *testing.T) {
 		}
 	}
 	sort.Slice(switches, func(i, j int) bool { return switches[i] < switches[j] })
+	sort.Slice(readies, func(i, j int) bool { return readies[i] < readies[j] })
+	t.Logf("new exe start -> ready under Wine: median %v, max %v", readies[len(readies)/2].Round(time.Millisecond), readies[len(readies)-1].Round(time.Millisecond))
 	t.Logf("switch time under Wine (trigger -> first response from the new pid, includes starting baton.exe under Wine): median %v, max %v",
 		switches[len(switches)/2].Round(time.Millisecond), switches[len(switches)-1].Round(time.Millisecond))
 
@@ -102,6 +107,21 @@ func TestUpgradesUnderLoadOnWindows(t *testing.T) {
 	}
 	if st.PID != lastPID || st.Generation != upgrades+1 {
 		t.Errorf("serving pid %d generation %d, want pid %d generation %d", st.PID, st.Generation, lastPID, upgrades+1)
+	}
+	// Copies renamed aside are removed once their process is gone: only
+	// those of the last generations (gone after the last Ready) remain.
+	stale, _ := filepath.Glob(s.exe + ".old-*")
+	t.Logf("renamed-aside copies left: %d of %d", len(stale), upgrades)
+	if len(stale) > 3 {
+		t.Errorf("%d renamed-aside exe copies left behind: %v", len(stale), stale)
+	}
+	// The state blob (hello's served counter) travelled through every
+	// generation: the last one counts most of what the earlier ones served
+	// (not all: what an old generation serves while draining, after its
+	// state was taken, is not counted).
+	got, final := servedCounter(t, addr), rep.PIDs[lastPID].Responses
+	if earlier := rep.TotalOK() - final; got-final < earlier/2 {
+		t.Errorf("generation %d counts %d served requests; it answered %d itself and the earlier generations %d: the state did not travel", st.Generation, got, final, earlier)
 	}
 	// Each generation, measured under the same load just before it hands
 	// over, holds about as many handles as the first ones did: nothing
@@ -235,4 +255,22 @@ func TestFailedUpgradesOnWindows(t *testing.T) {
 		t.Fatalf("%d failed requests", r.TotalFailed())
 	}
 	_ = fmt.Sprint()
+}
+
+// servedCounter asks hello for the number of requests all its generations
+// served (handed from one to the next as baton state).
+func servedCounter(t *testing.T, addr string) int64 {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	b, _ := io.ReadAll(c)
+	var n int64
+	if i := strings.Index(string(b), "served "); i >= 0 {
+		fmt.Sscan(string(b[i+len("served "):]), &n)
+	}
+	return n
 }
