@@ -89,6 +89,10 @@ type Options struct {
 	// DrainTimeout is the drain deadline handed out by DrainContext
 	// (default 30s).
 	DrainTimeout time.Duration
+	// IdleGrace is how long, after a handover, idle keep-alive connections
+	// are left open so that their clients learn to reconnect without a
+	// race (default 2s). Pass it to httpdrain.Options; see IdleGrace.
+	IdleGrace time.Duration
 	// ForceExitAfter: a generation that has handed over and is still alive
 	// this long after the handover exits with status 3, so that no old
 	// generation outlives its drain (default DrainTimeout + 10s; negative
@@ -131,6 +135,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 30 * time.Second
+	}
+	if o.IdleGrace <= 0 {
+		o.IdleGrace = 2 * time.Second
 	}
 	if o.ForceExitAfter == 0 {
 		o.ForceExitAfter = o.DrainTimeout + 10*time.Second

@@ -27,7 +27,7 @@ func Example() {
 	}
 	srv := httpdrain.New(&http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from generation %d\n", upg.Generation())
-	})}, httpdrain.Options{})
+	})}, httpdrain.Options{IdleGrace: upg.IdleGrace()})
 	go srv.Serve(ln)
 
 	if err := upg.Ready(); err != nil {

@@ -130,6 +130,10 @@ func (u *Upgrader) State() []byte { return u.state }
 // after it handed over to a new generation, or after Stop.
 func (u *Upgrader) Exit() <-chan struct{} { return u.exitC }
 
+// IdleGrace returns Options.IdleGrace (with its default), for
+// httpdrain.Options.
+func (u *Upgrader) IdleGrace() time.Duration { return u.opts.IdleGrace }
+
 // DrainContext returns a context whose deadline is the drain deadline
 // (DrainTimeout after the handover or Stop; after now if called before).
 func (u *Upgrader) DrainContext() (context.Context, context.CancelFunc) {

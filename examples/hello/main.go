@@ -73,6 +73,7 @@ func run() error {
 		PIDFile:      *pidFile,
 		ReadyTimeout: *readyTimeout,
 		DrainTimeout: *drainTimeout,
+		IdleGrace:    *idleGrace,
 		MaxDraining:  *maxDraining,
 		Logger:       log,
 		StateFunc: func() ([]byte, error) {
@@ -141,7 +142,7 @@ func run() error {
 		fmt.Fprintf(w, "served %d\n", served.Load())
 	})
 
-	srv := httpdrain.New(&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, httpdrain.Options{IdleGrace: *idleGrace, Logger: log})
+	srv := httpdrain.New(&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, httpdrain.Options{IdleGrace: upg.IdleGrace(), Logger: log})
 	serve := func(network, address string) error {
 		ln, err := upg.Listen(network, address)
 		if err != nil {
