@@ -4,11 +4,11 @@ package wine
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
-	"path/filepath"
-	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
