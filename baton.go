@@ -70,6 +70,9 @@ var (
 	// ErrCanceled: the upgrade's context was canceled (or this generation
 	// was stopped) before the new generation was ready; it was killed.
 	ErrCanceled = handoff.ErrCanceled
+	// ErrSupervised: this generation runs under `baton run`, which performs
+	// upgrades itself (baton upgrade --name NAME reaches the supervisor).
+	ErrSupervised = errors.New("supervised by baton run: upgrades are run by the supervisor")
 	// ErrUnsupported: the operation is not available on this platform yet.
 	ErrUnsupported = handoff.ErrUnsupported
 )

@@ -32,7 +32,7 @@ func (e *entry) String() string {
 type pooled struct {
 	desc  handoff.FileDesc
 	file  *os.File // nil where the platform passes data instead (Windows sockets)
-	local net.Addr // for socket-activated sockets: their bound address
+	local net.Addr // for socket-activated sockets: their bound address (nil otherwise)
 }
 
 func (p pooled) close() {
@@ -59,7 +59,9 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 	}
 	e := &entry{desc: handoff.FileDesc{Kind: handoff.KindListener, Network: network, Addr: addr}}
 	var err error
+	activated := false
 	if p, ok := u.claim(e.desc); ok {
+		activated = p.local != nil
 		if e.ln, e.item, err = inheritListener(p); err != nil {
 			p.close()
 			return nil, fmt.Errorf("baton: inherited %s %s: %w", network, addr, err)
@@ -73,9 +75,12 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 		}
 	}
 	if ul, ok := e.ln.(*net.UnixListener); ok {
-		// Whoever stops last unlinks the file, not whoever closes first.
+		// Whoever stops last unlinks the file, not whoever closes first; a
+		// socket from systemd (or baton run) belongs to whoever made it.
 		ul.SetUnlinkOnClose(false)
-		e.unixPath = addr
+		if !activated {
+			e.unixPath = addr
+		}
 	}
 	e.item.Desc = e.desc
 	u.entries = append(u.entries, e)
@@ -100,7 +105,9 @@ func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
 	}
 	e := &entry{desc: handoff.FileDesc{Kind: handoff.KindPacket, Network: network, Addr: addr}}
 	var err error
+	activated := false
 	if p, ok := u.claim(e.desc); ok {
+		activated = p.local != nil
 		if e.pc, e.item, err = inheritPacketConn(p); err != nil {
 			p.close()
 			return nil, fmt.Errorf("baton: inherited %s %s: %w", network, addr, err)
@@ -113,7 +120,7 @@ func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
 			return nil, fmt.Errorf("baton: %w", err)
 		}
 	}
-	if network == "unixgram" {
+	if network == "unixgram" && !activated {
 		e.unixPath = addr
 	}
 	e.item.Desc = e.desc

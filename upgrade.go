@@ -61,6 +61,9 @@ func (u *Upgrader) runUpgrade(ctx context.Context) (UpgradeResult, error) {
 }
 
 func (u *Upgrader) upgrade(ctx context.Context, start time.Time) (UpgradeResult, error) {
+	if u.supervised {
+		return UpgradeResult{}, ErrSupervised
+	}
 	u.mu.Lock()
 	switch {
 	case u.stopped || u.handedOver:

@@ -9,12 +9,16 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/handoff"
 )
+
+// envSupervisor is set by `baton run` for its generations.
+const envSupervisor = "BATON_SUPERVISOR"
 
 // Phases of a generation, as reported by Status.
 const (
@@ -36,6 +40,7 @@ type Upgrader struct {
 	state      []byte             // from the parent
 	draining   []handoff.Proc     // older generations that may still drain
 	startedAt  time.Time
+	supervised bool // under `baton run`
 
 	upgradeMu sync.Mutex // held for the whole of one upgrade
 
@@ -81,6 +86,17 @@ func New(opts Options) (*Upgrader, error) {
 		if err := ctl.CheckName(opts.Name); err != nil {
 			return nil, fmt.Errorf("baton: %w", err)
 		}
+	}
+	// Under `baton run` the supervisor owns the control endpoint (same
+	// name) and runs upgrades; the sockets come by socket activation.
+	if sup := os.Getenv(envSupervisor); sup != "" {
+		u.supervised = true
+		u.opts.Name = ""
+		u.opts.UpgradeSignal = NoSignal
+		if n, err := strconv.Atoi(os.Getenv("BATON_GENERATION")); err == nil && n > 0 {
+			u.generation = n
+		}
+		u.log.Debug("running under baton run", "supervisor", sup)
 	}
 	in, err := handoff.Receive(opts.ReadyTimeout, opts.MaxStateSize)
 	if err != nil {

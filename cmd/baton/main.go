@@ -43,6 +43,10 @@ func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
 func main() {
+	// Not a cobra command: it must not parse the app's arguments.
+	if len(os.Args) > 1 && os.Args[1] == activateCmd {
+		activate(os.Args[2:])
+	}
 	root := newRootCmd()
 	err := root.Execute()
 	if err == nil {
@@ -85,7 +89,7 @@ serving and you are told exactly why.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newUpgradeCmd(), newStatusCmd(), newStopCmd())
+	root.AddCommand(newRunCmd(), newUpgradeCmd(), newStatusCmd(), newStopCmd())
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &exitError{code: exitUsage, err: fmt.Errorf("%w\nsee '%s --help'", err, c.CommandPath())}
 	})

@@ -100,9 +100,11 @@ func runUpgrade(out io.Writer, f commonFlags) error {
 		_ = enc.Encode(rep)
 	} else if rep.OK {
 		r := rep.Result
-		fmt.Fprintf(out, "upgraded %s: generation %d, pid %d, ready after %v (app start-up %v, baton %v)\n",
-			f.name, r.Generation, r.PID, r.ReadyAfter.Round(time.Millisecond), r.AppStartup.Round(time.Millisecond),
-			(r.ReadyAfter - r.AppStartup).Round(time.Millisecond))
+		fmt.Fprintf(out, "upgraded %s: generation %d, pid %d, ready after %v", f.name, r.Generation, r.PID, r.ReadyAfter.Round(time.Millisecond))
+		if r.AppStartup > 0 { // reported by the baton library only
+			fmt.Fprintf(out, " (app start-up %v, baton %v)", r.AppStartup.Round(time.Millisecond), (r.ReadyAfter - r.AppStartup).Round(time.Millisecond))
+		}
+		fmt.Fprintln(out)
 	}
 	if rep.OK {
 		return nil

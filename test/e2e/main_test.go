@@ -9,8 +9,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,6 +52,7 @@ func run(m *testing.M) int {
 		"hello-v2":     "./examples/hello",
 		"hello-broken": "./examples/hello",
 		"baton":        "./cmd/baton",
+		"plain":        "./examples/plain",
 		"badapp-exit":  "./test/e2e/testdata/badapp",
 		"badapp-hang":  "./test/e2e/testdata/badapp",
 	}, map[string][]string{
@@ -150,14 +153,18 @@ func startHello(t *testing.T, name string, args ...string) (*proctest.Service, s
 	return svc, bin
 }
 
-// stopService stops the serving generation with SIGTERM and waits for every
-// generation to be gone.
+// stopService stops the service with `baton stop` (SIGINT to the serving
+// generation if that fails) and waits for every process to be gone.
 func stopService(t *testing.T, svc *proctest.Service) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if st, err := svc.Status(ctx); err == nil {
-		if p, err := os.FindProcess(st.PID); err == nil {
-			p.Signal(os.Interrupt)
+	stop := exec.CommandContext(ctx, bins["baton"], "stop", "--name", svc.Name)
+	if out, err := stop.CombinedOutput(); err != nil && !strings.Contains(string(out), "no baton service") {
+		t.Logf("baton stop: %v: %s", err, out)
+		if st, err := svc.Status(ctx); err == nil {
+			if p, err := os.FindProcess(st.PID); err == nil {
+				p.Signal(os.Interrupt)
+			}
 		}
 	}
 	for _, pid := range tracker.Live() {

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/baton-go/baton/supervisor"
+	"github.com/spf13/cobra"
+)
+
+func newRunCmd() *cobra.Command {
+	var (
+		cfg        supervisor.Config
+		listens    []string
+		readyHTTP  string
+		readyTCP   bool
+		readyDelay time.Duration
+		drainSig   string
+	)
+	c := &cobra.Command{
+		Use:   "run --name NAME --listen URL [--listen URL...] [flags] -- APP [ARGS...]",
+		Short: "Supervise an app: own its sockets, keep one pid, upgrade it without downtime",
+		Long: `Run APP as generations under a supervisor with a stable pid (for systemd or
+any process manager). The supervisor binds every --listen socket and hands
+them to each generation by systemd socket activation (LISTEN_FDS,
+LISTEN_FDNAMES, LISTEN_PID): an app that supports socket activation, or uses
+the baton library, works unchanged.
+
+'baton upgrade --name NAME' (or SIGHUP to the supervisor) starts a new
+generation on the same sockets, waits until it is ready, then sends the old
+one the drain signal and kills it at the drain deadline. A generation that
+dies outside an upgrade is restarted with back-off; clients wait in the
+accept queue meanwhile. SIGTERM, SIGINT or 'baton stop' drain everything.
+
+Readiness (one of): --ready-http URL (a 2xx), --ready-tcp (the app accepts
+a connection), --ready-delay D, or by default READY=1 on the NOTIFY_SOCKET
+the supervisor gives each generation (what the baton library's Ready
+sends). All generations share the sockets, so http and tcp probes go through
+one more socket that only the new generation gets (named "baton-probe" in
+LISTEN_FDNAMES): the app must serve every socket it is given.
+
+--listen URLs: tcp://127.0.0.1:8080, tcp6://[::1]:8080, unix:///run/app.sock,
+udp://:5353, unixgram:///run/app.dgram; add #name to set its LISTEN_FDNAMES
+entry.
+
+` + exitCodesHelp,
+		Example: `  baton run --name web --listen tcp://127.0.0.1:8080 -- ./hello -name ""
+  baton run --name web --listen tcp://127.0.0.1:8080 --ready-http http://127.0.0.1:8080/healthz -- ./plain`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() != 0 {
+				return &exitError{code: exitUsage, err: errors.New("put the app after --, e.g. baton run --name web --listen tcp://127.0.0.1:8080 -- ./app")}
+			}
+			cfg.Command = args
+			for _, l := range listens {
+				spec, err := supervisor.ParseListen(l)
+				if err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				cfg.Listen = append(cfg.Listen, spec)
+			}
+			n := 0
+			if readyHTTP != "" {
+				cfg.Readiness = supervisor.Readiness{Mode: "http", URL: readyHTTP}
+				n++
+			}
+			if readyTCP {
+				cfg.Readiness = supervisor.Readiness{Mode: "tcp"}
+				n++
+			}
+			if readyDelay != 0 {
+				cfg.Readiness = supervisor.Readiness{Mode: "delay", Delay: readyDelay}
+				n++
+			}
+			if n > 1 {
+				return &exitError{code: exitUsage, err: errors.New("choose one of --ready-http, --ready-tcp and --ready-delay")}
+			}
+			sig, err := parseSignal(drainSig)
+			if err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			cfg.DrainSignal = sig
+			exe, err := os.Executable()
+			if err != nil {
+				return &exitError{code: exitInternal, err: err}
+			}
+			cfg.Activator = []string{exe, activateCmd}
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("supervisor", cfg.Name)
+			if err := cfg.Validate(); err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			// Run handles SIGHUP, SIGTERM and SIGINT itself.
+			if err := supervisor.Run(context.Background(), cfg, os.Stdout); err != nil {
+				return &exitError{code: exitFailed, err: err}
+			}
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVarP(&cfg.Name, "name", "n", "", "name of the control endpoint (baton upgrade/status/stop --name NAME)")
+	f.StringArrayVar(&listens, "listen", nil, "a socket to own and hand to the app (repeatable), e.g. tcp://127.0.0.1:8080")
+	f.StringVar(&readyHTTP, "ready-http", "", "ready when the new generation answers this URL's path with 2xx (asked through its own probe socket)")
+	f.BoolVar(&readyTCP, "ready-tcp", false, "ready when the new generation accepts a TCP connection (on its own probe socket)")
+	f.DurationVar(&readyDelay, "ready-delay", 0, "ready after this long (last resort)")
+	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", 30*time.Second, "a generation not ready by then is killed (the old one keeps serving)")
+	f.StringVar(&drainSig, "drain-signal", "TERM", "signal that tells an old generation to drain")
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "an old generation still running this long after the drain signal is killed")
+	f.IntVar(&cfg.MaxDraining, "max-draining", 8, "how many old generations may drain at once")
+	f.DurationVar(&cfg.RestartMin, "restart-min", 100*time.Millisecond, "first back-off before restarting a dead generation")
+	f.DurationVar(&cfg.RestartMax, "restart-max", 10*time.Second, "longest back-off")
+	f.IntVar(&cfg.MaxRestarts, "max-restarts", 5, "give up (exit 1) after this many crashes in a row")
+	f.DurationVar(&cfg.StableAfter, "stable-after", 10*time.Second, "a generation that ran this long ends a crash series")
+	return c
+}
+
+func parseSignal(s string) (syscall.Signal, error) {
+	switch strings.TrimPrefix(strings.ToUpper(s), "SIG") {
+	case "TERM":
+		return syscall.SIGTERM, nil
+	case "INT":
+		return syscall.SIGINT, nil
+	case "QUIT":
+		return syscall.SIGQUIT, nil
+	case "HUP":
+		return syscall.SIGHUP, nil
+	case "USR1":
+		return sigUSR1, nil
+	case "USR2":
+		return sigUSR2, nil
+	}
+	return 0, fmt.Errorf("--drain-signal %q: use TERM, INT, QUIT, HUP, USR1 or USR2", s)
+}

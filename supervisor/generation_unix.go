@@ -1,0 +1,357 @@
+//go:build unix
+
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/baton-go/baton"
+)
+
+// Generation states, as reported by status.
+const (
+	stateStarting = "starting"
+	stateServing  = "serving"
+	stateDraining = "draining"
+)
+
+// generation is one run of the app.
+type generation struct {
+	n          int
+	pid        int
+	binary     string
+	sha256     string
+	started    time.Time
+	readyAfter time.Duration
+
+	mu    sync.Mutex
+	state string
+
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	exitErr *baton.ChildExitError
+	ready   chan struct{} // closed on READY=1 from its notify socket
+	notify  *net.UnixConn
+	probe   *probeSocket // http/tcp readiness: a socket only this generation holds
+	tail    *tail
+	out     sync.WaitGroup // the output copiers
+}
+
+func (g *generation) setState(s string) {
+	g.mu.Lock()
+	g.state = s
+	g.mu.Unlock()
+}
+
+func (g *generation) getState() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.state
+}
+
+// startGeneration starts generation n of the app with the sockets as
+// LISTEN_FDS (fd 3 onwards), through the activator so that LISTEN_PID is
+// the app's own pid.
+func (s *Supervisor) startGeneration(n int) (*generation, error) {
+	app, err := exec.LookPath(s.cfg.Command[0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", baton.ErrBinary, s.cfg.Command[0], err)
+	}
+	if app, err = filepath.Abs(app); err != nil {
+		return nil, fmt.Errorf("%w: %v", baton.ErrBinary, err)
+	}
+	g := &generation{n: n, binary: app, state: stateStarting, exited: make(chan struct{}), ready: make(chan struct{}), tail: newTail(2048)}
+	g.sha256, _ = fileSHA256(app)
+
+	notifyPath := filepath.Join(s.runDir, fmt.Sprintf("%s.gen%d.notify", s.cfg.Name, n))
+	os.Remove(notifyPath)
+	g.notify, err = net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		return nil, fmt.Errorf("notify socket for generation %d: %w", n, err)
+	}
+	os.Chmod(notifyPath, 0o600)
+
+	files, names := s.files, s.fdNames
+	if s.cfg.Readiness.Mode == "http" || s.cfg.Readiness.Mode == "tcp" {
+		// All generations share the sockets, so a probe through them may be
+		// answered by the old one: probe through a socket of its own.
+		if g.probe, err = newProbeSocket(); err != nil {
+			g.closeNotify()
+			return nil, err
+		}
+		files = append(append([]*os.File(nil), files...), g.probe.file)
+		names = append(append([]string(nil), names...), probeFDName)
+	}
+
+	args := append(append(append([]string{}, s.cfg.Activator[1:]...), "--", app), s.cfg.Command[1:]...)
+	cmd := exec.Command(s.cfg.Activator[0], args...)
+	cmd.Env = append(childEnv(os.Environ()),
+		"LISTEN_FDS="+strconv.Itoa(len(files)),
+		"LISTEN_FDNAMES="+strings.Join(names, ":"),
+		"NOTIFY_SOCKET="+notifyPath,
+		"BATON_SUPERVISOR="+s.cfg.Name,
+		"BATON_GENERATION="+strconv.Itoa(n),
+	)
+	cmd.ExtraFiles = files
+	cmd.SysProcAttr = childProcAttr()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		g.closeNotify()
+		return nil, err
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		g.closeNotify()
+		return nil, err
+	}
+	g.cmd = cmd
+	if err := s.spawn(cmd); err != nil {
+		g.closeNotify()
+		return nil, fmt.Errorf("%w: starting %s: %v", baton.ErrBinary, app, err)
+	}
+	g.pid = cmd.Process.Pid
+	g.started = time.Now()
+	g.out.Add(2)
+	go s.copyOutput(g, stdout)
+	go s.copyOutput(g, stderr)
+	go g.readNotify()
+	go func() {
+		err := cmd.Wait() // waits for the output copiers too
+		e := &baton.ChildExitError{PID: g.pid, ExitCode: -1, StderrTail: g.tail.String()}
+		if cmd.ProcessState != nil {
+			e.ExitCode = cmd.ProcessState.ExitCode()
+			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				e.Signal = ws.Signal().String()
+			}
+		} else if err != nil {
+			e.StderrTail = err.Error()
+		}
+		g.exitErr = e
+		g.closeNotify()
+		close(g.exited)
+	}()
+	return g, nil
+}
+
+// childEnv drops what describes the supervisor's own inheritance.
+func childEnv(env []string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "BATON_HANDOFF", "BATON_SUPERVISOR", "BATON_GENERATION", "WATCHDOG_USEC", "WATCHDOG_PID":
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+func (g *generation) closeNotify() {
+	if g.probe != nil {
+		g.probe.close()
+	}
+	if g.notify != nil {
+		path := g.notify.LocalAddr().String()
+		g.notify.Close()
+		os.Remove(path)
+	}
+}
+
+// readNotify turns the generation's sd_notify messages into readiness.
+func (g *generation) readNotify() {
+	buf := make([]byte, 4096)
+	readyOnce := sync.Once{}
+	for {
+		n, err := g.notify.Read(buf)
+		if err != nil {
+			return
+		}
+		for _, line := range strings.Split(string(buf[:n]), "\n") {
+			if line == "READY=1" {
+				readyOnce.Do(func() { close(g.ready) })
+			}
+		}
+	}
+}
+
+// copyOutput tags each line of the app's output with its generation and
+// pid; the supervisor is the only writer of its log.
+func (s *Supervisor) copyOutput(g *generation, r io.Reader) {
+	defer g.out.Done()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	prefix := fmt.Sprintf("[gen %d pid %d] ", g.n, g.pid)
+	for sc.Scan() {
+		line := sc.Text()
+		g.tail.Write([]byte(line + "\n"))
+		s.logOut.WriteLine(prefix + line)
+	}
+}
+
+// waitReady waits until g is ready by the configured means, exits, or the
+// timeout passes.
+func (s *Supervisor) waitReady(ctx context.Context, g *generation) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReadyTimeout)
+	defer cancel()
+	probe := make(chan struct{})
+	r := s.cfg.Readiness
+	switch r.Mode {
+	case "notify":
+		probe = g.ready
+	case "delay":
+		go func() {
+			select {
+			case <-time.After(r.Delay):
+				close(probe)
+			case <-ctx.Done():
+			}
+		}()
+	case "http":
+		go pollUntil(ctx, probe, func() bool { return httpOK(ctx, r.URL, g.probe.addr) })
+	case "tcp":
+		go pollUntil(ctx, probe, func() bool { return g.probe.accepted(ctx) })
+	}
+	select {
+	case <-probe:
+		// A probe may succeed thanks to the old generation (same sockets):
+		// the new one must still be alive to count as ready.
+		select {
+		case <-g.exited:
+			return g.exitErr
+		default:
+		}
+		g.readyAfter = time.Since(g.started)
+		if g.probe != nil {
+			g.probe.close() // the generation keeps its own copy
+			g.probe = nil
+		}
+		return nil
+	case <-g.exited:
+		return g.exitErr
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return fmt.Errorf("%w: waiting for pid %d", baton.ErrCanceled, g.pid)
+		}
+		return fmt.Errorf("%w (pid %d, %s readiness, %v)", baton.ErrReadyTimeout, g.pid, r.Mode, s.cfg.ReadyTimeout)
+	}
+}
+
+func pollUntil(ctx context.Context, done chan struct{}, ok func() bool) {
+	for {
+		if ok() {
+			close(done)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+var probeClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// httpOK asks rawURL's path from the generation's probe socket at addr
+// (the Host header stays the one of rawURL).
+func httpOK(ctx context.Context, rawURL, addr string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+	if err != nil {
+		return false
+	}
+	req.URL.Host = addr
+	req.URL.Scheme = "http"
+	resp, err := probeClient.Do(req)
+	if err != nil {
+		return false
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode >= 200 && resp.StatusCode < 300
+}
+
+// drain asks g to drain with the drain signal and kills it (its whole
+// process group) at the deadline. It returns when g is gone.
+func (s *Supervisor) drain(g *generation) {
+	g.setState(stateDraining)
+	if err := g.cmd.Process.Signal(s.cfg.DrainSignal); err != nil {
+		s.log.Warn("drain signal not delivered", "gen", g.n, "pid", g.pid, "err", err)
+	}
+	select {
+	case <-g.exited:
+	case <-time.After(s.cfg.DrainTimeout):
+		s.log.Warn("generation still running at the drain deadline; killing it", "gen", g.n, "pid", g.pid, "deadline", s.cfg.DrainTimeout)
+		killGroup(g.pid)
+		<-g.exited
+	}
+}
+
+// kill ends g at once (a failed start) and waits for it.
+func (g *generation) kill() {
+	killGroup(g.pid)
+	select {
+	case <-g.exited:
+	case <-time.After(10 * time.Second):
+	}
+}
+
+func killGroup(pid int) {
+	// Children run in their own process group (Setpgid): kill it whole.
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// tail keeps the last bytes of a generation's output.
+type tail struct {
+	mu  sync.Mutex
+	buf []byte
+	max int
+}
+
+func newTail(max int) *tail { return &tail{max: max} }
+
+func (t *tail) Write(p []byte) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
+	}
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimRight(string(t.buf), "\n")
+}

@@ -1,0 +1,508 @@
+//go:build unix
+
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/baton-go/baton"
+	"github.com/baton-go/baton/internal/ctl"
+	"github.com/baton-go/baton/internal/handoff"
+	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
+)
+
+// ErrGaveUp: the app kept failing to start or crashing.
+var ErrGaveUp = errors.New("the app keeps failing; giving up")
+
+// Supervisor runs generations of one app on sockets it owns.
+type Supervisor struct {
+	cfg     Config
+	log     *slog.Logger
+	logOut  *lineWriter
+	runDir  string
+	files   []*os.File // the sockets, fd 3.. in the children
+	fdNames []string
+	spawner *spawner
+	started time.Time
+
+	upgradeMu sync.Mutex // one upgrade (or restart) at a time
+
+	mu       sync.Mutex
+	current  *generation
+	draining []*generation
+	nextGen  int
+	last     *baton.UpgradeOutcome
+	restarts int // generations started to replace a dead one
+	crashes  int // consecutive crashes of generations that did not stay up StableAfter
+	phase    string
+	stopping bool
+
+	done chan error // Run's result
+	wg   sync.WaitGroup
+}
+
+// Run supervises the app until ctx ends, `baton stop` is asked, SIGTERM or
+// SIGINT arrive (all drain every generation and return nil), or the app
+// keeps failing (ErrGaveUp).
+func Run(ctx context.Context, cfg Config, out io.Writer) error {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, logOut: &lineWriter{w: out}, spawner: newSpawner(),
+		started: time.Now(), phase: baton.PhaseStarting, done: make(chan error, 1)}
+	s.runDir = ctl.Dir()
+	if err := os.MkdirAll(s.runDir, 0o700); err != nil {
+		return err
+	}
+	ln, err := ctl.Listen(cfg.Name)
+	if err != nil {
+		return err
+	}
+	defer ctl.Remove(cfg.Name)
+	if err := s.bind(); err != nil {
+		ln.Close()
+		return err
+	}
+	defer s.closeSockets()
+
+	// The first generation, with the crash back-off if it fails.
+	if err := s.restart(ctx, "start", 0); err != nil {
+		ln.Close()
+		return err
+	}
+	srv := ctl.Serve(ln, s.handle, s.log)
+	defer srv.Close()
+	daemon.SdNotify(false, fmt.Sprintf("READY=1\nSTATUS=%s", s.statusLine()))
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	for {
+		cur := s.currentGen()
+		var exited <-chan struct{}
+		if cur != nil {
+			exited = cur.exited
+		}
+		select {
+		case <-ctx.Done():
+			return s.stop()
+		case err := <-s.done:
+			if err != nil {
+				s.stop()
+				return err
+			}
+			return s.stop()
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				go func() {
+					if _, err := s.Upgrade(ctx); err != nil {
+						s.log.Error("upgrade by SIGHUP failed; the current generation keeps serving", "err", err)
+					}
+				}()
+				continue
+			}
+			s.log.Info("stopping", "signal", sig.String())
+			return s.stop()
+		case <-exited:
+			if s.isStopping() || s.currentGen() != cur {
+				continue // replaced by an upgrade meanwhile
+			}
+			// A generation that stayed up StableAfter starts a new crash
+			// episode; one that crashed sooner adds to the back-off.
+			if time.Since(cur.started) >= s.cfg.StableAfter {
+				s.crashes = 0
+			}
+			s.crashes++
+			s.mu.Lock()
+			s.phase = PhaseRestarting
+			s.mu.Unlock()
+			s.log.Error("the current generation died; restarting it", "gen", cur.n, "pid", cur.pid, "exit", cur.exitErr.Error(), "crashes_in_a_row", s.crashes)
+			if s.crashes > s.cfg.MaxRestarts {
+				err := fmt.Errorf("%w: generation %d crashed %d times in a row, each within %v; last: %v", ErrGaveUp, cur.n, s.crashes, s.cfg.StableAfter, cur.exitErr)
+				s.stop()
+				return err
+			}
+			if err := s.restart(ctx, "crash", s.crashes); err != nil {
+				s.stop()
+				return err
+			}
+		}
+	}
+}
+
+// bind opens the sockets the supervisor owns for its whole life.
+func (s *Supervisor) bind() error {
+	for _, l := range s.cfg.Listen {
+		var f *os.File
+		switch l.Network {
+		case "tcp", "tcp4", "tcp6", "unix":
+			if l.Network == "unix" {
+				removeStale(l.Addr)
+			}
+			ln, err := net.Listen(l.Network, l.Addr)
+			if err != nil {
+				return fmt.Errorf("--listen %s: %w", l, err)
+			}
+			if ul, ok := ln.(*net.UnixListener); ok {
+				ul.SetUnlinkOnClose(false)
+			}
+			// DupFile, not File: File's *os.File switches the shared socket
+			// to blocking mode when exec asks for its descriptor, which
+			// would leave a serving generation stuck in accept().
+			f, err = handoff.DupFile(ln.(syscall.Conn), l.String())
+			ln.Close()
+			if err != nil {
+				return err
+			}
+		default:
+			if l.Network == "unixgram" {
+				removeStale(l.Addr)
+			}
+			pc, err := net.ListenPacket(l.Network, l.Addr)
+			if err != nil {
+				return fmt.Errorf("--listen %s: %w", l, err)
+			}
+			f, err = handoff.DupFile(pc.(syscall.Conn), l.String())
+			pc.Close()
+			if err != nil {
+				return err
+			}
+		}
+		s.files = append(s.files, f)
+		s.fdNames = append(s.fdNames, l.Name)
+	}
+	return nil
+}
+
+func (s *Supervisor) closeSockets() {
+	for _, f := range s.files {
+		f.Close()
+	}
+	for _, l := range s.cfg.Listen {
+		if l.Network == "unix" || l.Network == "unixgram" {
+			os.Remove(l.Addr)
+		}
+	}
+}
+
+func removeStale(path string) {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return
+	} else if !errors.Is(err, syscall.ECONNREFUSED) {
+		return
+	}
+	os.Remove(path)
+}
+
+func (s *Supervisor) spawn(cmd *exec.Cmd) error { return s.spawner.start(cmd) }
+
+func (s *Supervisor) currentGen() *generation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.current
+}
+
+func (s *Supervisor) isStopping() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopping
+}
+
+// restart starts a generation to replace a dead (or absent) one, with
+// exponential back-off; the sockets stay open meanwhile, so clients wait in
+// the accept queue. It gives up after MaxRestarts consecutive failures.
+func (s *Supervisor) restart(ctx context.Context, why string, crashes int) error {
+	s.upgradeMu.Lock()
+	defer s.upgradeMu.Unlock()
+	delay := s.cfg.RestartMin
+	for i := 1; i < crashes; i++ {
+		delay = min(2*delay, s.cfg.RestartMax)
+	}
+	for failures := 0; ; {
+		if crashes > 0 || failures > 0 {
+			s.mu.Lock()
+			s.restarts++
+			s.mu.Unlock()
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			delay = min(2*delay, s.cfg.RestartMax)
+		}
+		g, err := s.newGeneration(ctx)
+		if err == nil {
+			s.mu.Lock()
+			s.current = g
+			s.phase = baton.PhaseServing
+			s.mu.Unlock()
+			g.setState(stateServing)
+			s.log.Info("generation serving", "gen", g.n, "pid", g.pid, "ready_after", g.readyAfter.Round(time.Millisecond), "why", why)
+			return nil
+		}
+		failures++
+		s.log.Error("generation failed to start", "why", why, "failures", failures, "err", err)
+		if failures >= s.cfg.MaxRestarts {
+			return fmt.Errorf("%w: %d failed starts in a row; last: %v", ErrGaveUp, failures, err)
+		}
+		why = "retry"
+	}
+}
+
+// newGeneration starts the next generation and waits until it is ready;
+// on failure it is killed.
+func (s *Supervisor) newGeneration(ctx context.Context) (*generation, error) {
+	s.mu.Lock()
+	s.nextGen++
+	n := s.nextGen
+	s.mu.Unlock()
+	g, err := s.startGeneration(n)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.waitReady(ctx, g); err != nil {
+		g.kill()
+		return nil, err
+	}
+	return g, nil
+}
+
+// Upgrade starts a new generation on the same sockets, waits until it is
+// ready, then drains the old one. On failure the new one is killed and the
+// current one keeps serving.
+func (s *Supervisor) Upgrade(ctx context.Context) (baton.UpgradeResult, error) {
+	if !s.upgradeMu.TryLock() {
+		return baton.UpgradeResult{}, baton.ErrUpgradeInProgress
+	}
+	defer s.upgradeMu.Unlock()
+	start := time.Now()
+	res, err := s.upgrade(ctx, start)
+	out := &baton.UpgradeOutcome{At: start, OK: err == nil}
+	if err == nil {
+		out.Result = &res
+	} else {
+		out.Error = err.Error()
+		out.Code = errorCode(err)
+	}
+	s.mu.Lock()
+	s.last = out
+	s.mu.Unlock()
+	return res, err
+}
+
+func (s *Supervisor) upgrade(ctx context.Context, start time.Time) (baton.UpgradeResult, error) {
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		return baton.UpgradeResult{}, baton.ErrStopped
+	}
+	var live []*generation
+	for _, g := range s.draining {
+		select {
+		case <-g.exited:
+		default:
+			live = append(live, g)
+		}
+	}
+	s.draining = live
+	if len(live) >= s.cfg.MaxDraining {
+		s.mu.Unlock()
+		return baton.UpgradeResult{}, fmt.Errorf("%w: %d older generations are still draining (max %d)", baton.ErrTooManyDraining, len(live), s.cfg.MaxDraining)
+	}
+	old := s.current
+	s.phase = baton.PhaseUpgrading
+	s.mu.Unlock()
+	daemon.SdNotify(false, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d\nSTATUS=upgrading", monotonicUsec()))
+	defer func() { daemon.SdNotify(false, "READY=1\nSTATUS="+s.statusLine()) }()
+
+	g, err := s.newGeneration(ctx)
+	if err != nil {
+		s.mu.Lock()
+		s.phase = baton.PhaseServing
+		s.mu.Unlock()
+		s.log.Error("upgrade failed; the current generation keeps serving", "err", err)
+		return baton.UpgradeResult{}, err
+	}
+	g.setState(stateServing)
+	s.mu.Lock()
+	s.current = g
+	s.phase = baton.PhaseServing
+	if old != nil {
+		s.draining = append(s.draining, old)
+	}
+	draining := len(s.draining)
+	s.mu.Unlock()
+	if old != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.drain(old)
+		}()
+	}
+	s.log.Info("upgraded", "gen", g.n, "pid", g.pid, "ready_after", g.readyAfter.Round(time.Millisecond))
+	return baton.UpgradeResult{PID: g.pid, Generation: g.n, Binary: g.binary, ReadyAfter: g.readyAfter,
+		Took: time.Since(start), Draining: draining}, nil
+}
+
+// stop drains every generation and returns once all are gone.
+func (s *Supervisor) stop() error {
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		return nil
+	}
+	s.stopping = true
+	s.phase = baton.PhaseStopped
+	gens := append([]*generation(nil), s.draining...)
+	if s.current != nil {
+		gens = append(gens, s.current)
+	}
+	s.mu.Unlock()
+	daemon.SdNotify(false, "STOPPING=1")
+	var wg sync.WaitGroup
+	for _, g := range gens {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if g.getState() != stateDraining {
+				s.drain(g)
+			} else {
+				<-g.exited
+			}
+		}()
+	}
+	wg.Wait()
+	s.wg.Wait()
+	return nil
+}
+
+// Status reports the supervisor and its generations.
+func (s *Supervisor) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Status{Status: baton.Status{
+		Name:      s.cfg.Name,
+		Phase:     s.phase,
+		StartedAt: s.started,
+		Uptime:    time.Since(s.started),
+		Draining:  []int{},
+		Last:      s.last,
+	}}
+	for _, l := range s.cfg.Listen {
+		st.Listeners = append(st.Listeners, l.Network+" "+l.Addr)
+	}
+	sup := &Info{PID: os.Getpid(), Restarts: s.restarts, Command: s.cfg.Command}
+	gens := append([]*generation(nil), s.draining...)
+	if s.current != nil {
+		st.PID, st.Generation, st.Binary = s.current.pid, s.current.n, s.current.binary
+		gens = append(gens, s.current)
+	}
+	for _, g := range gens {
+		select {
+		case <-g.exited:
+			continue
+		default:
+		}
+		if g != s.current {
+			st.Draining = append(st.Draining, g.pid)
+		}
+		sup.Generations = append(sup.Generations, GenInfo{Generation: g.n, PID: g.pid, Binary: g.binary, SHA256: g.sha256,
+			StartedAt: g.started, ReadyAfter: g.readyAfter, State: g.getState()})
+	}
+	st.Supervisor = sup
+	return st
+}
+
+func (s *Supervisor) statusLine() string {
+	st := s.Status()
+	return fmt.Sprintf("generation %d pid %d %s", st.Generation, st.PID, st.Phase)
+}
+
+func (s *Supervisor) handle(ctx context.Context, req ctl.Request) ctl.Response {
+	switch req.Op {
+	case ctl.OpStatus:
+		return ctl.OKResponse(s.Status())
+	case ctl.OpUpgrade:
+		if req.Binary != "" {
+			return ctl.Response{Code: ctl.CodeBadRequest, Error: "--binary is not supported by `baton run` yet: install the new binary at " + s.cfg.Command[0] + " and run `baton upgrade`"}
+		}
+		res, err := s.Upgrade(ctx)
+		if err != nil {
+			r := ctl.Response{Code: errorCode(err), Error: err.Error()}
+			var ce *baton.ChildExitError
+			if errors.As(err, &ce) {
+				r.Result = ctl.OKResponse(ce).Result
+			}
+			return r
+		}
+		return ctl.OKResponse(res)
+	case ctl.OpStop:
+		st := s.Status()
+		select {
+		case s.done <- nil:
+		default:
+		}
+		return ctl.OKResponse(st)
+	}
+	return ctl.Response{Code: ctl.CodeBadRequest, Error: "unknown operation " + req.Op}
+}
+
+func errorCode(err error) string {
+	switch {
+	case errors.Is(err, baton.ErrUpgradeInProgress):
+		return ctl.CodeBusy
+	case errors.Is(err, baton.ErrTooManyDraining):
+		return ctl.CodeTooMany
+	case errors.Is(err, baton.ErrStopped):
+		return ctl.CodeStopped
+	case errors.Is(err, baton.ErrChildExited):
+		return ctl.CodeChildExited
+	case errors.Is(err, baton.ErrReadyTimeout):
+		return ctl.CodeReadyTimeout
+	case errors.Is(err, baton.ErrBinary):
+		return ctl.CodeBinary
+	case errors.Is(err, baton.ErrCanceled):
+		return ctl.CodeCanceled
+	}
+	return ctl.CodeInternal
+}
+
+func monotonicUsec() int64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) != nil {
+		return 0
+	}
+	return ts.Nano() / 1000
+}
+
+// lineWriter serialises whole lines from several generations onto one
+// output: the supervisor is its only writer.
+type lineWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lineWriter) WriteLine(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	io.WriteString(l.w, strings.TrimRight(s, "\n")+"\n")
+}

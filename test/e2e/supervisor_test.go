@@ -1,0 +1,321 @@
+//go:build linux
+
+package e2e
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/baton-go/baton/internal/proctest"
+)
+
+// startSupervised runs `baton run` with args and waits until it serves.
+func startSupervised(t *testing.T, name string, env []string, args ...string) (*proctest.Service, *os.File) {
+	t.Helper()
+	logf, err := os.Create(filepath.Join(t.TempDir(), "supervisor.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	svc, err := proctest.Start(ctx, tracker, bins["baton"], name, env, logf, bins["baton"], append([]string{"run", "--name", name}, args...)...)
+	if err != nil {
+		b, _ := os.ReadFile(logf.Name())
+		t.Fatalf("%v\n%s", err, b)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			if len(b) > 8000 {
+				b = b[len(b)-8000:]
+			}
+			t.Logf("supervisor log (tail):\n%s", b)
+		}
+		stopService(t, svc)
+		logf.Close()
+	})
+	return svc, logf
+}
+
+// TestSupervisorUpgradesUnderLoad: hello under `baton run`, 20 upgrades
+// through `baton upgrade` under the mixed load: no failed request, the
+// supervisor's pid never changes, every old generation is reaped.
+func TestSupervisorUpgradesUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end load test")
+	}
+	addr := freeAddr(t, "tcp")
+	sock := filepath.Join(workDir, "sup-hello.sock")
+	svc, _ := startSupervised(t, "suphello", os.Environ(), "--listen", "tcp://"+addr, "--listen", "unix://"+sock,
+		"--drain-timeout", "10s", "--", bins["hello"], "-addr", addr, "-unix", sock, "-idle-grace", "1s")
+	supPID := svc.Cmd.Process.Pid
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	load := startMixedLoad(t, ctx, addr, sock, "")
+	time.Sleep(300 * time.Millisecond)
+	var olds []int
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current := st.PID
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; i < 20; i++ {
+		<-tick.C
+		rep, err := svc.Upgrade(ctx)
+		if err != nil || !rep.OK {
+			t.Fatalf("upgrade %d: %v %+v", i+1, err, rep)
+		}
+		if _, err := load.tcp.WaitPID(ctx, rep.Result.PID); err != nil {
+			t.Fatalf("upgrade %d: %v", i+1, err)
+		}
+		olds = append(olds, current)
+		current = rep.Result.PID
+	}
+	time.Sleep(time.Second)
+	load.stopAndCheck(t)
+	st, err = svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PID != current || st.Generation != 21 {
+		t.Errorf("status: pid %d generation %d, want %d and 21", st.PID, st.Generation, current)
+	}
+	if svc.Cmd.Process.Pid != supPID {
+		t.Fatal("supervisor pid changed")
+	}
+	// Old generations are the supervisor's children: it reaps them.
+	for _, pid := range olds {
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			if err := syscall.Kill(pid, 0); err == syscall.ESRCH {
+				break
+			}
+			if proctest.IsZombie(pid) && time.Now().After(deadline) {
+				t.Fatalf("old generation %d is a zombie", pid)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("old generation %d still running", pid)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// TestSupervisorPlainAppHTTPProbe: an app that only knows socket activation
+// (examples/plain), readiness by HTTP probe, upgraded under load.
+func TestSupervisorPlainAppHTTPProbe(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end load test")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, "supplain", os.Environ(), "--listen", "tcp://"+addr,
+		"--ready-http", "http://"+addr+"/healthz", "--", bins["plain"], "-startup-delay", "300ms", "-idle-grace", "1s")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	load := startMixedLoad(t, ctx, addr, "", "")
+	for i := 0; i < 8; i++ {
+		rep, err := svc.Upgrade(ctx)
+		if err != nil || !rep.OK {
+			t.Fatalf("upgrade %d: %v %+v", i+1, err, rep)
+		}
+		// The probe went to the new generation: its start-up delay shows.
+		if rep.Result.ReadyAfter < 300*time.Millisecond {
+			t.Errorf("upgrade %d: ready after %v, before the app's 300ms start-up: the probe was answered by the old generation", i+1, rep.Result.ReadyAfter)
+		}
+		if _, err := load.tcp.WaitPID(ctx, rep.Result.PID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	load.stopAndCheck(t)
+}
+
+// TestSupervisorRestartsCrashedGeneration: a generation killed outside an
+// upgrade is restarted on the same sockets; a connection made meanwhile
+// waits in the accept queue instead of being refused.
+func TestSupervisorRestartsCrashedGeneration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, "supcrash", os.Environ(), "--listen", "tcp://"+addr, "--restart-min", "300ms",
+		"--", bins["hello"], "-addr", addr)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, _ := svc.Status(ctx)
+	syscall.Kill(st.PID, syscall.SIGKILL)
+	// Connect while no generation runs: the supervisor's socket queues it.
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("connection refused while the generation was restarting: %v", err)
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+	buf := make([]byte, 4096)
+	n, _ := c.Read(buf)
+	c.Close()
+	if !strings.Contains(string(buf[:n]), "200 OK") {
+		t.Fatalf("request made during the restart: %q", buf[:n])
+	}
+	// The new generation may answer before it reports ready: wait for it.
+	for {
+		st2, err := svc.Status(ctx)
+		if err == nil && st2.PID != st.PID && st2.Phase == "serving" {
+			tracker.Track(st2.PID)
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("status after the crash: %v %+v", err, st2)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestSupervisorGivesUpOnCrashLoop: an app that crashes right after
+// starting is restarted with back-off, then the supervisor exits non-zero.
+func TestSupervisorGivesUpOnCrashLoop(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	cmd := exec.Command(bins["baton"], "run", "--name", "suploop", "--listen", "tcp://"+addr, "--ready-delay", "50ms",
+		"--restart-min", "50ms", "--max-restarts", "3", "--", bins["plain"], "-crash-after", "200ms")
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("baton run in a crash loop: %v, want exit 1\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "giving up") || strings.Count(string(out), "restarting it") < 3 {
+		t.Fatalf("output does not show the restarts and the give-up:\n%s", out)
+	}
+}
+
+// TestSupervisorNotifiesSystemd checks the supervisor's own sd_notify
+// messages on a real datagram socket given as NOTIFY_SOCKET.
+func TestSupervisorNotifiesSystemd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	path := filepath.Join(workDir, "sup-notify.sock")
+	os.Remove(path)
+	ns, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	msgs := make(chan string, 64)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := ns.Read(buf)
+			if err != nil {
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	expect := func(want ...string) {
+		t.Helper()
+		deadline := time.After(15 * time.Second)
+		for {
+			select {
+			case m := <-msgs:
+				ok := true
+				for _, w := range want {
+					ok = ok && strings.Contains(m, w)
+				}
+				if ok {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no sd_notify message with %q", want)
+			}
+		}
+	}
+	addr := freeAddr(t, "tcp")
+	env := append(os.Environ(), "NOTIFY_SOCKET="+path)
+	svc, _ := startSupervised(t, "supnotify", env, "--listen", "tcp://"+addr, "--", bins["hello"], "-addr", addr)
+	expect("READY=1", "STATUS=generation 1")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if rep, err := svc.Upgrade(ctx); err != nil || !rep.OK {
+		t.Fatalf("upgrade: %v %+v", err, rep)
+	}
+	expect("RELOADING=1", "MONOTONIC_USEC=")
+	expect("READY=1", "STATUS=generation 2")
+	if code, _ := runCLI("stop", "--name", "supnotify"); code != 0 {
+		t.Fatalf("baton stop exited %d", code)
+	}
+	expect("STOPPING=1")
+}
+
+// TestSupervisorKilledLeavesNothing: kill -9 of the supervisor takes every
+// generation with it (Pdeathsig), even one that ignores SIGTERM.
+func TestSupervisorKilledLeavesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	cmd := exec.Command(bins["baton"], "run", "--name", "supkill", "--listen", "tcp://"+addr, "--", bins["hello"], "-addr", addr)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	svc := &proctest.Service{Name: "supkill", Baton: bins["baton"], Env: os.Environ(), Cmd: cmd, Tracker: tracker}
+	var st struct{ PID int }
+	for {
+		s, err := svc.Status(ctx)
+		if err == nil && s.Phase == "serving" {
+			st.PID = s.PID
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("supervisor never served")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	rep, err := svc.Upgrade(ctx)
+	if err != nil || !rep.OK {
+		t.Fatalf("upgrade: %v %+v", err, rep)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	for _, pid := range []int{st.PID, rep.Result.PID} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if err := syscall.Kill(pid, 0); err == syscall.ESRCH || proctest.IsZombie(pid) {
+				tracker.Track(pid) // reap it if it was reparented to us
+				break
+			}
+			if time.Now().After(deadline) {
+				syscall.Kill(pid, syscall.SIGKILL)
+				t.Fatalf("generation %d still running after the supervisor was killed", pid)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// runCLI runs the baton CLI and returns its exit code and output.
+func runCLI(args ...string) (int, string) {
+	cmd := exec.Command(bins["baton"], args...)
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), string(out)
+	}
+	if err != nil {
+		return -1, err.Error()
+	}
+	return 0, string(out)
+}
+
+var _ = strconv.Itoa
