@@ -46,6 +46,11 @@ func (p pooled) close() {
 // systemd socket activation) when it matches, a new one otherwise. Never
 // close the listener to "pass" it on: baton hands it over and closes this
 // generation's copy itself when the next generation is ready.
+//
+// In a generation started by an upgrade (or by baton run), Accept waits
+// until Ready has succeeded: until then the previous generation takes every
+// connection, so none is lost if this one is called off. Serve on the
+// listener before calling Ready, as usual.
 func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6", "unix":
@@ -84,6 +89,9 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 	}
 	e.item.Desc = e.desc
 	u.entries = append(u.entries, e)
+	if u.acceptGate != nil {
+		return &gatedListener{Listener: e.ln, gate: u.acceptGate, done: make(chan struct{})}, nil
+	}
 	return e.ln, nil
 }
 

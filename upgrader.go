@@ -40,7 +40,8 @@ type Upgrader struct {
 	state      []byte             // from the parent
 	draining   []handoff.Proc     // older generations that may still drain
 	startedAt  time.Time
-	supervised bool // under `baton run`
+	supervised bool  // under `baton run`
+	acceptGate *gate // non-nil in a new generation: Accept waits for Ready
 
 	upgradeMu sync.Mutex // held for the whole of one upgrade
 
@@ -121,6 +122,9 @@ func New(opts Options) (*Upgrader, error) {
 		if u.binary, err = executablePath(); err != nil {
 			return nil, fmt.Errorf("baton: cannot find the running executable (set Options.Binary): %w", err)
 		}
+	}
+	if u.parent != nil || u.supervised {
+		u.acceptGate = newGate()
 	}
 	u.log = u.log.With("gen", u.generation)
 	if err := u.openControl(); err != nil {
@@ -204,6 +208,9 @@ func (u *Upgrader) ready() error {
 	if u.stopped {
 		u.mu.Unlock()
 		return fmt.Errorf("baton: Ready: %w", ErrStopped)
+	}
+	if u.acceptGate != nil {
+		u.acceptGate.open()
 	}
 	u.phase = PhaseServing
 	u.readyAt = time.Now()

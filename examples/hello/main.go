@@ -38,6 +38,10 @@ var buildVersion = "dev"
 // bad configuration does (used by the failure tests).
 var brokenRelease = ""
 
+// hangBeforeReady, when set at build time, makes this binary serve but never
+// call Ready, the way a release stuck in its start-up does (tests).
+var hangBeforeReady = ""
+
 type state struct {
 	Served int64  `json:"served"`
 	Pad    string `json:"pad,omitempty"`
@@ -182,6 +186,10 @@ func run() error {
 	}
 	if brokenRelease != "" {
 		return fmt.Errorf("broken release: %s", brokenRelease)
+	}
+	if hangBeforeReady != "" {
+		log.Warn("serving but never ready (test build)")
+		time.Sleep(10 * time.Minute)
 	}
 	if err := upg.Ready(); err != nil {
 		return fmt.Errorf("not ready: %w", err)

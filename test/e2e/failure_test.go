@@ -99,6 +99,23 @@ func TestFailedUpgradesLoseNothing(t *testing.T) {
 		stillServing(t)
 	})
 
+	t.Run("serves but never ready", func(t *testing.T) {
+		// A release that serves before it would call Ready, then hangs:
+		// connections must not go to it (they would be reset when it is
+		// killed at the ready timeout).
+		installCopy(t, bins["hello-hang"], bin)
+		defer restore()
+		rep, err := svc.Upgrade(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.ExitCode != exitFailed || rep.Code != "ready_timeout" {
+			t.Fatalf("exit %d code=%q, want exit 1 and ready_timeout (%s)", rep.ExitCode, rep.Code, rep.Error)
+		}
+		assertKilled(t, rep.Error)
+		stillServing(t)
+	})
+
 	t.Run("busy", func(t *testing.T) {
 		installCopy(t, bins["badapp-hang"], bin)
 		defer restore()

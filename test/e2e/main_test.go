@@ -53,12 +53,14 @@ func run(m *testing.M) int {
 		"hello-broken": "./examples/hello",
 		"baton":        "./cmd/baton",
 		"plain":        "./examples/plain",
+		"hello-hang":   "./examples/hello",
 		"badapp-exit":  "./test/e2e/testdata/badapp",
 		"badapp-hang":  "./test/e2e/testdata/badapp",
 	}, map[string][]string{
 		"hello":        {"-race", "-ldflags", "-X main.buildVersion=v1"},
 		"hello-v2":     {"-race", "-ldflags", "-X main.buildVersion=v2"},
 		"hello-broken": {"-ldflags", "-X main.brokenRelease=database_url_missing"},
+		"hello-hang":   {"-ldflags", "-X main.hangBeforeReady=1"},
 		"badapp-exit":  {"-ldflags", "-X main.mode=exit"},
 		"badapp-hang":  {"-ldflags", "-X main.mode=hang"},
 	})
