@@ -56,6 +56,10 @@ func inheritPacketConn(p pooled) (net.PacketConn, handoff.Item, error) {
 	return pc, handoff.Item{File: p.file}, nil
 }
 
+// closeUnclaimed: on Unix every inherited socket is a file (closed by the
+// caller).
+func closeUnclaimed(p pooled) {}
+
 func fileItem(f *os.File) (handoff.Item, error) {
 	d, err := handoff.DupFile(f, f.Name())
 	return handoff.Item{File: d}, err

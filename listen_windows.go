@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"syscall"
 
 	"github.com/baton-go/baton/internal/handoff"
 	"github.com/baton-go/baton/internal/winsock"
@@ -35,46 +34,29 @@ func inheritListener(p pooled) (net.Listener, handoff.Item, error) {
 	return ln, handoff.Item{Socket: uintptr(ln.Socket())}, nil
 }
 
-// UDP uses Go's own sockets: net.FilePacketConn rebuilds them in the child
-// (Go >= 1.25 on Windows 8.1+). Wine 8.0 can open neither UDP sockets nor
-// that path, so this is only exercised on real Windows.
+// UDP is not handed over on Windows yet: Go's own UDP sockets are
+// associated with the runtime's I/O completion port, an association every
+// duplicate shares (the crash recorded in notes/windows.md); serving UDP
+// needs a socket of baton's own, like winsock.Listener for TCP.
 func newPacketConn(network, addr string) (net.PacketConn, handoff.Item, error) {
-	if network == "unixgram" {
-		return nil, handoff.Item{}, fmt.Errorf("listen %s %s: %w: baton does not hand over unix sockets on Windows", network, addr, ErrUnsupported)
-	}
-	pc, err := net.ListenPacket(network, addr)
-	if err != nil {
-		return nil, handoff.Item{}, err
-	}
-	var sock uintptr
-	raw, err := pc.(syscall.Conn).SyscallConn()
-	if err == nil {
-		err = raw.Control(func(fd uintptr) { sock = fd })
-	}
-	if err != nil {
-		pc.Close()
-		return nil, handoff.Item{}, err
-	}
-	return pc, handoff.Item{Socket: sock}, nil
+	return nil, handoff.Item{}, fmt.Errorf("listen %s %s: %w: baton does not hand over UDP sockets on Windows yet", network, addr, ErrUnsupported)
 }
 
 func inheritPacketConn(p pooled) (net.PacketConn, handoff.Item, error) {
-	s, err := winsock.SocketFromProtocolInfo(p.desc.Data)
-	if err != nil {
-		return nil, handoff.Item{}, err
+	return nil, handoff.Item{}, fmt.Errorf("inherited %s %s: %w", p.desc.Network, p.desc.Addr, ErrUnsupported)
+}
+
+// closeUnclaimed closes a socket the parent duplicated for us that this
+// generation does not use: the duplicate exists in this process as soon as
+// the parent made it, so it has to be rebuilt to be closed (else the port
+// keeps queueing connections nobody accepts).
+func closeUnclaimed(p pooled) {
+	if p.desc.Kind != handoff.KindListener || len(p.desc.Data) == 0 {
+		return
 	}
-	f := os.NewFile(uintptr(s), p.desc.Network+":"+p.desc.Addr)
-	defer f.Close()
-	pc, err := net.FilePacketConn(f)
-	if err != nil {
-		return nil, handoff.Item{}, err
+	if ln, err := winsock.ListenerFromProtocolInfo(p.desc.Data); err == nil {
+		ln.Close()
 	}
-	var sock uintptr
-	raw, err := pc.(syscall.Conn).SyscallConn()
-	if err == nil {
-		err = raw.Control(func(fd uintptr) { sock = fd })
-	}
-	return pc, handoff.Item{Socket: sock}, err
 }
 
 func fileItem(f *os.File) (handoff.Item, error) {

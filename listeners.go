@@ -38,7 +38,9 @@ type pooled struct {
 func (p pooled) close() {
 	if p.file != nil {
 		p.file.Close()
+		return
 	}
+	closeUnclaimed(p)
 }
 
 // Listen returns a stream listener for network ("tcp", "tcp4", "tcp6" or

@@ -59,7 +59,7 @@ type Child struct {
 
 	// Platform hooks: afterAck runs once the child owns the sockets (e.g.
 	// lets it outlive us), onExit when the process is gone.
-	afterAck   func()
+	beforeAck  func() // e.g. let the child outlive us
 	beforeExit func() // e.g. let the stderr tail arrive
 	onExit     func()
 }
@@ -203,12 +203,12 @@ func (c *Child) checkReply(r Reply) (Reply, error) {
 
 // Ack tells the child that the sockets are now its own.
 func (c *Child) Ack() error {
+	if c.beforeAck != nil {
+		c.beforeAck()
+	}
 	_ = c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	err := writeJSON(c.conn, Ack{Go: true})
 	c.conn.Close()
-	if err == nil && c.afterAck != nil {
-		c.afterAck()
-	}
 	return err
 }
 
@@ -227,6 +227,20 @@ func (c *Child) Abort(reason string) {
 		case <-time.After(10 * time.Second):
 		}
 	})
+}
+
+// failed aborts the child after a setup error; if it has exited meanwhile,
+// its exit is the better story.
+func (c *Child) failed(err error) error {
+	c.Abort(err.Error())
+	select {
+	case <-c.exited:
+		if c.exitErr != nil && c.exitErr.ExitCode != -1 {
+			return c.exitErr
+		}
+	default:
+	}
+	return err
 }
 
 // tailBuffer keeps the last bytes written to it: the end of a failing

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -30,6 +31,12 @@ import (
 //     named files are duplicated into the child with DuplicateHandle;
 //   - until the handover the child sits in a job object that kills it if
 //     the parent dies half-way; after the go-ahead the job lets it live on.
+
+// realStderr is where this process's stderr really goes: os.Stderr at
+// first; in a generation started by an upgrade, the parent's real stderr
+// once the handover is done (os.Stderr, and what was made from it, stays
+// the relay pipe).
+var realStderr = os.Stderr
 
 // connectWait bounds how long a child may take to connect to its handoff
 // pipe (it does so in baton.New, early in main).
@@ -85,7 +92,7 @@ func Spawn(ctx context.Context, cfg SpawnConfig) (*Child, error) {
 	copied := make(chan struct{})
 	go func() {
 		// Ends when the child and everything it started closed the pipe.
-		io.Copy(io.MultiWriter(os.Stderr, tail), pr)
+		io.Copy(io.MultiWriter(realStderr, tail), pr)
 		pr.Close()
 		close(copied)
 	}()
@@ -101,7 +108,9 @@ func Spawn(ctx context.Context, cfg SpawnConfig) (*Child, error) {
 	if err := job.assign(c.PID); err != nil && cfg.Logger != nil {
 		cfg.Logger.Warn("new generation not placed in a job object", "pid", c.PID, "err", err)
 	}
-	c.afterAck = job.release
+	// Let the child outlive us *before* telling it the sockets are its own:
+	// if we died in between, a kill-on-close job would take it along.
+	c.beforeAck = job.release
 	c.onExit = job.close
 	c.watch(cmd)
 
@@ -118,9 +127,9 @@ func Spawn(ctx context.Context, cfg SpawnConfig) (*Child, error) {
 	msg := cfg.Message
 	msg.Files = msg.Files[:0:0]
 	relayPipe, err1 := duplicateInto(windows.Handle(pr.Fd()), c.PID)
-	realStderr, err2 := duplicateInto(windows.Handle(os.Stderr.Fd()), c.PID)
+	realForChild, err2 := duplicateInto(windows.Handle(realStderr.Fd()), c.PID)
 	if err1 == nil && err2 == nil {
-		msg.StderrRelay = []uint64{uint64(relayPipe), uint64(realStderr)}
+		msg.StderrRelay = []uint64{uint64(relayPipe), uint64(realForChild)}
 	} else if cfg.Logger != nil {
 		cfg.Logger.Warn("the new generation's stderr cannot be relayed after this process exits", "err", errors.Join(err1, err2))
 	}
@@ -129,14 +138,12 @@ func Spawn(ctx context.Context, cfg SpawnConfig) (*Child, error) {
 		switch {
 		case it.Socket != 0:
 			if d.Data, err = winsock.Duplicate(windows.Handle(it.Socket), uint32(c.PID)); err != nil {
-				c.Abort(err.Error())
-				return nil, fmt.Errorf("handing %s %s to pid %d: %w", d.Network, d.Addr, c.PID, err)
+				return nil, c.failed(fmt.Errorf("handing %s %s to pid %d: %w", d.Network, d.Addr, c.PID, err))
 			}
 		case it.File != nil:
 			h, err := duplicateInto(windows.Handle(it.File.Fd()), c.PID)
 			if err != nil {
-				c.Abort(err.Error())
-				return nil, fmt.Errorf("handing file %s to pid %d: %w", d.Name, c.PID, err)
+				return nil, c.failed(fmt.Errorf("handing file %s to pid %d: %w", d.Name, c.PID, err))
 			}
 			d.Data = binary.LittleEndian.AppendUint64(nil, uint64(h))
 		}
@@ -158,10 +165,22 @@ func acceptChild(ctx context.Context, ln net.Listener, c *Child) (net.Conn, erro
 		conn, err := ln.Accept()
 		got <- result{conn, err}
 	}()
+	// On an early return, a connection accepted at that moment is closed.
+	taken := false
+	defer func() {
+		if !taken {
+			go func() {
+				if r := <-got; r.conn != nil {
+					r.conn.Close()
+				}
+			}()
+		}
+	}()
 	wait := time.NewTimer(connectWait)
 	defer wait.Stop()
 	select {
 	case r := <-got:
+		taken = true
 		if r.err != nil {
 			return nil, fmt.Errorf("%w: handoff pipe: %v", ErrRefused, r.err)
 		}
@@ -199,7 +218,10 @@ func duplicateInto(h windows.Handle, pid int) (windows.Handle, error) {
 // startupJob is a job object that kills the new generation if the parent
 // disappears before the handover (closing the last handle of a job with
 // KILL_ON_JOB_CLOSE terminates its processes).
-type startupJob struct{ h windows.Handle }
+type startupJob struct {
+	mu sync.Mutex // release and close run on different goroutines
+	h  windows.Handle
+}
 
 func newStartupJob() (*startupJob, error) {
 	h, err := windows.CreateJobObject(nil, nil)
@@ -237,13 +259,24 @@ func (j *startupJob) assign(pid int) error {
 // release lets the new generation outlive the job (and us): it now owns
 // the sockets.
 func (j *startupJob) release() {
-	if j.h != 0 {
-		j.setLimits(windows.JOB_OBJECT_LIMIT_BREAKAWAY_OK)
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.h == 0 {
+		return
 	}
-	j.close()
+	if err := j.setLimits(windows.JOB_OBJECT_LIMIT_BREAKAWAY_OK); err != nil {
+		// Closing the handle now would kill the new generation: keep it
+		// open for as long as we live instead.
+		j.h = 0
+		return
+	}
+	windows.CloseHandle(j.h)
+	j.h = 0
 }
 
 func (j *startupJob) close() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
 	if j.h != 0 {
 		windows.CloseHandle(j.h)
 		j.h = 0
@@ -303,6 +336,8 @@ func (r relaySwitch) restore() error {
 	}
 	real := os.NewFile(uintptr(r.real), "stderr")
 	pipe := os.NewFile(uintptr(r.pipe), "stderr-relay")
+	realStderr = real
+	os.Stderr = real // code that asks from now on writes there directly
 	go io.Copy(real, pipe)
 	return nil
 }

@@ -144,7 +144,32 @@ func Listen(path, sddl string) (*Listener, error) {
 		return nil, err
 	}
 	l.pending = h
+	// On Windows the first instance's security descriptor governs the whole
+	// pipe: if someone else created the name first (with a DACL of their
+	// choosing), our instances would quietly live under it. Insist that
+	// the pipe is owned as we asked.
+	if err := l.checkOwner(sd); err != nil {
+		l.Close()
+		return nil, err
+	}
 	return l, nil
+}
+
+// checkOwner compares the owner of the pipe with the owner in want.
+func (l *Listener) checkOwner(want *windows.SECURITY_DESCRIPTOR) error {
+	wantOwner, _, err := want.Owner()
+	if err != nil || wantOwner == nil {
+		return nil // no owner asked for: nothing to compare
+	}
+	got, err := l.securityDescriptor()
+	if err != nil {
+		return fmt.Errorf("named pipe %s: reading back its security descriptor: %w", l.path, err)
+	}
+	owner, _, err := got.Owner()
+	if err != nil || owner == nil || !owner.Equals(wantOwner) {
+		return fmt.Errorf("named pipe %s: the name is held by a pipe owned by %v, not by us (%v): %w", l.path, owner, wantOwner, os.ErrPermission)
+	}
+	return nil
 }
 
 func (l *Listener) createInstance() (windows.Handle, error) {
