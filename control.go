@@ -121,6 +121,8 @@ func (u *Upgrader) handleControl(ctx context.Context, req ctl.Request) ctl.Respo
 	switch req.Op {
 	case ctl.OpStatus:
 		return ctl.OKResponse(u.Status())
+	case ctl.OpRollback:
+		return ctl.Response{Code: ctl.CodeUnsupported, Error: "rollback is run by the baton run supervisor; a library service rolls back by upgrading to the previous binary (baton upgrade --binary PREVIOUS)"}
 	case ctl.OpStop:
 		// Answer first, then stop: the caller learns that the stop was
 		// accepted; the app then drains (Exit is closed).

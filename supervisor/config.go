@@ -100,6 +100,10 @@ type Config struct {
 	DrainSignal  syscall.Signal
 	DrainTimeout time.Duration // then SIGKILL (default 30s)
 	MaxDraining  int           // default 8
+	// Probation: after a switch, the new generation must stay up (and, with
+	// http readiness, healthy) this long, else the previous binary is
+	// started again (rollback). 0 disables it.
+	Probation time.Duration
 	// Crash supervision: restart with back-off from RestartMin doubling up
 	// to RestartMax; give up after MaxRestarts consecutive failed starts or
 	// crashes (a generation that served for StableAfter resets the count).

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,7 +36,8 @@ const (
 type generation struct {
 	n          int
 	pid        int
-	binary     string
+	binary     string // the installed path it was started from
+	saved      string // the copy it runs (kept for a rollback)
 	sha256     string
 	started    time.Time
 	readyAfter time.Duration
@@ -68,7 +70,7 @@ func (g *generation) getState() string {
 // startGeneration starts generation n of the app with the sockets as
 // LISTEN_FDS (fd 3 onwards), through the activator so that LISTEN_PID is
 // the app's own pid.
-func (s *Supervisor) startGeneration(n int) (*generation, error) {
+func (s *Supervisor) startGeneration(n int, from *generation) (*generation, error) {
 	app, err := exec.LookPath(s.cfg.Command[0])
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", baton.ErrBinary, s.cfg.Command[0], err)
@@ -77,7 +79,19 @@ func (s *Supervisor) startGeneration(n int) (*generation, error) {
 		return nil, fmt.Errorf("%w: %v", baton.ErrBinary, err)
 	}
 	g := &generation{n: n, binary: app, state: stateStarting, exited: make(chan struct{}), ready: make(chan struct{}), tail: newTail(2048)}
-	g.sha256, _ = fileSHA256(app)
+	// Keep a copy of what this generation runs, so that a rollback can run
+	// it again whatever happens to the installed file meanwhile.
+	g.saved = filepath.Join(s.runDir, fmt.Sprintf("%s.gen%d.bin", s.cfg.Name, n))
+	src := app
+	if from != nil {
+		src = from.saved // a rollback runs the previous generation's binary
+		g.binary = from.binary
+	}
+	if err := saveBinary(src, g.saved); err != nil {
+		return nil, fmt.Errorf("%w: keeping a copy of %s for rollbacks: %v", baton.ErrBinary, src, err)
+	}
+	exe := g.saved
+	g.sha256, _ = fileSHA256(exe)
 
 	notifyPath := filepath.Join(s.runDir, fmt.Sprintf("%s.gen%d.notify", s.cfg.Name, n))
 	os.Remove(notifyPath)
@@ -99,7 +113,7 @@ func (s *Supervisor) startGeneration(n int) (*generation, error) {
 		names = append(append([]string(nil), names...), probeFDName)
 	}
 
-	args := append(append(append([]string{}, s.cfg.Activator[1:]...), "--", app), s.cfg.Command[1:]...)
+	args := append(append(append([]string{}, s.cfg.Activator[1:]...), "--", exe), s.cfg.Command[1:]...)
 	cmd := exec.Command(s.cfg.Activator[0], args...)
 	cmd.Env = append(childEnv(os.Environ()),
 		"LISTEN_FDS="+strconv.Itoa(len(files)),
@@ -123,6 +137,7 @@ func (s *Supervisor) startGeneration(n int) (*generation, error) {
 	g.cmd = cmd
 	if err := s.spawn(cmd); err != nil {
 		g.closeNotify()
+		os.Remove(g.saved)
 		return nil, fmt.Errorf("%w: starting %s: %v", baton.ErrBinary, app, err)
 	}
 	g.pid = cmd.Process.Pid
@@ -303,6 +318,24 @@ func (s *Supervisor) drain(g *generation) {
 	}
 }
 
+// release removes g's saved binary (once no rollback can need it).
+func (g *generation) release() {
+	if g.saved != "" {
+		os.Remove(g.saved)
+	}
+}
+
+// healthAddr is the address part of a health URL (after the switch the
+// probe socket is gone: probation checks go through the service's own
+// socket, where only the new generation accepts now).
+func healthAddr(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return ""
+	}
+	return u.Host
+}
+
 // kill ends g at once (a failed start) and waits for it.
 func (g *generation) kill() {
 	killGroup(g.pid)
@@ -317,6 +350,28 @@ func killGroup(pid int) {
 	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
+}
+
+// saveBinary copies src to dst, executable. A copy, not a hard link: a
+// link would change with the installed file if that were overwritten in
+// place.
+func saveBinary(src, dst string) error {
+	os.Remove(dst)
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o700)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(dst)
+		return err
+	}
+	return out.Close()
 }
 
 func fileSHA256(path string) (string, error) {

@@ -42,6 +42,7 @@ type Supervisor struct {
 
 	mu       sync.Mutex
 	current  *generation
+	previous *generation // the one current replaced: what a rollback runs again
 	draining []*generation
 	nextGen  int
 	last     *baton.UpgradeOutcome
@@ -80,7 +81,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 	defer s.closeSockets()
 
 	// The first generation, with the crash back-off if it fails.
-	if err := s.restart(ctx, "start", 0); err != nil {
+	if err := s.restart(ctx, "start", 0, nil); err != nil {
 		ln.Close()
 		return err
 	}
@@ -136,7 +137,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 				s.stop()
 				return err
 			}
-			if err := s.restart(ctx, "crash", s.crashes); err != nil {
+			if err := s.restart(ctx, "crash", s.crashes, cur); err != nil {
 				s.stop()
 				return err
 			}
@@ -230,9 +231,16 @@ func (s *Supervisor) isStopping() bool {
 // restart starts a generation to replace a dead (or absent) one, with
 // exponential back-off; the sockets stay open meanwhile, so clients wait in
 // the accept queue. It gives up after MaxRestarts consecutive failures.
-func (s *Supervisor) restart(ctx context.Context, why string, crashes int) error {
+func (s *Supervisor) restart(ctx context.Context, why string, crashes int, dead *generation) error {
 	s.upgradeMu.Lock()
 	defer s.upgradeMu.Unlock()
+	if s.currentGen() != dead {
+		// Replaced meanwhile (a rollback during probation).
+		s.mu.Lock()
+		s.phase = baton.PhaseServing
+		s.mu.Unlock()
+		return nil
+	}
 	delay := s.cfg.RestartMin
 	for i := 1; i < crashes; i++ {
 		delay = min(2*delay, s.cfg.RestartMax)
@@ -249,9 +257,12 @@ func (s *Supervisor) restart(ctx context.Context, why string, crashes int) error
 			}
 			delay = min(2*delay, s.cfg.RestartMax)
 		}
-		g, err := s.newGeneration(ctx)
+		g, err := s.newGeneration(ctx, nil)
 		if err == nil {
 			s.mu.Lock()
+			if dead != nil {
+				dead.release()
+			}
 			s.current = g
 			s.phase = baton.PhaseServing
 			s.mu.Unlock()
@@ -270,17 +281,18 @@ func (s *Supervisor) restart(ctx context.Context, why string, crashes int) error
 
 // newGeneration starts the next generation and waits until it is ready;
 // on failure it is killed.
-func (s *Supervisor) newGeneration(ctx context.Context) (*generation, error) {
+func (s *Supervisor) newGeneration(ctx context.Context, from *generation) (*generation, error) {
 	s.mu.Lock()
 	s.nextGen++
 	n := s.nextGen
 	s.mu.Unlock()
-	g, err := s.startGeneration(n)
+	g, err := s.startGeneration(n, from)
 	if err != nil {
 		return nil, err
 	}
 	if err := s.waitReady(ctx, g); err != nil {
 		g.kill()
+		g.release()
 		return nil, err
 	}
 	return g, nil
@@ -334,33 +346,133 @@ func (s *Supervisor) upgrade(ctx context.Context, start time.Time) (baton.Upgrad
 	daemon.SdNotify(false, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d\nSTATUS=upgrading", monotonicUsec()))
 	defer func() { daemon.SdNotify(false, "READY=1\nSTATUS="+s.statusLine()) }()
 
-	g, err := s.newGeneration(ctx)
+	g, err := s.switchTo(ctx, old, nil)
+	if err != nil {
+		s.log.Error("upgrade failed; the current generation keeps serving", "err", err)
+		return baton.UpgradeResult{}, err
+	}
+	res := baton.UpgradeResult{PID: g.pid, Generation: g.n, Binary: g.binary, ReadyAfter: g.readyAfter,
+		Took: time.Since(start), Draining: s.drainingCount()}
+	if s.cfg.Probation <= 0 || old == nil {
+		return res, nil
+	}
+	// Probation: the new generation must stay up (and healthy) for a
+	// while, else the previous binary is started again.
+	if reason := s.probation(ctx, g); reason != nil {
+		s.log.Error("new generation failed its probation; rolling back", "gen", g.n, "pid", g.pid, "err", reason)
+		back, err := s.switchTo(ctx, g, old)
+		if err != nil {
+			return res, fmt.Errorf("%w: generation %d failed its probation (%v), and the rollback failed too: %v", ErrRolledBack, g.n, reason, err)
+		}
+		return res, fmt.Errorf("%w: generation %d (pid %d) failed its probation: %w; generation %d (pid %d) runs the previous binary again",
+			ErrRolledBack, g.n, g.pid, reason, back.n, back.pid)
+	}
+	s.log.Info("probation passed", "gen", g.n, "pid", g.pid, "probation", s.cfg.Probation)
+	return res, nil
+}
+
+// ErrRolledBack: the new generation failed its probation and the previous
+// binary serves again.
+var ErrRolledBack = errors.New("upgrade rolled back")
+
+// switchTo starts a generation (from the binary of prev when prev is not
+// nil: a rollback), waits until it is ready, makes it current and drains
+// old. On failure nothing changes.
+func (s *Supervisor) switchTo(ctx context.Context, old, prev *generation) (*generation, error) {
+	g, err := s.newGeneration(ctx, prev)
 	if err != nil {
 		s.mu.Lock()
 		s.phase = baton.PhaseServing
 		s.mu.Unlock()
-		s.log.Error("upgrade failed; the current generation keeps serving", "err", err)
-		return baton.UpgradeResult{}, err
+		return nil, err
 	}
 	g.setState(stateServing)
 	s.mu.Lock()
 	s.current = g
+	s.previous = old
 	s.phase = baton.PhaseServing
 	if old != nil {
 		s.draining = append(s.draining, old)
 	}
-	draining := len(s.draining)
 	s.mu.Unlock()
 	if old != nil {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			s.drain(old)
+			s.mu.Lock()
+			keep := old == s.previous || old == s.current
+			s.mu.Unlock()
+			if !keep {
+				old.release()
+			}
 		}()
 	}
-	s.log.Info("upgraded", "gen", g.n, "pid", g.pid, "ready_after", g.readyAfter.Round(time.Millisecond))
-	return baton.UpgradeResult{PID: g.pid, Generation: g.n, Binary: g.binary, ReadyAfter: g.readyAfter,
-		Took: time.Since(start), Draining: draining}, nil
+	s.log.Info("switched", "gen", g.n, "pid", g.pid, "ready_after", g.readyAfter.Round(time.Millisecond), "rollback", prev != nil)
+	return g, nil
+}
+
+// probation watches g for Probation: it fails if g exits, or (http
+// readiness) answers its health probe with errors three times in a row.
+func (s *Supervisor) probation(ctx context.Context, g *generation) error {
+	end := time.After(s.cfg.Probation)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	failures := 0
+	for {
+		select {
+		case <-g.exited:
+			return g.exitErr
+		case <-end:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			if s.cfg.Readiness.Mode != "http" {
+				continue
+			}
+			if httpOK(ctx, s.cfg.Readiness.URL, healthAddr(s.cfg.Readiness.URL)) {
+				failures = 0
+			} else if failures++; failures >= 3 {
+				return fmt.Errorf("health probe %s failed 3 times in a row", s.cfg.Readiness.URL)
+			}
+		}
+	}
+}
+
+// Rollback starts the previous generation's binary again as a new
+// generation (`baton rollback`).
+func (s *Supervisor) Rollback(ctx context.Context) (baton.UpgradeResult, error) {
+	if !s.upgradeMu.TryLock() {
+		return baton.UpgradeResult{}, baton.ErrUpgradeInProgress
+	}
+	defer s.upgradeMu.Unlock()
+	start := time.Now()
+	s.mu.Lock()
+	prev, cur := s.previous, s.current
+	s.mu.Unlock()
+	if prev == nil {
+		return baton.UpgradeResult{}, errors.New("nothing to roll back to: no previous generation in this supervisor's life")
+	}
+	g, err := s.switchTo(ctx, cur, prev)
+	out := &baton.UpgradeOutcome{At: start, OK: err == nil, Code: "rollback"}
+	var res baton.UpgradeResult
+	if err != nil {
+		out.Error = err.Error()
+	} else {
+		res = baton.UpgradeResult{PID: g.pid, Generation: g.n, Binary: g.binary, ReadyAfter: g.readyAfter, Took: time.Since(start), Draining: s.drainingCount()}
+		out.Result = &res
+	}
+	s.mu.Lock()
+	s.last = out
+	s.mu.Unlock()
+	return res, err
+}
+
+func (s *Supervisor) drainingCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.draining)
 }
 
 // stop drains every generation and returns once all are gone.
@@ -455,6 +567,17 @@ func (s *Supervisor) handle(ctx context.Context, req ctl.Request) ctl.Response {
 			return r
 		}
 		return ctl.OKResponse(res)
+	case ctl.OpRollback:
+		res, err := s.Rollback(ctx)
+		if err != nil {
+			r := ctl.Response{Code: errorCode(err), Error: err.Error()}
+			var ce *baton.ChildExitError
+			if errors.As(err, &ce) {
+				r.Result = ctl.OKResponse(ce).Result
+			}
+			return r
+		}
+		return ctl.OKResponse(res)
 	case ctl.OpStop:
 		st := s.Status()
 		select {
@@ -468,6 +591,8 @@ func (s *Supervisor) handle(ctx context.Context, req ctl.Request) ctl.Response {
 
 func errorCode(err error) string {
 	switch {
+	case errors.Is(err, ErrRolledBack):
+		return ctl.CodeRolledBack
 	case errors.Is(err, baton.ErrUpgradeInProgress):
 		return ctl.CodeBusy
 	case errors.Is(err, baton.ErrTooManyDraining):

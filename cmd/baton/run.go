@@ -112,6 +112,7 @@ entry.
 	f.StringVar(&drainSig, "drain-signal", "TERM", "signal that tells an old generation to drain")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "an old generation still running this long after the drain signal is killed")
 	f.IntVar(&cfg.MaxDraining, "max-draining", 8, "how many old generations may drain at once")
+	f.DurationVar(&cfg.Probation, "probation", 0, "after an upgrade, roll back to the previous binary if the new generation exits (or fails its http health probe) within this time; baton upgrade waits for it")
 	f.DurationVar(&cfg.RestartMin, "restart-min", 100*time.Millisecond, "first back-off before restarting a dead generation")
 	f.DurationVar(&cfg.RestartMax, "restart-max", 10*time.Second, "longest back-off")
 	f.IntVar(&cfg.MaxRestarts, "max-restarts", 5, "give up (exit 1) after this many crashes in a row")

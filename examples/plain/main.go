@@ -30,10 +30,15 @@ import (
 
 var buildVersion = "dev"
 
+// buildCrashAfter, set at build time, is the default of -crash-after: a
+// release that crashes a while after it became ready (rollback tests).
+var buildCrashAfter = ""
+
 func main() {
 	version := flag.String("version", buildVersion, "version string reported in X-Version")
 	startup := flag.Duration("startup-delay", 0, "pretend start-up work before /healthz answers 200")
-	crashAfter := flag.Duration("crash-after", 0, "exit 2 this long after start (for tests)")
+	defCrash, _ := time.ParseDuration(buildCrashAfter)
+	crashAfter := flag.Duration("crash-after", defCrash, "exit 2 this long after start (for tests)")
 	grace := flag.Duration("idle-grace", 2*time.Second, "idle keep-alive grace when draining")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("app", "plain", "pid", os.Getpid())

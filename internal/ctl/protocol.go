@@ -27,9 +27,10 @@ const maxLine = 1 << 20
 
 // Operations understood by a generation.
 const (
-	OpUpgrade = "upgrade"
-	OpStatus  = "status"
-	OpStop    = "stop"
+	OpUpgrade  = "upgrade"
+	OpStatus   = "status"
+	OpStop     = "stop"
+	OpRollback = "rollback"
 )
 
 // Error codes carried in Response.Code. The CLI maps them to exit codes.
@@ -46,6 +47,7 @@ const (
 	CodeUnsupported  = "unsupported"   // not available on this platform
 	CodeForbidden    = "forbidden"     // the peer may not steer this service
 	CodeCanceled     = "canceled"      // the upgrade was canceled
+	CodeRolledBack   = "rolled_back"   // the new generation failed its probation; the previous binary serves again
 	CodeInternal     = "internal"
 )
 

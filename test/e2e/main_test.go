@@ -54,6 +54,7 @@ func run(m *testing.M) int {
 		"baton":        "./cmd/baton",
 		"plain":        "./examples/plain",
 		"hello-hang":   "./examples/hello",
+		"plain-crashy": "./examples/plain",
 		"badapp-exit":  "./test/e2e/testdata/badapp",
 		"badapp-hang":  "./test/e2e/testdata/badapp",
 	}, map[string][]string{
@@ -61,6 +62,7 @@ func run(m *testing.M) int {
 		"hello-v2":     {"-race", "-ldflags", "-X main.buildVersion=v2"},
 		"hello-broken": {"-ldflags", "-X main.brokenRelease=database_url_missing"},
 		"hello-hang":   {"-ldflags", "-X main.hangBeforeReady=1"},
+		"plain-crashy": {"-ldflags", "-X main.buildVersion=crashy -X main.buildCrashAfter=1s"},
 		"badapp-exit":  {"-ldflags", "-X main.mode=exit"},
 		"badapp-hang":  {"-ldflags", "-X main.mode=hang"},
 	})

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-go/baton/internal/loadgen"
 	"github.com/baton-go/baton/internal/proctest"
 )
 
@@ -319,3 +320,63 @@ func runCLI(args ...string) (int, string) {
 }
 
 var _ = strconv.Itoa
+
+// TestSupervisorRollbackOnProbation: a release that crashes 1 s after it
+// became ready is rolled back to the previous binary; only requests in
+// flight on the crashing process may fail (counted and reported); status
+// and the upgrade's exit code say what happened.
+func TestSupervisorRollbackOnProbation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	dir := t.TempDir()
+	app := filepath.Join(dir, "plain")
+	installCopy(t, bins["plain"], app)
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, "suproll", os.Environ(), "--listen", "tcp://"+addr,
+		"--ready-http", "http://"+addr+"/healthz", "--probation", "3s", "--", app, "-idle-grace", "300ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st, _ := svc.Status(ctx)
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
+		loadgen.KeepAliveGET: 2, loadgen.KeepAlivePOST: 2, loadgen.Fresh: 2}, MaxRequests: 2_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	installCopy(t, bins["plain-crashy"], app)
+	rep, err := svc.Upgrade(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.ExitCode != exitFailed || rep.Code != "rolled_back" || !strings.Contains(rep.Error, "failed its probation") {
+		t.Fatalf("upgrade to a crashing release: exit %d code %q: %s", rep.ExitCode, rep.Code, rep.Error)
+	}
+	now, err := svc.Status(ctx)
+	if err != nil || now.Phase != "serving" || now.PID == st.PID || now.Last == nil || now.Last.Code != "rolled_back" {
+		t.Fatalf("status after the rollback: %v %+v", err, now)
+	}
+	if _, err := load.WaitPID(ctx, now.PID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	r := load.Stop()
+	if v := r.PIDs[now.PID].Version; v != "dev" {
+		t.Fatalf("after the rollback pid %d serves %q, want the previous release", now.PID, v)
+	}
+	var crashy int64
+	for pid, ps := range r.PIDs {
+		if ps.Version == "crashy" {
+			crashy += ps.Responses
+			_ = pid
+		}
+	}
+	t.Logf("requests: %d ok, %d failed (in flight on the crashing process); %d answered by the crashing release before it died", r.TotalOK(), r.TotalFailed(), crashy)
+	for _, f := range r.Failures {
+		if f.PID != 0 && r.PIDs[f.PID].Version != "crashy" {
+			t.Errorf("a request failed on a generation that did not crash: %+v", f)
+		}
+	}
+	if r.TotalFailed() > 6 {
+		t.Errorf("%d failed requests: more than the 6 clients could have had in flight on the crashing process", r.TotalFailed())
+	}
+}
