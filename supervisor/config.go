@@ -110,6 +110,12 @@ type Config struct {
 	RestartMin, RestartMax time.Duration
 	MaxRestarts            int
 	StableAfter            time.Duration
+	// LogFile receives the generations' output (tagged lines) instead of
+	// stdout, rotated when it would exceed LogMaxSize, keeping LogKeep old
+	// files.
+	LogFile    string
+	LogMaxSize int64
+	LogKeep    int
 	// Activator is the program that sets LISTEN_PID to its own pid and
 	// execs the app (the baton binary itself: `baton __activate`).
 	Activator []string

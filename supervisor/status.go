@@ -24,7 +24,14 @@ type Info struct {
 	PID         int       `json:"pid"`
 	Restarts    int       `json:"restarts"`
 	Command     []string  `json:"command"`
+	LogFile     string    `json:"log_file,omitempty"`
 	Generations []GenInfo `json:"generations"`
+}
+
+// LogsResult answers `baton logs`.
+type LogsResult struct {
+	Lines []LogLine `json:"lines"`
+	Next  int64     `json:"next"`
 }
 
 // GenInfo describes one live generation.

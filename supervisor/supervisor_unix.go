@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -63,7 +62,15 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	s := &Supervisor{cfg: cfg, log: cfg.Logger, logOut: &lineWriter{w: out}, spawner: newSpawner(),
+	if cfg.LogFile != "" {
+		rf, err := openRotating(cfg.LogFile, cfg.LogMaxSize, cfg.LogKeep)
+		if err != nil {
+			return err
+		}
+		defer rf.Close()
+		out = rf
+	}
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, logOut: newLineWriter(out), spawner: newSpawner(),
 		started: time.Now(), phase: baton.PhaseStarting, done: make(chan error, 1)}
 	s.runDir = ctl.Dir()
 	if err := os.MkdirAll(s.runDir, 0o700); err != nil {
@@ -522,7 +529,7 @@ func (s *Supervisor) Status() Status {
 	for _, l := range s.cfg.Listen {
 		st.Listeners = append(st.Listeners, l.Network+" "+l.Addr)
 	}
-	sup := &Info{PID: os.Getpid(), Restarts: s.restarts, Command: s.cfg.Command}
+	sup := &Info{PID: os.Getpid(), Restarts: s.restarts, Command: s.cfg.Command, LogFile: s.cfg.LogFile}
 	gens := append([]*generation(nil), s.draining...)
 	if s.current != nil {
 		st.PID, st.Generation, st.Binary = s.current.pid, s.current.n, s.current.binary
@@ -578,6 +585,9 @@ func (s *Supervisor) handle(ctx context.Context, req ctl.Request) ctl.Response {
 			return r
 		}
 		return ctl.OKResponse(res)
+	case ctl.OpLogs:
+		lines, next := s.logOut.Since(req.Since)
+		return ctl.OKResponse(LogsResult{Lines: lines, Next: next})
 	case ctl.OpStop:
 		st := s.Status()
 		select {
@@ -617,17 +627,4 @@ func monotonicUsec() int64 {
 		return 0
 	}
 	return ts.Nano() / 1000
-}
-
-// lineWriter serialises whole lines from several generations onto one
-// output: the supervisor is its only writer.
-type lineWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lineWriter) WriteLine(s string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	io.WriteString(l.w, strings.TrimRight(s, "\n")+"\n")
 }

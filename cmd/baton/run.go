@@ -117,6 +117,9 @@ entry.
 	f.DurationVar(&cfg.RestartMax, "restart-max", 10*time.Second, "longest back-off")
 	f.IntVar(&cfg.MaxRestarts, "max-restarts", 5, "give up (exit 1) after this many crashes in a row")
 	f.DurationVar(&cfg.StableAfter, "stable-after", 10*time.Second, "a generation that ran this long ends a crash series")
+	f.StringVar(&cfg.LogFile, "log-file", "", "write the generations' output (tagged lines) here instead of stdout, rotated by size")
+	f.Int64Var(&cfg.LogMaxSize, "log-max-size", 10<<20, "rotate the log file when it would exceed this many bytes")
+	f.IntVar(&cfg.LogKeep, "log-keep", 3, "rotated log files to keep (FILE.1 ... FILE.N)")
 	return c
 }
 

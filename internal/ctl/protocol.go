@@ -31,6 +31,7 @@ const (
 	OpStatus   = "status"
 	OpStop     = "stop"
 	OpRollback = "rollback"
+	OpLogs     = "logs"
 )
 
 // Error codes carried in Response.Code. The CLI maps them to exit codes.
@@ -73,6 +74,8 @@ type Request struct {
 	// Binary (upgrade): install this file at the service's binary path
 	// first; the previous one is put back if the upgrade fails.
 	Binary string `json:"binary,omitempty"`
+	// Since (logs): the first line wanted; negative: the last -Since lines.
+	Since int64 `json:"since,omitempty"`
 }
 
 // Response is what a generation answers. Result holds an operation-specific

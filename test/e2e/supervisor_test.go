@@ -94,6 +94,11 @@ func TestSupervisorUpgradesUnderLoad(t *testing.T) {
 	if svc.Cmd.Process.Pid != supPID {
 		t.Fatal("supervisor pid changed")
 	}
+	// The generations' output went through the supervisor, tagged.
+	code, out := runCLI("logs", "--name", "suphello", "--lines", "2000")
+	if code != 0 || !strings.Contains(out, "[gen 1 pid ") || !strings.Contains(out, "[gen 21 pid "+strconv.Itoa(current)+"]") {
+		t.Errorf("baton logs: exit %d, output without the generations' tagged lines:\n%.2000s", code, out)
+	}
 	// Old generations are the supervisor's children: it reaps them.
 	for _, pid := range olds {
 		deadline := time.Now().Add(15 * time.Second)
@@ -319,7 +324,6 @@ func runCLI(args ...string) (int, string) {
 	return 0, string(out)
 }
 
-var _ = strconv.Itoa
 
 // TestSupervisorRollbackOnProbation: a release that crashes 1 s after it
 // became ready is rolled back to the previous binary; only requests in

@@ -1,0 +1,48 @@
+package supervisor
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestRotatingFileKeepsNFiles(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "app.log")
+	r, err := openRotating(path, 100, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newLineWriter(r)
+	for i := 0; i < 30; i++ {
+		w.WriteLine(fmt.Sprintf("[gen 1 pid 42] line %02d", i)) // 24 bytes each
+	}
+	r.Close()
+	for _, p := range []string{path, path + ".1", path + ".2"} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if fi.Size() > 100 {
+			t.Errorf("%s is %d bytes, over the 100-byte limit", p, fi.Size())
+		}
+	}
+	if _, err := os.Stat(path + ".3"); err == nil {
+		t.Error("more rotated files than --log-keep")
+	}
+	b, _ := os.ReadFile(path)
+	if !strings.HasSuffix(string(b), "line 29\n") {
+		t.Errorf("the current file does not end with the last line: %q", b)
+	}
+	// The ring serves `baton logs`: the last lines, then what follows.
+	lines, next := w.Since(-3)
+	if len(lines) != 3 || lines[2].Text != "[gen 1 pid 42] line 29" || next != 30 {
+		t.Fatalf("Since(-3) = %v, %d", lines, next)
+	}
+	w.WriteLine("[gen 2 pid 43] hello")
+	lines, _ = w.Since(next)
+	if len(lines) != 1 || lines[0].Text != "[gen 2 pid 43] hello" {
+		t.Fatalf("Since(next) = %v", lines)
+	}
+}
