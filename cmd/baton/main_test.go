@@ -79,3 +79,26 @@ func TestHelpDocumentsExitCodes(t *testing.T) {
 		}
 	}
 }
+
+// A config file with an unknown key, a bad value or broken syntax is
+// refused, naming the line; nothing is started.
+func TestRunConfigFileRefusals(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct{ name, text, want string }{
+		{"unknown.toml", "name = \"x\"\nlisten = [\"tcp://127.0.0.1:1\"]\ndrain-timeuot = \"1s\"\n", `unknown.toml:3: unknown key "drain-timeuot"`},
+		{"badvalue.toml", "name = \"x\"\n\nmax-draining = \"many\"\n", "badvalue.toml:3: bad value for max-draining"},
+		{"badlist.toml", "name = [\"x\"]\n", "badlist.toml:1: bad value for name: a list is only allowed for repeatable flags"},
+		{"syntax.toml", "name = \"x\"\nlisten = [tcp\n", "syntax.toml:2:"},
+		{"nocommand.toml", "name = \"x\"\nlisten = [\"tcp://127.0.0.1:1\"]\n", "no app to run"},
+	}
+	for _, c := range cases {
+		path := dir + "/" + c.name
+		if err := os.WriteFile(path, []byte(c.text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		code, _, stderr := runCLI(t, "run", "--config", path)
+		if code != exitUsage || !strings.Contains(stderr, c.want) {
+			t.Errorf("%s: exit %d, stderr %q; want exit 2 and %q", c.name, code, stderr, c.want)
+		}
+	}
+}

@@ -22,6 +22,7 @@ func newRunCmd() *cobra.Command {
 		readyTCP   bool
 		readyDelay time.Duration
 		drainSig   string
+		configFile string
 	)
 	c := &cobra.Command{
 		Use:   "run --name NAME --listen URL [--listen URL...] [flags] -- APP [ARGS...]",
@@ -52,10 +53,22 @@ entry.
 ` + exitCodesHelp,
 		Example: `  baton run --name web --listen tcp://127.0.0.1:8080 -- ./hello -name ""
   baton run --name web --listen tcp://127.0.0.1:8080 --ready-http http://127.0.0.1:8080/healthz -- ./plain`,
-		Args: cobra.MinimumNArgs(1),
+		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if cmd.ArgsLenAtDash() != 0 {
+			if len(args) > 0 && cmd.ArgsLenAtDash() != 0 {
 				return &exitError{code: exitUsage, err: errors.New("put the app after --, e.g. baton run --name web --listen tcp://127.0.0.1:8080 -- ./app")}
+			}
+			if configFile != "" {
+				command, err := applyConfigFile(cmd, configFile)
+				if err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				if len(args) == 0 {
+					args = command
+				}
+			}
+			if len(args) == 0 {
+				return &exitError{code: exitUsage, err: errors.New("no app to run: give it after --, or as command = [...] in --config")}
 			}
 			cfg.Command = args
 			for _, l := range listens {
@@ -103,6 +116,7 @@ entry.
 		},
 	}
 	f := c.Flags()
+	f.StringVar(&configFile, "config", "", "read settings from this TOML file: the keys are these flags' long names, plus command = [\"./app\", ...]; the command line wins")
 	f.StringVarP(&cfg.Name, "name", "n", "", "name of the control endpoint (baton upgrade/status/stop --name NAME)")
 	f.StringArrayVar(&listens, "listen", nil, "a socket to own and hand to the app (repeatable), e.g. tcp://127.0.0.1:8080")
 	f.StringVar(&readyHTTP, "ready-http", "", "ready when the new generation answers this URL's path with 2xx (asked through its own probe socket)")
