@@ -116,6 +116,8 @@ type Config struct {
 	LogFile    string
 	LogMaxSize int64
 	LogKeep    int
+	// WatchBinary: upgrade when the app's binary changes on disk (opt-in).
+	WatchBinary bool
 	// Activator is the program that sets LISTEN_PID to its own pid and
 	// execs the app (the baton binary itself: `baton __activate`).
 	Activator []string

@@ -1,4 +1,4 @@
-//go:build unix && !linux
+//go:build unix && !linux && !freebsd
 
 package supervisor
 
@@ -7,9 +7,9 @@ import (
 	"syscall"
 )
 
-// Outside Linux there is no Pdeathsig; children run in their own process
-// group. (A watchdog pipe that makes them exit with the supervisor is still
-// to do on these systems.)
+// macOS and the other BSDs have no parent-death signal; children run in
+// their own process group. A supervisor killed with SIGKILL leaves them
+// running there (a watchdog is still to do on these systems).
 func childProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true}
 }

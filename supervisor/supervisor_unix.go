@@ -99,6 +99,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
+	if cfg.WatchBinary {
+		go s.watchBinary(ctx)
+	}
 	for {
 		cur := s.currentGen()
 		var exited <-chan struct{}
@@ -147,6 +150,54 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 			if err := s.restart(ctx, "crash", s.crashes, cur); err != nil {
 				s.stop()
 				return err
+			}
+		}
+	}
+}
+
+// watchBinary upgrades when the app's binary changes on disk (opt-in): a
+// new file (or new contents) that stays the same for one more poll.
+func (s *Supervisor) watchBinary(ctx context.Context) {
+	fingerprint := func() string {
+		p, err := exec.LookPath(s.cfg.Command[0])
+		if err != nil {
+			return ""
+		}
+		fi, err := os.Stat(p)
+		if err != nil {
+			return ""
+		}
+		st, _ := fi.Sys().(*syscall.Stat_t)
+		var ino uint64
+		if st != nil {
+			ino = uint64(st.Ino)
+		}
+		return fmt.Sprintf("%d/%d/%d", ino, fi.Size(), fi.ModTime().UnixNano())
+	}
+	seen := fingerprint()
+	var pending string
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if s.isStopping() {
+			return
+		}
+		now := fingerprint()
+		switch {
+		case now == "" || now == seen:
+			pending = ""
+		case now != pending:
+			pending = now // changed: wait until it stays put (a copy may be under way)
+		default:
+			seen, pending = now, ""
+			s.log.Info("binary changed on disk; upgrading", "binary", s.cfg.Command[0])
+			if _, err := s.Upgrade(ctx); err != nil {
+				s.log.Error("upgrade after a binary change failed; the current generation keeps serving", "err", err)
 			}
 		}
 	}

@@ -324,7 +324,6 @@ func runCLI(args ...string) (int, string) {
 	return 0, string(out)
 }
 
-
 // TestSupervisorRollbackOnProbation: a release that crashes 1 s after it
 // became ready is rolled back to the previous binary; only requests in
 // flight on the crashing process may fail (counted and reported); status
@@ -382,5 +381,32 @@ func TestSupervisorRollbackOnProbation(t *testing.T) {
 	}
 	if r.TotalFailed() > 6 {
 		t.Errorf("%d failed requests: more than the 6 clients could have had in flight on the crashing process", r.TotalFailed())
+	}
+}
+
+// TestSupervisorWatchBinary: with --watch-binary, installing a new binary is
+// enough: the supervisor upgrades by itself.
+func TestSupervisorWatchBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	dir := t.TempDir()
+	app := filepath.Join(dir, "hello")
+	installCopy(t, bins["hello"], app)
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, "supwatch", os.Environ(), "--listen", "tcp://"+addr, "--watch-binary", "--", app, "-addr", addr)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	installCopy(t, bins["hello-v2"], app)
+	for {
+		st, err := svc.Status(ctx)
+		if err == nil && st.Generation == 2 && st.Phase == "serving" {
+			tracker.Track(st.PID)
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("no upgrade after the binary changed")
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

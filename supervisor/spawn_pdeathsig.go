@@ -1,3 +1,5 @@
+//go:build linux || freebsd
+
 package supervisor
 
 import (
@@ -15,7 +17,8 @@ func childProcAttr() *syscall.SysProcAttr {
 
 // spawner starts processes from one OS thread that never exits: Linux
 // delivers Pdeathsig when the *thread* that forked the child exits, and Go
-// may retire threads (golang/go#27505).
+// may retire threads (golang/go#27505). (FreeBSD ties it to the process;
+// the dedicated thread does no harm there.)
 type spawner struct{ reqs chan spawnReq }
 
 type spawnReq struct {
