@@ -116,6 +116,10 @@ type Config struct {
 	LogFile    string
 	LogMaxSize int64
 	LogKeep    int
+	// OrphanGuard: how generations die with a killed supervisor:
+	// "pdeathsig" (the default on Linux and FreeBSD) or "watchdog" (a
+	// helper process; the default elsewhere).
+	OrphanGuard string
 	// WatchBinary: upgrade when the app's binary changes on disk (opt-in).
 	WatchBinary bool
 	// Activator is the program that sets LISTEN_PID to its own pid and
@@ -183,6 +187,9 @@ func (c *Config) Validate() error {
 		}
 	default:
 		return fmt.Errorf("readiness %q: use notify, http, tcp or delay", c.Readiness.Mode)
+	}
+	if err := c.checkGuard(); err != nil {
+		return err
 	}
 	names := map[string]bool{}
 	for _, l := range c.Listen {

@@ -123,7 +123,7 @@ func (s *Supervisor) startGeneration(n int, from *generation) (*generation, erro
 		"BATON_GENERATION="+strconv.Itoa(n),
 	)
 	cmd.ExtraFiles = files
-	cmd.SysProcAttr = childProcAttr()
+	cmd.SysProcAttr = childProcAttr(s.cfg.OrphanGuard)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		g.closeNotify()
@@ -142,6 +142,7 @@ func (s *Supervisor) startGeneration(n int, from *generation) (*generation, erro
 	}
 	g.pid = cmd.Process.Pid
 	g.started = time.Now()
+	s.watchdog.add(g.pid) // its process group id (Setpgid)
 	g.out.Add(2)
 	go s.copyOutput(g, stdout)
 	go s.copyOutput(g, stderr)
@@ -159,6 +160,7 @@ func (s *Supervisor) startGeneration(n int, from *generation) (*generation, erro
 		}
 		g.exitErr = e
 		g.closeNotify()
+		s.watchdog.remove(g.pid)
 		close(g.exited)
 	}()
 	return g, nil

@@ -7,12 +7,13 @@ import (
 	"syscall"
 )
 
-// macOS and the other BSDs have no parent-death signal; children run in
-// their own process group. A supervisor killed with SIGKILL leaves them
-// running there (a watchdog is still to do on these systems).
-func childProcAttr() *syscall.SysProcAttr {
+// macOS and the other BSDs have no parent-death signal: a watchdog process
+// kills the generations' process groups if the supervisor dies.
+func childProcAttr(guard string) *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true}
 }
+
+const defaultGuard = GuardWatchdog
 
 type spawner struct{}
 

@@ -11,9 +11,15 @@ import (
 // childProcAttr: its own process group (a terminal's Ctrl-C reaches the
 // supervisor only, which drains in order), and SIGKILL when the supervisor
 // dies, even by SIGKILL, so that no generation outlives it.
-func childProcAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+func childProcAttr(guard string) *syscall.SysProcAttr {
+	a := &syscall.SysProcAttr{Setpgid: true}
+	if guard == GuardPdeathsig {
+		a.Pdeathsig = syscall.SIGKILL
+	}
+	return a
 }
+
+const defaultGuard = GuardPdeathsig
 
 // spawner starts processes from one OS thread that never exits: Linux
 // delivers Pdeathsig when the *thread* that forked the child exits, and Go

@@ -28,14 +28,15 @@ var ErrGaveUp = errors.New("the app keeps failing; giving up")
 
 // Supervisor runs generations of one app on sockets it owns.
 type Supervisor struct {
-	cfg     Config
-	log     *slog.Logger
-	logOut  *lineWriter
-	runDir  string
-	files   []*os.File // the sockets, fd 3.. in the children
-	fdNames []string
-	spawner *spawner
-	started time.Time
+	cfg      Config
+	log      *slog.Logger
+	logOut   *lineWriter
+	runDir   string
+	files    []*os.File // the sockets, fd 3.. in the children
+	fdNames  []string
+	spawner  *spawner
+	watchdog *watchdog // nil with GuardPdeathsig
+	started  time.Time
 
 	upgradeMu sync.Mutex // one upgrade (or restart) at a time
 
@@ -72,6 +73,14 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 	}
 	s := &Supervisor{cfg: cfg, log: cfg.Logger, logOut: newLineWriter(out), spawner: newSpawner(),
 		started: time.Now(), phase: baton.PhaseStarting, done: make(chan error, 1)}
+	if cfg.OrphanGuard == GuardWatchdog {
+		w, err := startWatchdog(cfg.Activator)
+		if err != nil {
+			return err
+		}
+		s.watchdog = w
+		defer w.close()
+	}
 	s.runDir = ctl.Dir()
 	if err := os.MkdirAll(s.runDir, 0o700); err != nil {
 		return err

@@ -47,6 +47,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == activateCmd {
 		activate(os.Args[2:])
 	}
+	if len(os.Args) > 1 && os.Args[1] == watchdogCmd {
+		watchdog()
+	}
 	root := newRootCmd()
 	err := root.Execute()
 	if err == nil {

@@ -126,6 +126,7 @@ entry.
 	f.StringVar(&drainSig, "drain-signal", "TERM", "signal that tells an old generation to drain")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "an old generation still running this long after the drain signal is killed")
 	f.IntVar(&cfg.MaxDraining, "max-draining", 8, "how many old generations may drain at once")
+	f.StringVar(&cfg.OrphanGuard, "orphan-guard", "", "how generations die if the supervisor is killed: pdeathsig (default on Linux, FreeBSD) or watchdog (a helper process; default elsewhere)")
 	f.BoolVar(&cfg.WatchBinary, "watch-binary", false, "upgrade by itself when the app's binary changes on disk (checked every second)")
 	f.DurationVar(&cfg.Probation, "probation", 0, "after an upgrade, roll back to the previous binary if the new generation exits (or fails its http health probe) within this time; baton upgrade waits for it")
 	f.DurationVar(&cfg.RestartMin, "restart-min", 100*time.Millisecond, "first back-off before restarting a dead generation")

@@ -269,8 +269,16 @@ func TestSupervisorKilledLeavesNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test")
 	}
+	// pdeathsig on Linux; the watchdog is what macOS and the other BSDs
+	// use, proven here on Linux.
+	for _, guard := range []string{"pdeathsig", "watchdog"} {
+		t.Run(guard, func(t *testing.T) { supervisorKilled(t, guard) })
+	}
+}
+
+func supervisorKilled(t *testing.T, guard string) {
 	addr := freeAddr(t, "tcp")
-	cmd := exec.Command(bins["baton"], "run", "--name", "supkill", "--listen", "tcp://"+addr, "--", bins["hello"], "-addr", addr)
+	cmd := exec.Command(bins["baton"], "run", "--name", "supkill", "--orphan-guard", guard, "--listen", "tcp://"+addr, "--", bins["hello"], "-addr", addr)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
