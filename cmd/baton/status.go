@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/baton-go/baton"
 	"github.com/baton-go/baton/internal/ctl"
+	"github.com/baton-go/baton/supervisor"
 	"github.com/spf13/cobra"
 )
 
@@ -51,15 +51,16 @@ func runStatus(out io.Writer, f commonFlags) error {
 		}
 		return &exitError{code: code, err: fmt.Errorf("status of %s: %s (%s)", f.name, resp.Error, resp.Code)}
 	}
-	var st baton.Status
-	if err := resp.Decode(&st); err != nil {
+	var full supervisor.Status // a library service's status is a subset
+	if err := resp.Decode(&full); err != nil {
 		return &exitError{code: exitInternal, err: fmt.Errorf("unreadable status: %w", err)}
 	}
 	if f.json {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return enc.Encode(json.RawMessage(resp.Result))
 	}
+	st := full.Status
 	fmt.Fprintf(out, "service     %s\n", st.Name)
 	fmt.Fprintf(out, "pid         %d (generation %d, %s)\n", st.PID, st.Generation, st.Phase)
 	fmt.Fprintf(out, "binary      %s\n", st.Binary)
@@ -67,6 +68,15 @@ func runStatus(out io.Writer, f commonFlags) error {
 	fmt.Fprintf(out, "listeners   %s\n", strings.Join(st.Listeners, ", "))
 	if len(st.Draining) > 0 {
 		fmt.Fprintf(out, "draining    %v\n", st.Draining)
+	}
+	if sup := full.Supervisor; sup != nil {
+		fmt.Fprintf(out, "supervisor  pid %d, %d restart(s), runs %s\n", sup.PID, sup.Restarts, strings.Join(sup.Command, " "))
+		for _, g := range sup.Generations {
+			fmt.Fprintf(out, "  gen %-4d pid %-7d %-9s ready after %-8v sha256 %.12s  %s\n", g.Generation, g.PID, g.State,
+				g.ReadyAfter.Round(time.Millisecond), g.SHA256, g.Binary)
+		}
+	} else if st.OpenHandles > 0 {
+		fmt.Fprintf(out, "open fds    %d\n", st.OpenHandles)
 	}
 	if l := st.Last; l != nil {
 		if l.OK {
