@@ -137,15 +137,7 @@ func (u *Upgrader) handleControl(ctx context.Context, req ctl.Request) ctl.Respo
 		} else {
 			res, err = u.Upgrade(ctx)
 		}
-		if err != nil {
-			r := ctl.Response{Code: errorCode(err), Error: err.Error()}
-			var ce *ChildExitError
-			if errors.As(err, &ce) {
-				r.Result = ctl.OKResponse(ce).Result
-			}
-			return r
-		}
-		return ctl.OKResponse(res)
+		return ctl.UpgradeOutcome(res, err, errorCode)
 	}
 	return ctl.Response{Code: ctl.CodeBadRequest, Error: "unknown operation " + req.Op}
 }

@@ -625,26 +625,10 @@ func (s *Supervisor) handle(ctx context.Context, req ctl.Request) ctl.Response {
 			return ctl.Response{Code: ctl.CodeBadRequest, Error: "--binary is not supported by `baton run` yet: install the new binary at " + s.cfg.Command[0] + " and run `baton upgrade`"}
 		}
 		res, err := s.Upgrade(ctx)
-		if err != nil {
-			r := ctl.Response{Code: errorCode(err), Error: err.Error()}
-			var ce *baton.ChildExitError
-			if errors.As(err, &ce) {
-				r.Result = ctl.OKResponse(ce).Result
-			}
-			return r
-		}
-		return ctl.OKResponse(res)
+		return ctl.UpgradeOutcome(res, err, errorCode)
 	case ctl.OpRollback:
 		res, err := s.Rollback(ctx)
-		if err != nil {
-			r := ctl.Response{Code: errorCode(err), Error: err.Error()}
-			var ce *baton.ChildExitError
-			if errors.As(err, &ce) {
-				r.Result = ctl.OKResponse(ce).Result
-			}
-			return r
-		}
-		return ctl.OKResponse(res)
+		return ctl.UpgradeOutcome(res, err, errorCode)
 	case ctl.OpLogs:
 		lines, next := s.logOut.Since(req.Since)
 		return ctl.OKResponse(LogsResult{Lines: lines, Next: next})

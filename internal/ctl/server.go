@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/baton-go/baton/internal/handoff"
 	"log/slog"
 	"net"
 	"sync"
@@ -159,4 +160,19 @@ func OKResponse(v any) Response {
 		return Response{Code: CodeInternal, Error: err.Error()}
 	}
 	return Response{OK: true, Result: b}
+}
+
+// UpgradeOutcome builds the response to an upgrade or a rollback: the
+// result, or the error with its code and, when the new generation exited
+// before it was ready, its exit code and the end of its stderr.
+func UpgradeOutcome(result any, err error, code func(error) string) Response {
+	if err == nil {
+		return OKResponse(result)
+	}
+	r := Response{Code: code(err), Error: err.Error()}
+	var ce *handoff.ExitError
+	if errors.As(err, &ce) {
+		r.Result = OKResponse(ce).Result
+	}
+	return r
 }
