@@ -491,6 +491,13 @@ func (s *Supervisor) probation(ctx context.Context, g *generation) error {
 		case <-g.exited:
 			return g.exitErr
 		case <-end:
+			// An exit must win over the end of probation when both are
+			// ready (a health probe may have blocked meanwhile).
+			select {
+			case <-g.exited:
+				return g.exitErr
+			default:
+			}
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
