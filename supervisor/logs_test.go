@@ -9,7 +9,14 @@ import (
 )
 
 func TestRotatingFileKeepsNFiles(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "app.log")
+	// Not t.TempDir: under Wine its clean-up fails (os.RemoveAll uses an NT
+	// call Wine lacks).
+	dir, err := os.MkdirTemp("", "blogs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "app.log")
 	r, err := openRotating(path, 100, 2)
 	if err != nil {
 		t.Fatal(err)
