@@ -34,16 +34,27 @@ func inheritListener(p pooled) (net.Listener, handoff.Item, error) {
 	return ln, handoff.Item{Socket: uintptr(ln.Socket())}, nil
 }
 
-// UDP is not handed over on Windows yet: Go's own UDP sockets are
-// associated with the runtime's I/O completion port, an association every
-// duplicate shares (the crash recorded in notes/windows.md); serving UDP
-// needs a socket of baton's own, like winsock.Listener for TCP.
+// UDP sockets are baton's own too (winsock.PacketConn: never on an I/O
+// completion port, reads and writes completed through events), for the
+// same reason as listeners: every duplicate shares the socket's IOCP
+// association.
 func newPacketConn(network, addr string) (net.PacketConn, handoff.Item, error) {
-	return nil, handoff.Item{}, fmt.Errorf("listen %s %s: %w: baton does not hand over UDP sockets on Windows yet", network, addr, ErrUnsupported)
+	if network == "unixgram" {
+		return nil, handoff.Item{}, fmt.Errorf("listen %s %s: %w: baton does not hand over unix sockets on Windows", network, addr, ErrUnsupported)
+	}
+	pc, err := winsock.ListenPacket(network, addr)
+	if err != nil {
+		return nil, handoff.Item{}, err
+	}
+	return pc, handoff.Item{Socket: uintptr(pc.Socket())}, nil
 }
 
 func inheritPacketConn(p pooled) (net.PacketConn, handoff.Item, error) {
-	return nil, handoff.Item{}, fmt.Errorf("inherited %s %s: %w", p.desc.Network, p.desc.Addr, ErrUnsupported)
+	pc, err := winsock.PacketConnFromProtocolInfo(p.desc.Data)
+	if err != nil {
+		return nil, handoff.Item{}, err
+	}
+	return pc, handoff.Item{Socket: uintptr(pc.Socket())}, nil
 }
 
 // closeUnclaimed closes a socket the parent duplicated for us that this
@@ -51,11 +62,18 @@ func inheritPacketConn(p pooled) (net.PacketConn, handoff.Item, error) {
 // the parent made it, so it has to be rebuilt to be closed (else the port
 // keeps queueing connections nobody accepts).
 func closeUnclaimed(p pooled) {
-	if p.desc.Kind != handoff.KindListener || len(p.desc.Data) == 0 {
+	if len(p.desc.Data) == 0 {
 		return
 	}
-	if ln, err := winsock.ListenerFromProtocolInfo(p.desc.Data); err == nil {
-		ln.Close()
+	switch p.desc.Kind {
+	case handoff.KindListener:
+		if ln, err := winsock.ListenerFromProtocolInfo(p.desc.Data); err == nil {
+			ln.Close()
+		}
+	case handoff.KindPacket:
+		if pc, err := winsock.PacketConnFromProtocolInfo(p.desc.Data); err == nil {
+			pc.Close()
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
-// Package winsock serves and hands over listening TCP sockets on Windows with
-// raw Winsock calls, so that a running process can pass its listener to the
-// process replacing it without refusing or losing a connection.
+// Package winsock serves and hands over listening TCP sockets and UDP sockets
+// on Windows with raw Winsock calls, so that a running process can pass its
+// sockets to the process replacing it without refusing a connection or
+// losing a datagram.
 //
 // Why not the standard library: net.Listen associates the socket with the
 // runtime's I/O completion port, and every duplicate of a socket (in any
@@ -21,6 +22,13 @@
 //     the same moment.
 //   - Accepted connections are *os.File-backed (a DuplicateHandle copy of the
 //     SOCKET), so reads and writes use the runtime's IOCP and deadlines work.
+//   - UDP: ListenPacket and PacketConnFromProtocolInfo give a PacketConn whose
+//     ReadFrom and WriteTo use overlapped WSARecvFrom and WSASendTo completed
+//     through low-bit events too, with deadlines of their own. The old
+//     process stops reading with SetReadDeadline(time.Now()) once the new one
+//     reads: queued datagrams go to the new process's reads, and a datagram
+//     that completed during the cancellation is still returned (answer it).
+//     Go's own UDP sockets are on the runtime's IOCP and cannot be shared.
 //
 // The package is empty on other operating systems.
 package winsock

@@ -183,8 +183,8 @@ func newListener(s windows.Handle) (*Listener, error) {
 }
 
 // Duplicate returns the WSAPROTOCOL_INFOW bytes with which process pid can
-// rebuild the socket s (ListenerFromProtocolInfo). They are single use and
-// valid only in that process; s itself stays open.
+// rebuild the socket s (ListenerFromProtocolInfo, PacketConnFromProtocolInfo).
+// They are single use and valid only in that process; s itself stays open.
 func Duplicate(s windows.Handle, pid uint32) ([]byte, error) {
 	var info windows.WSAProtocolInfo
 	if err := windows.WSADuplicateSocket(s, pid, &info); err != nil {
@@ -220,8 +220,10 @@ func ListenerFromProtocolInfo(info []byte) (*Listener, error) {
 }
 
 // SocketFromProtocolInfo rebuilds a UDP socket from bytes that Duplicate
-// produced for this process. The caller owns it (for example through
-// os.NewFile and net.FilePacketConn).
+// produced for this process. The caller owns it (close it with closesocket).
+// PacketConnFromProtocolInfo serves it; do not hand it to os.NewFile or
+// net.FilePacketConn, which put it on the runtime's IOCP, shared with every
+// copy in other processes.
 func SocketFromProtocolInfo(info []byte) (windows.Handle, error) {
 	return socketFromProtocolInfo(info, windows.SOCK_DGRAM, windows.IPPROTO_UDP)
 }

@@ -47,6 +47,10 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(workDir)
 	os.Setenv("BATON_RUNTIME_DIR", filepath.Join(workDir, "run"))
+	// The service binaries and the CLI are race-enabled: a race stops the
+	// process at once (the test fails loudly) and exits do not linger for
+	// the detector's default 1 s.
+	os.Setenv("GORACE", "halt_on_error=1 atexit_sleep_ms=0")
 	bins, err = proctest.Build(root, workDir, map[string]string{
 		"hello":        "./examples/hello",
 		"hello-v2":     "./examples/hello",
@@ -58,6 +62,7 @@ func run(m *testing.M) int {
 		"badapp-exit":  "./test/e2e/testdata/badapp",
 		"badapp-hang":  "./test/e2e/testdata/badapp",
 	}, map[string][]string{
+		"baton":        {"-race"}, // the supervisor is concurrent code too
 		"hello":        {"-race", "-ldflags", "-X main.buildVersion=v1"},
 		"hello-v2":     {"-race", "-ldflags", "-X main.buildVersion=v2"},
 		"hello-broken": {"-ldflags", "-X main.brokenRelease=database_url_missing"},

@@ -33,6 +33,9 @@ func startSupervised(t *testing.T, name string, env []string, args ...string) (*
 		t.Fatalf("%v\n%s", err, b)
 	}
 	t.Cleanup(func() {
+		if b, _ := os.ReadFile(logf.Name()); strings.Contains(string(b), "DATA RACE") {
+			t.Errorf("the race detector found a data race in the supervisor:\n%s", b)
+		}
 		if t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
 			if len(b) > 8000 {

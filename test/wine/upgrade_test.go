@@ -31,7 +31,8 @@ const (
 // switches, every old generation is gone, handles do not grow.
 func TestUpgradesUnderLoadOnWindows(t *testing.T) {
 	addr := freePort(t)
-	s := startService(t, "winload", "-addr", addr, "-idle-grace", "1s", "-drain-timeout", "20s")
+	udpAddr := freeUDPPort(t)
+	s := startService(t, "winload", "-addr", addr, "-udp", udpAddr, "-idle-grace", "1s", "-drain-timeout", "20s")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	st0, err := s.status(ctx)
@@ -41,6 +42,10 @@ func TestUpgradesUnderLoadOnWindows(t *testing.T) {
 	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
 		loadgen.KeepAliveGET: 3, loadgen.KeepAlivePOST: 3, loadgen.Fresh: 3, loadgen.Slow: 2,
 	}, Pause: 5 * time.Millisecond, MaxRequests: 1_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := loadgen.StartUDP(ctx, loadgen.UDPConfig{Addr: udpAddr, MaxProbes: 100_000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,6 +80,11 @@ func TestUpgradesUnderLoadOnWindows(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	rep := load.Stop()
 	t.Logf("load under Wine:\n%s", rep)
+	ur := udp.Stop()
+	t.Logf("UDP under Wine: %s", ur)
+	if ur.OK == 0 || ur.Failed != 0 || len(ur.PIDs) < upgrades/2 {
+		t.Errorf("UDP: %d answered, %d lost, from %d generations (want 0 lost, most generations)", ur.OK, ur.Failed, len(ur.PIDs))
+	}
 	for kind, ks := range rep.ByKind {
 		if ks.OK == 0 || ks.Failed != 0 {
 			t.Errorf("%s: %d ok, %d failed", kind, ks.OK, ks.Failed)

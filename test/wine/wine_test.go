@@ -121,6 +121,15 @@ func freePort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+func freeUDPPort(t *testing.T) string {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	return pc.LocalAddr().String()
+}
+
 func install(t *testing.T, src, dst string) {
 	t.Helper()
 	b, err := os.ReadFile(src)
