@@ -21,9 +21,10 @@ func (l *gatedListener) Accept() (net.Conn, error) {
 	select {
 	case <-l.gate.c:
 		return l.Listener.Accept()
+	case <-l.gate.shutC:
 	case <-l.done:
-		return nil, &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: net.ErrClosed}
 	}
+	return nil, &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: net.ErrClosed}
 }
 
 // Close never blocks (see notes/drain.md): it wakes a waiting Accept.
@@ -32,12 +33,16 @@ func (l *gatedListener) Close() error {
 	return l.Listener.Close()
 }
 
-// gate opens once.
+// gate opens once (Ready), or shuts (Stop before Ready: Accept returns).
 type gate struct {
-	c    chan struct{}
-	once sync.Once
+	c        chan struct{}
+	once     sync.Once
+	shutC    chan struct{}
+	shutOnce sync.Once
 }
 
-func newGate() *gate { return &gate{c: make(chan struct{})} }
+func newGate() *gate { return &gate{c: make(chan struct{}), shutC: make(chan struct{})} }
 
 func (g *gate) open() { g.once.Do(func() { close(g.c) }) }
+
+func (g *gate) shut() { g.shutOnce.Do(func() { close(g.shutC) }) }

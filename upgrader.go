@@ -263,6 +263,9 @@ func (u *Upgrader) Stop() {
 	if u.stopSig != nil {
 		u.stopSig()
 	}
+	if u.acceptGate != nil {
+		u.acceptGate.shut() // an Accept still waiting for Ready returns
+	}
 	u.signalExit()
 	if last {
 		notifyStopping()

@@ -3,8 +3,10 @@ package baton
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 func newTestUpgrader(t *testing.T, opts Options) *Upgrader {
@@ -69,5 +71,49 @@ func TestBadOptions(t *testing.T) {
 	}
 	if _, err := u.File("", nil); err == nil {
 		t.Fatal("File accepted an empty name")
+	}
+}
+
+// In a generation that is not the first (here: under baton run), Accept
+// waits for Ready; Stop before Ready releases it.
+func TestAcceptWaitsForReady(t *testing.T) {
+	t.Setenv(envSupervisor, "test")
+	for _, ready := range []bool{true, false} {
+		u := newTestUpgrader(t, Options{})
+		ln, err := u.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		accepted := make(chan error, 1)
+		go func() {
+			c, err := ln.Accept()
+			if c != nil {
+				c.Close()
+			}
+			accepted <- err
+		}()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		select {
+		case err := <-accepted:
+			t.Fatalf("Accept returned before Ready: %v", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+		if ready {
+			if err := u.Ready(); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-accepted; err != nil {
+				t.Fatalf("Accept after Ready: %v", err)
+			}
+		} else {
+			u.Stop()
+			if err := <-accepted; !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("Accept after Stop: %v, want net.ErrClosed", err)
+			}
+		}
 	}
 }
