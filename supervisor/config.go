@@ -177,8 +177,9 @@ func (c *Config) Validate() error {
 	switch c.Readiness.Mode {
 	case "notify":
 	case "http":
-		if u, err := url.Parse(c.Readiness.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("--ready-http %q: want an http:// or https:// URL", c.Readiness.URL)
+		// The probe talks plain HTTP to the new generation's probe socket.
+		if u, err := url.Parse(c.Readiness.URL); err != nil || u.Scheme != "http" || u.Host == "" {
+			return fmt.Errorf("--ready-http %q: want an http:// URL (the probe speaks plain HTTP to the new generation's own probe socket)", c.Readiness.URL)
 		}
 	case "tcp":
 	case "delay":

@@ -124,18 +124,28 @@ func (s *Supervisor) startGeneration(n int, from *generation) (*generation, erro
 	)
 	cmd.ExtraFiles = files
 	cmd.SysProcAttr = childProcAttr(s.cfg.OrphanGuard)
-	stdout, err := cmd.StdoutPipe()
+	// Our own pipes, not StdoutPipe: exec.Cmd.Wait would close them as soon
+	// as the process exits, dropping its last lines (a panic, say).
+	stdout, stdoutW, err := os.Pipe()
 	if err != nil {
 		g.closeNotify()
 		return nil, err
 	}
-	stderr, err := cmd.StderrPipe()
+	stderr, stderrW, err := os.Pipe()
 	if err != nil {
+		stdout.Close()
+		stdoutW.Close()
 		g.closeNotify()
 		return nil, err
 	}
+	cmd.Stdout, cmd.Stderr = stdoutW, stderrW
 	g.cmd = cmd
-	if err := s.spawn(cmd); err != nil {
+	err = s.spawn(cmd)
+	stdoutW.Close()
+	stderrW.Close()
+	if err != nil {
+		stdout.Close()
+		stderr.Close()
 		g.closeNotify()
 		os.Remove(g.saved)
 		return nil, fmt.Errorf("%w: starting %s: %v", baton.ErrBinary, app, err)
@@ -148,7 +158,18 @@ func (s *Supervisor) startGeneration(n int, from *generation) (*generation, erro
 	go s.copyOutput(g, stderr)
 	go g.readNotify()
 	go func() {
-		err := cmd.Wait() // waits for the output copiers too
+		err := cmd.Wait()
+		// Its process group goes with it: children it left behind would
+		// keep the service's sockets (and accept nobody).
+		syscall.Kill(-g.pid, syscall.SIGKILL)
+		// Let the copiers drain what the process wrote last (bounded: a
+		// grandchild could keep a pipe open).
+		copied := make(chan struct{})
+		go func() { g.out.Wait(); close(copied) }()
+		select {
+		case <-copied:
+		case <-time.After(2 * time.Second):
+		}
 		e := &baton.ChildExitError{PID: g.pid, ExitCode: -1, StderrTail: g.tail.String()}
 		if cmd.ProcessState != nil {
 			e.ExitCode = cmd.ProcessState.ExitCode()
@@ -210,15 +231,24 @@ func (g *generation) readNotify() {
 
 // copyOutput tags each line of the app's output with its generation and
 // pid; the supervisor is the only writer of its log.
-func (s *Supervisor) copyOutput(g *generation, r io.Reader) {
+func (s *Supervisor) copyOutput(g *generation, r *os.File) {
 	defer g.out.Done()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	defer r.Close()
+	br := bufio.NewReaderSize(r, 64<<10)
 	prefix := fmt.Sprintf("[gen %d pid %d] ", g.n, g.pid)
-	for sc.Scan() {
-		line := sc.Text()
-		g.tail.Write([]byte(line + "\n"))
-		s.logOut.WriteLine(prefix + line)
+	for {
+		// ReadSlice, not a Scanner: a line longer than the buffer is
+		// passed on in pieces instead of stopping the copy (which would
+		// leave the app blocked on a full pipe).
+		chunk, err := br.ReadSlice('\n')
+		if len(chunk) > 0 {
+			line := strings.TrimRight(string(chunk), "\n")
+			g.tail.Write([]byte(line + "\n"))
+			s.logOut.WriteLine(prefix + line)
+		}
+		if err != nil && err != bufio.ErrBufferFull {
+			return
+		}
 	}
 }
 
@@ -257,7 +287,6 @@ func (s *Supervisor) waitReady(ctx context.Context, g *generation) error {
 		g.readyAfter = time.Since(g.started)
 		if g.probe != nil {
 			g.probe.close() // the generation keeps its own copy
-			g.probe = nil
 		}
 		return nil
 	case <-g.exited:
@@ -349,9 +378,7 @@ func (g *generation) kill() {
 
 func killGroup(pid int) {
 	// Children run in their own process group (Setpgid): kill it whole.
-	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
+	syscall.Kill(-pid, syscall.SIGKILL)
 }
 
 // saveBinary copies src to dst, executable. A copy, not a hard link: a

@@ -5,6 +5,7 @@ package supervisor
 import (
 	"net"
 	"os"
+	"sync"
 	"syscall"
 
 	"github.com/baton-go/baton/internal/handoff"
@@ -20,6 +21,7 @@ const probeFDName = "baton-probe"
 type probeSocket struct {
 	file *os.File // our copy
 	addr string
+	once sync.Once
 }
 
 func newProbeSocket() (*probeSocket, error) {
@@ -35,4 +37,4 @@ func newProbeSocket() (*probeSocket, error) {
 	return &probeSocket{file: f, addr: ln.Addr().String()}, nil
 }
 
-func (p *probeSocket) close() { p.file.Close() }
+func (p *probeSocket) close() { p.once.Do(func() { p.file.Close() }) }

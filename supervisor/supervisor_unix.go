@@ -51,8 +51,12 @@ type Supervisor struct {
 	phase    string
 	stopping bool
 
-	done chan error // Run's result
-	wg   sync.WaitGroup
+	runCtx   context.Context // cancelled by a stop request
+	stopReq  chan struct{}
+	stopOnce sync.Once
+	stopErr  error
+	changed  chan struct{} // closed and replaced when current changes
+	wg       sync.WaitGroup
 }
 
 // Run supervises the app until ctx ends, `baton stop` is asked, SIGTERM or
@@ -72,7 +76,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 		out = rf
 	}
 	s := &Supervisor{cfg: cfg, log: cfg.Logger, logOut: newLineWriter(out), spawner: newSpawner(),
-		started: time.Now(), phase: baton.PhaseStarting, done: make(chan error, 1)}
+		started: time.Now(), phase: baton.PhaseStarting, stopReq: make(chan struct{}), changed: make(chan struct{})}
 	if cfg.OrphanGuard == GuardWatchdog {
 		w, err := startWatchdog(cfg.Activator)
 		if err != nil {
@@ -96,50 +100,65 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 	}
 	defer s.closeSockets()
 
+	// Everything that waits (starts, readiness, probation, back-off) runs
+	// under runCtx: a stop request (signal, baton stop, ctx) cancels it, so
+	// a stop is never stuck behind an upgrade or a restart.
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.runCtx = runCtx
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	go func() {
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case sig := <-sigs:
+				if sig != syscall.SIGHUP {
+					s.log.Info("stopping", "signal", sig.String())
+					s.requestStop(nil)
+					return
+				}
+				go s.upgradeBySignal(runCtx)
+			}
+		}
+	}()
+	go func() {
+		<-s.stopReq
+		cancel()
+	}()
+
 	// The first generation, with the crash back-off if it fails.
-	if err := s.restart(ctx, "start", 0, nil); err != nil {
+	if err := s.restart(runCtx, "start", 0, nil); err != nil {
 		ln.Close()
+		s.stop()
+		if s.stopRequested() {
+			return s.stopErr
+		}
 		return err
 	}
 	srv := ctl.Serve(ln, s.handle, s.log)
 	defer srv.Close()
 	daemon.SdNotify(false, fmt.Sprintf("READY=1\nSTATUS=%s", s.statusLine()))
-
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
 	if cfg.WatchBinary {
-		go s.watchBinary(ctx)
+		go s.watchBinary(runCtx)
 	}
 	for {
-		cur := s.currentGen()
+		cur, changed := s.currentAndChanged()
 		var exited <-chan struct{}
 		if cur != nil {
 			exited = cur.exited
 		}
 		select {
-		case <-ctx.Done():
-			return s.stop()
-		case err := <-s.done:
-			if err != nil {
-				s.stop()
-				return err
-			}
-			return s.stop()
-		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
-				go func() {
-					if _, err := s.Upgrade(ctx); err != nil {
-						s.log.Error("upgrade by SIGHUP failed; the current generation keeps serving", "err", err)
-					}
-				}()
-				continue
-			}
-			s.log.Info("stopping", "signal", sig.String())
-			return s.stop()
+		case <-runCtx.Done():
+			s.stop()
+			return s.stopErr
+		case <-changed:
+			continue // an upgrade or rollback switched generations: watch the new one
 		case <-exited:
 			if s.isStopping() || s.currentGen() != cur {
-				continue // replaced by an upgrade meanwhile
+				continue
 			}
 			// A generation that stayed up StableAfter starts a new crash
 			// episode; one that crashed sooner adds to the back-off.
@@ -150,18 +169,68 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 			s.mu.Lock()
 			s.phase = PhaseRestarting
 			s.mu.Unlock()
-			s.log.Error("the current generation died; restarting it", "gen", cur.n, "pid", cur.pid, "exit", cur.exitErr.Error(), "crashes_in_a_row", s.crashes)
+			s.log.Error("the serving generation died; restarting it", "gen", cur.n, "pid", cur.pid, "exit", cur.exitErr.Brief(), "crashes_in_a_row", s.crashes)
 			if s.crashes > s.cfg.MaxRestarts {
-				err := fmt.Errorf("%w: generation %d crashed %d times in a row, each within %v; last: %v", ErrGaveUp, cur.n, s.crashes, s.cfg.StableAfter, cur.exitErr)
+				err := fmt.Errorf("%w: generation %d crashed %d times in a row, each within %v; last: %v", ErrGaveUp, cur.n, s.crashes, s.cfg.StableAfter, cur.exitErr.Brief())
 				s.stop()
 				return err
 			}
-			if err := s.restart(ctx, "crash", s.crashes, cur); err != nil {
+			if err := s.restart(runCtx, "crash", s.crashes, cur); err != nil {
 				s.stop()
+				if s.stopRequested() {
+					return s.stopErr // a stop while restarting is a stop, not a give-up
+				}
 				return err
 			}
 		}
 	}
+}
+
+// requestStop asks Run to drain everything and return err (nil: exit 0).
+func (s *Supervisor) requestStop(err error) {
+	s.stopOnce.Do(func() {
+		s.stopErr = err
+		close(s.stopReq)
+	})
+}
+
+func (s *Supervisor) stopRequested() bool {
+	select {
+	case <-s.stopReq:
+		return true
+	default:
+		return false
+	}
+}
+
+// upgradeBySignal runs an upgrade for SIGHUP. Under Type=notify-reload
+// systemd waits for RELOADING=1 then READY=1 after its reload signal: a
+// refused upgrade still answers, or `systemctl reload` would hang.
+func (s *Supervisor) upgradeBySignal(ctx context.Context) {
+	_, err := s.Upgrade(ctx)
+	if err == nil {
+		return
+	}
+	s.log.Error("upgrade by SIGHUP failed; the current generation keeps serving", "err", err)
+	if errors.Is(err, baton.ErrUpgradeInProgress) || errors.Is(err, baton.ErrTooManyDraining) || errors.Is(err, baton.ErrStopped) {
+		daemon.SdNotify(false, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
+		daemon.SdNotify(false, "READY=1\nSTATUS="+s.statusLine())
+	}
+}
+
+// currentAndChanged returns the serving generation and a channel closed
+// when it is replaced.
+func (s *Supervisor) currentAndChanged() (*generation, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.current, s.changed
+}
+
+// setCurrent makes g the serving generation (s.mu held).
+func (s *Supervisor) setCurrentLocked(g *generation) {
+	s.current = g
+	close(s.changed)
+	s.changed = make(chan struct{})
 }
 
 // watchBinary upgrades when the app's binary changes on disk (opt-in): a
@@ -322,20 +391,28 @@ func (s *Supervisor) restart(ctx context.Context, why string, crashes int, dead 
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			delay = min(2*delay, s.cfg.RestartMax)
 		}
-		g, err := s.newGeneration(ctx, nil)
+		// A crashed generation is replaced by the same binary it ran (after a
+		// rollback the installed file may be the rejected release).
+		g, err := s.newGeneration(ctx, dead)
 		if err == nil {
 			s.mu.Lock()
-			if dead != nil {
+			if dead != nil && dead != s.previous {
 				dead.release()
 			}
-			s.current = g
+			s.setCurrentLocked(g)
 			s.phase = baton.PhaseServing
 			s.mu.Unlock()
 			g.setState(stateServing)
 			s.log.Info("generation serving", "gen", g.n, "pid", g.pid, "ready_after", g.readyAfter.Round(time.Millisecond), "why", why)
 			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
 		failures++
 		s.log.Error("generation failed to start", "why", why, "failures", failures, "err", err)
@@ -446,6 +523,9 @@ var ErrRolledBack = errors.New("upgrade rolled back")
 // nil: a rollback), waits until it is ready, makes it current and drains
 // old. On failure nothing changes.
 func (s *Supervisor) switchTo(ctx context.Context, old, prev *generation) (*generation, error) {
+	if s.isStopping() {
+		return nil, baton.ErrStopped
+	}
 	g, err := s.newGeneration(ctx, prev)
 	if err != nil {
 		s.mu.Lock()
@@ -455,7 +535,17 @@ func (s *Supervisor) switchTo(ctx context.Context, old, prev *generation) (*gene
 	}
 	g.setState(stateServing)
 	s.mu.Lock()
-	s.current = g
+	if s.stopping {
+		s.mu.Unlock()
+		g.kill()
+		g.release()
+		return nil, baton.ErrStopped
+	}
+	s.setCurrentLocked(g)
+	// Only the previous generation's binary copy can be needed again.
+	if p := s.previous; p != nil && p != old && p != g {
+		p.release()
+	}
 	s.previous = old
 	s.phase = baton.PhaseServing
 	if old != nil {
@@ -467,12 +557,6 @@ func (s *Supervisor) switchTo(ctx context.Context, old, prev *generation) (*gene
 		go func() {
 			defer s.wg.Done()
 			s.drain(old)
-			s.mu.Lock()
-			keep := old == s.previous || old == s.current
-			s.mu.Unlock()
-			if !keep {
-				old.release()
-			}
 		}()
 	}
 	s.log.Info("switched", "gen", g.n, "pid", g.pid, "ready_after", g.readyAfter.Round(time.Millisecond), "rollback", prev != nil)
@@ -551,12 +635,19 @@ func (s *Supervisor) drainingCount() int {
 
 // stop drains every generation and returns once all are gone.
 func (s *Supervisor) stop() error {
+	s.requestStop(nil) // cancels runCtx: an upgrade or restart under way ends
 	s.mu.Lock()
 	if s.stopping {
 		s.mu.Unlock()
 		return nil
 	}
 	s.stopping = true
+	s.mu.Unlock()
+	// Wait for the upgrade or restart under way to give up, so that the
+	// snapshot below is complete (no generation started after it).
+	s.upgradeMu.Lock()
+	defer s.upgradeMu.Unlock()
+	s.mu.Lock()
 	s.phase = baton.PhaseStopped
 	gens := append([]*generation(nil), s.draining...)
 	if s.current != nil {
@@ -578,6 +669,12 @@ func (s *Supervisor) stop() error {
 	}
 	wg.Wait()
 	s.wg.Wait()
+	for _, g := range gens {
+		g.release()
+	}
+	if s.previous != nil {
+		s.previous.release()
+	}
 	return nil
 }
 
@@ -631,20 +728,17 @@ func (s *Supervisor) handle(ctx context.Context, req ctl.Request) ctl.Response {
 		if req.Binary != "" {
 			return ctl.Response{Code: ctl.CodeBadRequest, Error: "--binary is not supported by `baton run` yet: install the new binary at " + s.cfg.Command[0] + " and run `baton upgrade`"}
 		}
-		res, err := s.Upgrade(ctx)
+		res, err := s.Upgrade(mergeCtx(ctx, s.runCtx))
 		return ctl.UpgradeOutcome(res, err, errorCode)
 	case ctl.OpRollback:
-		res, err := s.Rollback(ctx)
+		res, err := s.Rollback(mergeCtx(ctx, s.runCtx))
 		return ctl.UpgradeOutcome(res, err, errorCode)
 	case ctl.OpLogs:
 		lines, next := s.logOut.Since(req.Since)
 		return ctl.OKResponse(LogsResult{Lines: lines, Next: next})
 	case ctl.OpStop:
 		st := s.Status()
-		select {
-		case s.done <- nil:
-		default:
-		}
+		s.requestStop(nil)
 		return ctl.OKResponse(st)
 	}
 	return ctl.Response{Code: ctl.CodeBadRequest, Error: "unknown operation " + req.Op}
@@ -678,4 +772,11 @@ func monotonicUsec() int64 {
 		return 0
 	}
 	return ts.Nano() / 1000
+}
+
+// mergeCtx is a context ended by either a or b.
+func mergeCtx(a, b context.Context) context.Context {
+	ctx, cancel := context.WithCancel(a)
+	context.AfterFunc(b, cancel)
+	return ctx
 }

@@ -242,6 +242,15 @@ func (e *ExitError) Error() string {
 	return msg
 }
 
+// Brief says how the process ended, in a few words (for a process that
+// was serving: "exit code 2", "killed by killed").
+func (e *ExitError) Brief() string {
+	if e.Signal != "" {
+		return "killed by signal: " + e.Signal
+	}
+	return fmt.Sprintf("exit code %d", e.ExitCode)
+}
+
 // Is makes errors.Is(err, ErrChildExited) true.
 func (e *ExitError) Is(target error) bool { return target == ErrChildExited }
 

@@ -421,3 +421,73 @@ func TestSupervisorWatchBinary(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestSupervisorStopDuringRestart: a stop asked while a crashed generation
+// waits for its back-off is a stop (exit 0, promptly), not a give-up.
+func TestSupervisorStopDuringRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	cmd := exec.Command(bins["baton"], "run", "--name", "supstoprs", "--listen", "tcp://"+addr, "--restart-min", "5s",
+		"--", bins["hello"], "-addr", addr)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	svc := &proctest.Service{Name: "supstoprs", Baton: bins["baton"], Env: os.Environ(), Cmd: cmd, Tracker: tracker}
+	waitPhase(t, ctx, svc, "serving")
+	st, _ := svc.Status(ctx)
+	syscall.Kill(st.PID, syscall.SIGKILL)
+	waitPhase(t, ctx, svc, "restarting")
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGTERM)
+	err := cmd.Wait()
+	if err != nil {
+		t.Fatalf("baton run after SIGTERM during a restart: %v, want exit 0", err)
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Fatalf("stop took %v: it waited for the restart back-off", took)
+	}
+}
+
+// TestSupervisorNewGenerationCrashWhileOldDrains: the serving generation
+// crashing while the previous one still drains a long request is restarted
+// at once, not after the old one's drain.
+func TestSupervisorNewGenerationCrashWhileOldDrains(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, "supcrash2", os.Environ(), "--listen", "tcp://"+addr, "--drain-timeout", "20s",
+		"--restart-min", "100ms", "--", bins["hello"], "-addr", addr, "-idle-grace", "200ms")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st1, _ := svc.Status(ctx)
+	slow, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.Slow: 1}, SlowMS: 6000, MaxRequests: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the 6 s request is on generation 1
+	rep, err := svc.Upgrade(ctx)
+	if err != nil || !rep.OK {
+		t.Fatalf("upgrade: %v %+v", err, rep)
+	}
+	syscall.Kill(rep.Result.PID, syscall.SIGKILL)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := svc.Status(ctx)
+		if err == nil && st.Phase == "serving" && st.PID != rep.Result.PID && st.PID != st1.PID {
+			tracker.Track(st.PID)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new generation 5 s after the serving one crashed (old one still draining): %+v", st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r := slow.Stop(); r.TotalFailed() != 0 {
+		t.Fatalf("the long request on the draining generation failed: %s", r)
+	}
+}
