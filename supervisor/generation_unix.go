@@ -113,7 +113,9 @@ func (s *Supervisor) startGeneration(n int, from *generation) (*generation, erro
 		names = append(append([]string(nil), names...), probeFDName)
 	}
 
-	args := append(append(append([]string{}, s.cfg.Activator[1:]...), "--", exe), s.cfg.Command[1:]...)
+	// The activator execs the saved copy with argv[0] = the installed path,
+	// which is what the app (and ps) should see.
+	args := append(append(append([]string{}, s.cfg.Activator[1:]...), "--", exe, g.binary), s.cfg.Command[1:]...)
 	cmd := exec.Command(s.cfg.Activator[0], args...)
 	cmd.Env = append(childEnv(os.Environ()),
 		"LISTEN_FDS="+strconv.Itoa(len(files)),

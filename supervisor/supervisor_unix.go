@@ -471,19 +471,11 @@ func (s *Supervisor) upgrade(ctx context.Context, start time.Time) (baton.Upgrad
 		s.mu.Unlock()
 		return baton.UpgradeResult{}, baton.ErrStopped
 	}
-	var live []*generation
-	for _, g := range s.draining {
-		select {
-		case <-g.exited:
-		default:
-			live = append(live, g)
-		}
+	s.mu.Unlock()
+	if err := s.checkDraining(); err != nil {
+		return baton.UpgradeResult{}, err
 	}
-	s.draining = live
-	if len(live) >= s.cfg.MaxDraining {
-		s.mu.Unlock()
-		return baton.UpgradeResult{}, fmt.Errorf("%w: %d older generations are still draining (max %d)", baton.ErrTooManyDraining, len(live), s.cfg.MaxDraining)
-	}
+	s.mu.Lock()
 	old := s.current
 	s.phase = baton.PhaseUpgrading
 	s.mu.Unlock()
@@ -514,6 +506,29 @@ func (s *Supervisor) upgrade(ctx context.Context, start time.Time) (baton.Upgrad
 	s.log.Info("probation passed", "gen", g.n, "pid", g.pid, "probation", s.cfg.Probation)
 	return res, nil
 }
+
+// checkDraining refuses a switch when MaxDraining old generations still
+// drain.
+func (s *Supervisor) checkDraining() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var live []*generation
+	for _, g := range s.draining {
+		select {
+		case <-g.exited:
+		default:
+			live = append(live, g)
+		}
+	}
+	s.draining = live
+	if len(live) >= s.cfg.MaxDraining {
+		return fmt.Errorf("%w: %d older generations are still draining (max %d)", baton.ErrTooManyDraining, len(live), s.cfg.MaxDraining)
+	}
+	return nil
+}
+
+// ErrNoPrevious: `baton rollback` without a previous generation.
+var ErrNoPrevious = errors.New("no previous generation")
 
 // ErrRolledBack: the new generation failed its probation and the previous
 // binary serves again.
@@ -606,11 +621,14 @@ func (s *Supervisor) Rollback(ctx context.Context) (baton.UpgradeResult, error) 
 	}
 	defer s.upgradeMu.Unlock()
 	start := time.Now()
+	if err := s.checkDraining(); err != nil {
+		return baton.UpgradeResult{}, err
+	}
 	s.mu.Lock()
 	prev, cur := s.previous, s.current
 	s.mu.Unlock()
 	if prev == nil {
-		return baton.UpgradeResult{}, errors.New("nothing to roll back to: no previous generation in this supervisor's life")
+		return baton.UpgradeResult{}, fmt.Errorf("%w: nothing to roll back to: no previous generation in this supervisor's life", ErrNoPrevious)
 	}
 	g, err := s.switchTo(ctx, cur, prev)
 	out := &baton.UpgradeOutcome{At: start, OK: err == nil, Code: "rollback"}
@@ -748,6 +766,8 @@ func errorCode(err error) string {
 	switch {
 	case errors.Is(err, ErrRolledBack):
 		return ctl.CodeRolledBack
+	case errors.Is(err, ErrNoPrevious):
+		return "no_previous"
 	case errors.Is(err, baton.ErrUpgradeInProgress):
 		return ctl.CodeBusy
 	case errors.Is(err, baton.ErrTooManyDraining):

@@ -22,7 +22,8 @@ var (
 // socket-activation variables name the app (exec.Cmd cannot know a child's
 // pid before it runs).
 func activate(args []string) {
-	if len(args) < 2 || args[0] != "--" {
+	// args: -- EXECUTABLE ARGV0 [ARGS...]
+	if len(args) < 3 || args[0] != "--" {
 		fmt.Fprintln(os.Stderr, "baton __activate: internal command of baton run")
 		os.Exit(exitUsage)
 	}
@@ -32,7 +33,7 @@ func activate(args []string) {
 		os.Exit(127)
 	}
 	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
-	err = syscall.Exec(path, args[1:], os.Environ())
+	err = syscall.Exec(path, args[2:], os.Environ())
 	fmt.Fprintln(os.Stderr, "baton: exec", path+":", err)
 	os.Exit(126)
 }

@@ -61,8 +61,8 @@ func applyConfigFile(cmd *cobra.Command, path string) (command []string, err err
 		if f == nil || key == "config" || key == "help" {
 			return nil, fmt.Errorf("%s: unknown key %q (the keys are the long flags of `baton %s`, and command)", where, key, cmd.Name())
 		}
-		if f.Changed {
-			continue // the command line wins
+		if f.Changed || (readinessFlags[key] && anyChanged(flags, readinessFlags)) {
+			continue // the command line wins (readiness is one choice)
 		}
 		if err := setFlag(f, val); err != nil {
 			return nil, fmt.Errorf("%s: bad value for %s: %v", where, key, err)
@@ -108,4 +108,17 @@ func stringList(val any) ([]string, error) {
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// readinessFlags are one choice: one given on the command line replaces
+// whichever the file chose.
+var readinessFlags = map[string]bool{"ready-http": true, "ready-tcp": true, "ready-delay": true}
+
+func anyChanged(flags *pflag.FlagSet, names map[string]bool) bool {
+	for n := range names {
+		if f := flags.Lookup(n); f != nil && f.Changed {
+			return true
+		}
+	}
+	return false
 }

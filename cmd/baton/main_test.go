@@ -114,3 +114,13 @@ func tempDir(t *testing.T) string {
 	t.Cleanup(func() { os.RemoveAll(d) })
 	return d
 }
+
+// A readiness option on the command line replaces the file's (one choice).
+func TestRunConfigReadinessOverride(t *testing.T) {
+	path := tempDir(t) + "/ready.toml"
+	os.WriteFile(path, []byte("name = \"x\"\nlisten = [\"tcp://127.0.0.1:1\"]\nready-http = \"http://127.0.0.1:1/healthz\"\n"), 0o644)
+	code, _, stderr := runCLI(t, "run", "--config", path, "--ready-delay", "1s")
+	if code != exitUsage || strings.Contains(stderr, "choose one") || !strings.Contains(stderr, "no app to run") {
+		t.Fatalf("exit %d, stderr %q: the command-line readiness should win over the file's", code, stderr)
+	}
+}

@@ -47,10 +47,12 @@ func runRollback(out io.Writer, f commonFlags) error {
 	if !resp.OK {
 		code := exitFailed
 		switch resp.Code {
-		case ctl.CodeBusy:
+		case ctl.CodeBusy, ctl.CodeTooMany, ctl.CodeStopped:
 			code = exitBusy
-		case ctl.CodeBadRequest:
+		case ctl.CodeBadRequest, ctl.CodeInternal, ctl.CodeUnsupported:
 			code = exitInternal
+		case ctl.CodeForbidden:
+			code = exitUnreachable
 		}
 		if f.json {
 			return &exitError{code: code, err: errReported}

@@ -97,6 +97,15 @@ func TestSupervisorUpgradesUnderLoad(t *testing.T) {
 	if svc.Cmd.Process.Pid != supPID {
 		t.Fatal("supervisor pid changed")
 	}
+	// The app sees its installed path as argv[0], not the supervisor's copy.
+	if b, err := os.ReadFile("/proc/" + strconv.Itoa(current) + "/cmdline"); err == nil {
+		if argv0, _, _ := strings.Cut(string(b), "\x00"); argv0 != bins["hello"] {
+			t.Errorf("argv[0] of the serving generation is %q, want %q", argv0, bins["hello"])
+		}
+	}
+	if code, out := runCLI("rollback", "--name", "suphello"); code != 0 {
+		t.Errorf("baton rollback: exit %d: %s", code, out)
+	}
 	// The generations' output went through the supervisor, tagged.
 	code, out := runCLI("logs", "--name", "suphello", "--lines", "2000")
 	if code != 0 || !strings.Contains(out, "[gen 1 pid ") || !strings.Contains(out, "[gen 21 pid "+strconv.Itoa(current)+"]") {
