@@ -3,12 +3,12 @@
 package baton
 
 import (
-	"errors"
 	"net"
 	"os"
 	"syscall"
 
 	"github.com/baton-go/baton/internal/handoff"
+	"github.com/baton-go/baton/internal/unixsock"
 )
 
 // On Unix every socket and file is passed as a file descriptor: we keep a
@@ -69,23 +69,4 @@ func inheritFile(p pooled) (*os.File, handoff.Item, error) {
 	return p.file, handoff.Item{File: p.file}, nil
 }
 
-// removeStaleSocket deletes a unix socket file that nobody listens on any
-// more (left by a crashed service), so that binding it again works. A file
-// that is not a socket, or a live socket, is left for net.Listen to report.
-func removeStaleSocket(path string) {
-	fi, err := os.Lstat(path)
-	if err != nil || fi.Mode()&os.ModeSocket == 0 {
-		return
-	}
-	// Only a refused connection proves nobody listens: a full backlog does
-	// not, and a live unixgram socket answers a stream dial with EPROTOTYPE.
-	c, err := net.Dial("unix", path)
-	if err == nil {
-		c.Close()
-		return
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return
-	}
-	os.Remove(path)
-}
+func removeStaleSocket(path string) { unixsock.RemoveStale(path) }

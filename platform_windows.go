@@ -5,5 +5,3 @@ import "os"
 // Windows has no signals to trigger an upgrade: the control endpoint and
 // Upgrade are the triggers.
 var defaultUpgradeSignal os.Signal = NoSignal
-
-func monotonicUsec() int64 { return 0 }

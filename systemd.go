@@ -1,13 +1,13 @@
 package baton
 
 import (
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"strconv"
 
 	"github.com/baton-go/baton/internal/handoff"
+	"github.com/baton-go/baton/internal/sdnotify"
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
 )
@@ -27,7 +27,7 @@ func notifyReady(log *slog.Logger, newMain bool, status string) {
 }
 
 func notifyReloading(status string) {
-	daemon.SdNotify(false, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d\nSTATUS=%s", monotonicUsec(), status))
+	sdnotify.Reloading(status)
 }
 
 func notifyStopping() {

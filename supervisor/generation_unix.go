@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/baton-go/baton"
+	"github.com/baton-go/baton/internal/handoff"
 )
 
 // Generation states, as reported by status.
@@ -51,7 +52,7 @@ type generation struct {
 	ready   chan struct{} // closed on READY=1 from its notify socket
 	notify  *net.UnixConn
 	probe   *probeSocket // http/tcp readiness: a socket only this generation holds
-	tail    *tail
+	tail    *handoff.Tail
 	out     sync.WaitGroup // the output copiers
 }
 
@@ -78,7 +79,7 @@ func (s *Supervisor) startGeneration(n int, from *generation) (*generation, erro
 	if app, err = filepath.Abs(app); err != nil {
 		return nil, fmt.Errorf("%w: %v", baton.ErrBinary, err)
 	}
-	g := &generation{n: n, binary: app, state: stateStarting, exited: make(chan struct{}), ready: make(chan struct{}), tail: newTail(2048)}
+	g := &generation{n: n, binary: app, state: stateStarting, exited: make(chan struct{}), ready: make(chan struct{}), tail: handoff.NewTail(2048)}
 	// Keep a copy of what this generation runs, so that a rollback can run
 	// it again whatever happens to the installed file meanwhile.
 	g.saved = filepath.Join(s.runDir, fmt.Sprintf("%s.gen%d.bin", s.cfg.Name, n))
@@ -416,28 +417,4 @@ func fileSHA256(path string) (string, error) {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// tail keeps the last bytes of a generation's output.
-type tail struct {
-	mu  sync.Mutex
-	buf []byte
-	max int
-}
-
-func newTail(max int) *tail { return &tail{max: max} }
-
-func (t *tail) Write(p []byte) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > t.max {
-		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
-	}
-}
-
-func (t *tail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.TrimRight(string(t.buf), "\n")
 }

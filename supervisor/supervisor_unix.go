@@ -19,8 +19,9 @@ import (
 	"github.com/baton-go/baton"
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/handoff"
+	"github.com/baton-go/baton/internal/sdnotify"
+	"github.com/baton-go/baton/internal/unixsock"
 	"github.com/coreos/go-systemd/v22/daemon"
-	"golang.org/x/sys/unix"
 )
 
 // ErrGaveUp: the app kept failing to start or crashing.
@@ -213,7 +214,7 @@ func (s *Supervisor) upgradeBySignal(ctx context.Context) {
 	}
 	s.log.Error("upgrade by SIGHUP failed; the current generation keeps serving", "err", err)
 	if errors.Is(err, baton.ErrUpgradeInProgress) || errors.Is(err, baton.ErrTooManyDraining) || errors.Is(err, baton.ErrStopped) {
-		daemon.SdNotify(false, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
+		sdnotify.Reloading("upgrade refused")
 		daemon.SdNotify(false, "READY=1\nSTATUS="+s.statusLine())
 	}
 }
@@ -288,7 +289,7 @@ func (s *Supervisor) bind() error {
 		switch l.Network {
 		case "tcp", "tcp4", "tcp6", "unix":
 			if l.Network == "unix" {
-				removeStale(l.Addr)
+				unixsock.RemoveStale(l.Addr)
 			}
 			ln, err := net.Listen(l.Network, l.Addr)
 			if err != nil {
@@ -307,7 +308,7 @@ func (s *Supervisor) bind() error {
 			}
 		default:
 			if l.Network == "unixgram" {
-				removeStale(l.Addr)
+				unixsock.RemoveStale(l.Addr)
 			}
 			pc, err := net.ListenPacket(l.Network, l.Addr)
 			if err != nil {
@@ -334,20 +335,6 @@ func (s *Supervisor) closeSockets() {
 			os.Remove(l.Addr)
 		}
 	}
-}
-
-func removeStale(path string) {
-	fi, err := os.Lstat(path)
-	if err != nil || fi.Mode()&os.ModeSocket == 0 {
-		return
-	}
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return
-	} else if !errors.Is(err, syscall.ECONNREFUSED) {
-		return
-	}
-	os.Remove(path)
 }
 
 func (s *Supervisor) spawn(cmd *exec.Cmd) error { return s.spawner.start(cmd) }
@@ -479,7 +466,7 @@ func (s *Supervisor) upgrade(ctx context.Context, start time.Time) (baton.Upgrad
 	old := s.current
 	s.phase = baton.PhaseUpgrading
 	s.mu.Unlock()
-	daemon.SdNotify(false, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d\nSTATUS=upgrading", monotonicUsec()))
+	sdnotify.Reloading("upgrading")
 	defer func() { daemon.SdNotify(false, "READY=1\nSTATUS="+s.statusLine()) }()
 
 	g, err := s.switchTo(ctx, old, nil)
@@ -784,14 +771,6 @@ func errorCode(err error) string {
 		return ctl.CodeCanceled
 	}
 	return ctl.CodeInternal
-}
-
-func monotonicUsec() int64 {
-	var ts unix.Timespec
-	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) != nil {
-		return 0
-	}
-	return ts.Nano() / 1000
 }
 
 // mergeCtx is a context ended by either a or b.

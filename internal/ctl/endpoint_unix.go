@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/baton-go/baton/internal/unixsock"
 	"net"
 	"os"
 	"path/filepath"
@@ -75,16 +76,12 @@ func Listen(name string) (net.Listener, error) {
 	if err := ensureDir(filepath.Dir(path)); err != nil {
 		return nil, err
 	}
-	if _, err := os.Lstat(path); err == nil {
-		c, derr := net.Dial("unix", path)
-		if derr == nil {
-			c.Close()
-			return nil, fmt.Errorf("%w: %s", ErrNameInUse, path)
-		}
-		// Only a refused connection proves the socket is stale.
-		if !errors.Is(derr, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("control socket %s exists and cannot be probed (%v); remove it if no service owns it", path, derr)
-		}
+	switch st, perr := unixsock.Probe(path); st {
+	case unixsock.Live:
+		return nil, fmt.Errorf("%w: %s", ErrNameInUse, path)
+	case unixsock.Unknown:
+		return nil, fmt.Errorf("control socket %s exists and cannot be probed (%v); remove it if no service owns it", path, perr)
+	case unixsock.Stale, unixsock.NotSocket:
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("removing stale control socket: %w", err)
 		}

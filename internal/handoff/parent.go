@@ -50,7 +50,7 @@ type Child struct {
 
 	conn    net.Conn
 	proc    *os.Process
-	tail    *tailBuffer
+	tail    *Tail
 	exited  chan struct{}
 	exitErr *ExitError
 	sendErr chan error // result of writing the handoff message
@@ -86,7 +86,7 @@ func cleanEnv(env []string) []string {
 
 // newChild describes a started process. The caller sets its hooks, then
 // calls watch, sets conn and calls start.
-func newChild(cmd *exec.Cmd, tail *tailBuffer) *Child {
+func newChild(cmd *exec.Cmd, tail *Tail) *Child {
 	return &Child{
 		PID:     cmd.Process.Pid,
 		proc:    cmd.Process,
@@ -112,7 +112,7 @@ func (c *Child) watch(cmd *exec.Cmd) {
 	}()
 }
 
-func exitError(pid int, ps *os.ProcessState, err error, tail *tailBuffer) *ExitError {
+func exitError(pid int, ps *os.ProcessState, err error, tail *Tail) *ExitError {
 	e := &ExitError{PID: pid, ExitCode: -1, StderrTail: tail.String()}
 	if ps == nil {
 		e.StderrTail = fmt.Sprintf("%v\n%s", err, e.StderrTail)
@@ -243,17 +243,18 @@ func (c *Child) failed(err error) error {
 	return err
 }
 
-// tailBuffer keeps the last bytes written to it: the end of a failing
-// child's stderr, for the error message.
-type tailBuffer struct {
+// Tail keeps the last bytes written to it: the end of a failing child's
+// output, for the error message. Safe for concurrent writers.
+type Tail struct {
 	mu  sync.Mutex
 	buf []byte
 	max int
 }
 
-func newTail(max int) *tailBuffer { return &tailBuffer{max: max} }
+// NewTail keeps the last max bytes.
+func NewTail(max int) *Tail { return &Tail{max: max} }
 
-func (t *tailBuffer) Write(p []byte) (int, error) {
+func (t *Tail) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.buf = append(t.buf, p...)
@@ -263,7 +264,7 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (t *tailBuffer) String() string {
+func (t *Tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return strings.TrimRight(string(t.buf), "\n")
@@ -272,7 +273,7 @@ func (t *tailBuffer) String() string {
 // stderrTailBytes is how much of a failing child's stderr is reported.
 const stderrTailBytes = 2048
 
-var _ io.Writer = (*tailBuffer)(nil)
+var _ io.Writer = (*Tail)(nil)
 
 // statBinary checks what every platform requires of the binary to start:
 // it exists and is not a directory.

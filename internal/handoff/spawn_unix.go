@@ -79,7 +79,7 @@ func Spawn(ctx context.Context, cfg SpawnConfig) (*Child, error) {
 		extra = append(extra, it.File)
 	}
 
-	tail := newTail(stderrTailBytes)
+	tail := NewTail(stderrTailBytes)
 	cmd := exec.Command(cfg.Binary, cfg.Args...)
 	cmd.Env = append(cleanEnv(cfg.Env), EnvChannel+"="+strconv.Itoa(fdChannel))
 	cmd.Stdout = os.Stdout

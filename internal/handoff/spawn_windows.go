@@ -72,7 +72,7 @@ func Spawn(ctx context.Context, cfg SpawnConfig) (*Child, error) {
 	}
 	// The child's stderr is a pipe that we read (the tail of a failed start
 	// goes into the error); after the handover the child relays it itself.
-	tail := newTail(stderrTailBytes)
+	tail := NewTail(stderrTailBytes)
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		job.close()

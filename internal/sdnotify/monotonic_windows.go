@@ -1,0 +1,4 @@
+package sdnotify
+
+// No systemd on Windows.
+func monotonicUsec() int64 { return 0 }
