@@ -40,8 +40,9 @@ type Upgrader struct {
 	state      []byte             // from the parent
 	draining   []handoff.Proc     // older generations that may still drain
 	startedAt  time.Time
-	supervised bool  // under `baton run`
-	acceptGate *gate // non-nil in a new generation: Accept waits for Ready
+	supervised bool              // under `baton run`
+	link       *handoff.LinkConn // to the supervisor (library apps under `baton run`)
+	acceptGate *gate             // non-nil in a new generation: Accept waits for Ready
 
 	upgradeMu sync.Mutex // held for the whole of one upgrade
 
@@ -118,6 +119,14 @@ func New(opts Options) (*Upgrader, error) {
 	} else {
 		u.pool = append(u.pool, socketActivated(u.log)...)
 	}
+	if u.supervised {
+		if err := u.joinSupervisor(); err != nil {
+			for _, p := range u.pool {
+				p.close()
+			}
+			return nil, fmt.Errorf("baton: handoff from the supervisor: %w", err)
+		}
+	}
 	if u.binary == "" {
 		if u.binary, err = executablePath(); err != nil {
 			return nil, fmt.Errorf("baton: cannot find the running executable (set Options.Binary): %w", err)
@@ -132,6 +141,7 @@ func New(opts Options) (*Upgrader, error) {
 		return nil, err
 	}
 	u.watchSignal()
+	u.serveSupervisor()
 	return u, nil
 }
 
@@ -270,6 +280,7 @@ func (u *Upgrader) Stop() {
 	if last {
 		notifyStopping()
 	}
+	u.closeLink()
 	u.closeAll()
 	if last {
 		for _, e := range u.entries {

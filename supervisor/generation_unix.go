@@ -51,7 +51,9 @@ type generation struct {
 	exitErr *baton.ChildExitError
 	ready   chan struct{} // closed on READY=1 from its notify socket
 	notify  *net.UnixConn
-	probe   *probeSocket // http/tcp readiness: a socket only this generation holds
+	probe   *probeSocket      // http/tcp readiness: a socket only this generation holds
+	noLink  chan struct{}     // closed when no link can come any more (ready or gone)
+	link    *handoff.LinkConn // library apps: state, named files and drain (guarded by mu)
 	tail    *handoff.Tail
 	out     sync.WaitGroup // the output copiers
 }
@@ -70,8 +72,15 @@ func (g *generation) getState() string {
 
 // startGeneration starts generation n of the app with the sockets as
 // LISTEN_FDS (fd 3 onwards), through the activator so that LISTEN_PID is
-// the app's own pid.
-func (s *Supervisor) startGeneration(n int, from *generation) (*generation, error) {
+// the app's own pid. A library app also gets handed (state and named
+// files of the previous generation) over its supervisor link; handed is
+// closed in any case.
+func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Handed) (_ *generation, err error) {
+	defer func() {
+		if err != nil {
+			handed.Close()
+		}
+	}()
 	app, err := exec.LookPath(s.cfg.Command[0])
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", baton.ErrBinary, s.cfg.Command[0], err)
@@ -79,7 +88,8 @@ func (s *Supervisor) startGeneration(n int, from *generation) (*generation, erro
 	if app, err = filepath.Abs(app); err != nil {
 		return nil, fmt.Errorf("%w: %v", baton.ErrBinary, err)
 	}
-	g := &generation{n: n, binary: app, state: stateStarting, exited: make(chan struct{}), ready: make(chan struct{}), tail: handoff.NewTail(2048)}
+	g := &generation{n: n, binary: app, state: stateStarting, exited: make(chan struct{}), ready: make(chan struct{}),
+		noLink: make(chan struct{}), tail: handoff.NewTail(2048)}
 	// Keep a copy of what this generation runs, so that a rollback can run
 	// it again whatever happens to the installed file meanwhile.
 	g.saved = filepath.Join(s.runDir, fmt.Sprintf("%s.gen%d.bin", s.cfg.Name, n))
@@ -101,6 +111,19 @@ func (s *Supervisor) startGeneration(n int, from *generation) (*generation, erro
 		return nil, fmt.Errorf("notify socket for generation %d: %w", n, err)
 	}
 	os.Chmod(notifyPath, 0o600)
+	linkPath := filepath.Join(s.runDir, fmt.Sprintf("%s.gen%d.link", s.cfg.Name, n))
+	os.Remove(linkPath)
+	linkLn, err := net.ListenUnix("unix", &net.UnixAddr{Name: linkPath, Net: "unix"})
+	if err != nil {
+		g.closeNotify()
+		return nil, fmt.Errorf("link socket for generation %d: %w", n, err)
+	}
+	os.Chmod(linkPath, 0o600)
+	defer func() {
+		if err != nil {
+			linkLn.Close()
+		}
+	}()
 
 	files, names := s.files, s.fdNames
 	if s.cfg.Readiness.Mode == "http" || s.cfg.Readiness.Mode == "tcp" {
@@ -122,6 +145,7 @@ func (s *Supervisor) startGeneration(n int, from *generation) (*generation, erro
 		"LISTEN_FDS="+strconv.Itoa(len(files)),
 		"LISTEN_FDNAMES="+strings.Join(names, ":"),
 		"NOTIFY_SOCKET="+notifyPath,
+		handoff.EnvLink+"="+linkPath,
 		"BATON_SUPERVISOR="+s.cfg.Name,
 		"BATON_GENERATION="+strconv.Itoa(n),
 	)
@@ -160,6 +184,7 @@ func (s *Supervisor) startGeneration(n int, from *generation) (*generation, erro
 	go s.copyOutput(g, stdout)
 	go s.copyOutput(g, stderr)
 	go g.readNotify()
+	go s.acceptLink(g, linkLn, handed)
 	go func() {
 		err := cmd.Wait()
 		// Its process group goes with it: children it left behind would
@@ -196,7 +221,7 @@ func childEnv(env []string) []string {
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "BATON_HANDOFF", "BATON_SUPERVISOR", "BATON_GENERATION", "WATCHDOG_USEC", "WATCHDOG_PID":
+		case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", handoff.EnvChannel, handoff.EnvLink, "BATON_SUPERVISOR", "BATON_GENERATION", "WATCHDOG_USEC", "WATCHDOG_PID":
 			continue
 		}
 		out = append(out, kv)
@@ -291,6 +316,7 @@ func (s *Supervisor) waitReady(ctx context.Context, g *generation) error {
 		if g.probe != nil {
 			g.probe.close() // the generation keeps its own copy
 		}
+		close(g.noLink) // a library app has linked up before its Ready
 		return nil
 	case <-g.exited:
 		return g.exitErr
@@ -336,12 +362,24 @@ func httpOK(ctx context.Context, rawURL, addr string) bool {
 	return resp.StatusCode >= 200 && resp.StatusCode < 300
 }
 
-// drain asks g to drain with the drain signal and kills it (its whole
-// process group) at the deadline. It returns when g is gone.
+// drain asks g to drain (a library app through its link: its Exit
+// channel; any other with the drain signal) and kills it (its whole process
+// group) at the deadline. It returns when g is gone.
 func (s *Supervisor) drain(g *generation) {
 	g.setState(stateDraining)
-	if err := g.cmd.Process.Signal(s.cfg.DrainSignal); err != nil {
-		s.log.Warn("drain signal not delivered", "gen", g.n, "pid", g.pid, "err", err)
+	told := false
+	if link := g.getLink(); link != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := link.Drain(ctx)
+		cancel()
+		if told = err == nil; !told {
+			s.log.Warn("drain request over the link failed; sending the drain signal", "gen", g.n, "pid", g.pid, "err", err)
+		}
+	}
+	if !told {
+		if err := g.cmd.Process.Signal(s.cfg.DrainSignal); err != nil {
+			s.log.Warn("drain signal not delivered", "gen", g.n, "pid", g.pid, "err", err)
+		}
 	}
 	select {
 	case <-g.exited:
@@ -350,6 +388,86 @@ func (s *Supervisor) drain(g *generation) {
 		killGroup(g.pid)
 		<-g.exited
 	}
+}
+
+// acceptLink waits for a library app's link (until it is ready or gone),
+// gives it what the previous generation handed over and keeps the link for
+// later requests. handed is closed here: the app has its own copies.
+func (s *Supervisor) acceptLink(g *generation, ln *net.UnixListener, handed *handoff.Handed) {
+	defer handed.Close()
+	path := ln.Addr().String()
+	defer os.Remove(path)
+	defer ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-g.exited:
+		case <-g.noLink:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	link, hello, err := handoff.AcceptLink(ctx, ln)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("generation's link refused", "gen", g.n, "pid", g.pid, "err", err)
+		}
+		return
+	}
+	if hello.PID != g.pid {
+		// Only the app itself (the activator execs it, same pid) links up.
+		s.log.Warn("link from another process refused", "gen", g.n, "pid", g.pid, "link_pid", hello.PID)
+		link.Close()
+		return
+	}
+	if handed == nil {
+		handed = &handoff.Handed{}
+	}
+	handed.Msg.Generation = g.n
+	handed.Msg.Parent = handoff.Self()
+	handed.Msg.Binary = g.binary
+	if err := link.Give(handed); err != nil {
+		s.log.Warn("handing over to the generation's link failed", "gen", g.n, "pid", g.pid, "err", err)
+		link.Close()
+		return
+	}
+	g.mu.Lock()
+	g.link = link
+	g.mu.Unlock()
+	go func() {
+		<-g.exited
+		link.Close()
+	}()
+	s.log.Debug("library generation linked", "gen", g.n, "pid", g.pid, "files", len(handed.Items), "state_bytes", len(handed.State))
+}
+
+func (g *generation) getLink() *handoff.LinkConn {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.link
+}
+
+// takeHandover asks the serving generation (a library app with a link) for
+// its state and named files, for the generation about to start.
+func (s *Supervisor) takeHandover(ctx context.Context, g *generation) (*handoff.Handed, error) {
+	if g == nil {
+		return nil, nil
+	}
+	link := g.getLink()
+	if link == nil {
+		return nil, nil
+	}
+	select {
+	case <-g.exited:
+		return nil, nil
+	default:
+	}
+	h, err := link.Take(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("generation %d (pid %d) did not hand over its state: %w", g.n, g.pid, err)
+	}
+	return h, nil
 }
 
 // release removes g's saved binary (once no rollback can need it).

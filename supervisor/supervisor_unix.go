@@ -385,7 +385,7 @@ func (s *Supervisor) restart(ctx context.Context, why string, crashes int, dead 
 		}
 		// A crashed generation is replaced by the same binary it ran (after a
 		// rollback the installed file may be the rejected release).
-		g, err := s.newGeneration(ctx, dead)
+		g, err := s.newGeneration(ctx, dead, nil)
 		if err == nil {
 			s.mu.Lock()
 			if dead != nil && dead != s.previous {
@@ -412,12 +412,12 @@ func (s *Supervisor) restart(ctx context.Context, why string, crashes int, dead 
 
 // newGeneration starts the next generation and waits until it is ready;
 // on failure it is killed.
-func (s *Supervisor) newGeneration(ctx context.Context, from *generation) (*generation, error) {
+func (s *Supervisor) newGeneration(ctx context.Context, from *generation, handed *handoff.Handed) (*generation, error) {
 	s.mu.Lock()
 	s.nextGen++
 	n := s.nextGen
 	s.mu.Unlock()
-	g, err := s.startGeneration(n, from)
+	g, err := s.startGeneration(n, from, handed)
 	if err != nil {
 		return nil, err
 	}
@@ -528,7 +528,19 @@ func (s *Supervisor) switchTo(ctx context.Context, old, prev *generation) (*gene
 	if s.isStopping() {
 		return nil, baton.ErrStopped
 	}
-	g, err := s.newGeneration(ctx, prev)
+	// A library app hands its state and named files to the next
+	// generation. An upgrade fails without them; a rollback goes on.
+	handed, err := s.takeHandover(ctx, old)
+	if err != nil {
+		if prev == nil {
+			s.mu.Lock()
+			s.phase = baton.PhaseServing
+			s.mu.Unlock()
+			return nil, err
+		}
+		s.log.Warn("rolling back without the state of the failing generation", "err", err)
+	}
+	g, err := s.newGeneration(ctx, prev, handed)
 	if err != nil {
 		s.mu.Lock()
 		s.phase = baton.PhaseServing
@@ -769,6 +781,10 @@ func errorCode(err error) string {
 		return ctl.CodeBinary
 	case errors.Is(err, baton.ErrCanceled):
 		return ctl.CodeCanceled
+	case errors.Is(err, handoff.ErrNoState), errors.Is(err, baton.ErrStateTooLarge), errors.Is(err, baton.ErrStateCorrupt):
+		return ctl.CodeState
+	case errors.Is(err, handoff.ErrLink):
+		return ctl.CodeProtocol
 	}
 	return ctl.CodeInternal
 }

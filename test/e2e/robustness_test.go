@@ -194,6 +194,11 @@ func TestInheritedFileAndState(t *testing.T) {
 	addr := freeAddr(t, "tcp")
 	logPath := filepath.Join(t.TempDir(), "events.log")
 	svc, _ := startHello(t, "files", "-addr", addr, "-event-log", logPath)
+	checkFileAndStateTravel(t, svc, addr, logPath)
+}
+
+func checkFileAndStateTravel(t *testing.T, svc *proctest.Service, addr, logPath string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// Rotate the path away: generations that inherit the open file keep

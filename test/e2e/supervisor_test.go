@@ -500,3 +500,33 @@ func TestSupervisorNewGenerationCrashWhileOldDrains(t *testing.T) {
 		t.Fatalf("the long request on the draining generation failed: %s", r)
 	}
 }
+
+// Under `baton run` the same travels over the supervisor link (the sockets
+// come by socket activation), and the old generations drain through their
+// Exit channel.
+func TestSupervisorHandsOverFileAndState(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	logPath := filepath.Join(t.TempDir(), "events.log")
+	svc, logf := startSupervised(t, "supfiles", os.Environ(), "--listen", "tcp://"+addr, "--drain-signal", "SIGUSR2",
+		"--", bins["hello"], "-addr", addr, "-event-log", logPath)
+	checkFileAndStateTravel(t, svc, addr, logPath)
+	// SIGUSR2 would have killed hello: the old generations were told to
+	// drain over the link, and drained.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(logf.Name())
+		if n := strings.Count(string(b), "handed over; draining"); n >= 3 {
+			if strings.Contains(string(b), "signal: user defined signal 2") {
+				t.Fatalf("an old generation got the drain signal instead of the link's drain request:\n%s", b)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the old generations did not drain through their Exit channel:\n%s", b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,112 @@
+//go:build unix
+
+package handoff
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The link carries the state and a named file both ways between two real
+// sockets, and the drain request reaches the generation.
+func TestLinkRoundTrip(t *testing.T) {
+	dir, err := os.MkdirTemp("", "blink")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "gen2.link")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := os.CreateTemp(dir, "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	// Supervisor side.
+	type accepted struct {
+		l   *LinkConn
+		err error
+	}
+	acc := make(chan accepted, 1)
+	go func() {
+		l, hello, err := AcceptLink(context.Background(), ln)
+		if err == nil && hello.PID != os.Getpid() {
+			err = errors.New("wrong pid in hello")
+		}
+		if err == nil {
+			err = l.Give(&Handed{Msg: Handoff{Generation: 2}, State: []byte("counter=41"),
+				Items: []Item{{Desc: FileDesc{Kind: KindFile, Name: "events"}, File: f}}})
+		}
+		acc <- accepted{l, err}
+	}()
+
+	// Generation side.
+	t.Setenv(EnvLink, path)
+	gen, handed, err := DialLink(5*time.Second, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gen.Close()
+	a := <-acc
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	sup := a.l
+	defer sup.Close()
+	if handed.Msg.Generation != 2 || string(handed.State) != "counter=41" || len(handed.Items) != 1 || handed.Items[0].Desc.Name != "events" {
+		t.Fatalf("handed: %+v state %q", handed.Msg, handed.State)
+	}
+	// The descriptor is the same open file: a write through it lands in f.
+	if _, err := handed.Items[0].File.WriteString("from gen 2\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := os.LookupEnv(EnvLink); ok {
+		t.Error("EnvLink still set: the app's own children would believe they are supervised")
+	}
+
+	drained := make(chan struct{})
+	var failState atomic.Bool
+	go gen.Serve(func() (*Handed, error) {
+		if failState.Load() {
+			return nil, errors.New("cannot marshal")
+		}
+		return &Handed{State: []byte("counter=42"), Items: handed.Items}, nil
+	}, func() { close(drained) })
+
+	back, err := sup.Take(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Close()
+	if string(back.State) != "counter=42" || len(back.Items) != 1 {
+		t.Fatalf("taken: state %q, %d files", back.State, len(back.Items))
+	}
+	if _, err := back.Items[0].File.Seek(0, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(back.Items[0].File)
+	if string(b) != "from gen 2\n" {
+		t.Fatalf("the file that came back reads %q", b)
+	}
+
+	failState.Store(true)
+	if _, err := sup.Take(context.Background()); !errors.Is(err, ErrNoState) {
+		t.Fatalf("Take with a failing StateFunc: %v, want ErrNoState", err)
+	}
+	if err := sup.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	<-drained
+}

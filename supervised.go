@@ -1,0 +1,94 @@
+package baton
+
+import (
+	"fmt"
+
+	"github.com/baton-go/baton/internal/handoff"
+)
+
+// Under `baton run` the sockets come by socket activation; the rest of the
+// handoff (state blob, named files, generation number) comes over the
+// supervisor link, and the supervisor asks through it for this generation's
+// state when it starts the next one, and tells it to drain.
+
+// joinSupervisor connects to the supervisor link, if `baton run` gave one,
+// and takes what the previous generation handed over.
+func (u *Upgrader) joinSupervisor() error {
+	link, handed, err := handoff.DialLink(u.opts.ReadyTimeout, u.opts.MaxStateSize)
+	if err != nil || link == nil {
+		return err
+	}
+	u.link = link
+	if handed.Msg.Generation > 0 {
+		u.generation = handed.Msg.Generation
+	}
+	u.state = handed.State
+	for _, it := range handed.Items {
+		u.pool = append(u.pool, pooled{desc: it.Desc, file: it.File})
+	}
+	return nil
+}
+
+// serveSupervisor answers the supervisor's requests until the link closes.
+func (u *Upgrader) serveSupervisor() {
+	if u.link == nil {
+		return
+	}
+	go func() {
+		err := u.link.Serve(u.handOverToSupervisor, u.drainForSupervisor)
+		u.mu.Lock()
+		stopped := u.stopped
+		u.mu.Unlock()
+		if !stopped {
+			u.log.Warn("supervisor link closed", "err", err)
+		}
+	}()
+}
+
+// handOverToSupervisor makes what the next generation gets: the state blob
+// and the named files (the sockets are the supervisor's already).
+func (u *Upgrader) handOverToSupervisor() (*handoff.Handed, error) {
+	var state []byte
+	if u.opts.StateFunc != nil {
+		var err error
+		if state, err = u.opts.StateFunc(); err != nil {
+			return nil, fmt.Errorf("state for the next generation: %w", err)
+		}
+		if int64(len(state)) > u.opts.MaxStateSize {
+			return nil, fmt.Errorf("%w: %d bytes, MaxStateSize is %d", ErrStateTooLarge, len(state), u.opts.MaxStateSize)
+		}
+	}
+	h := &handoff.Handed{Msg: handoff.Handoff{Generation: u.generation + 1, Parent: handoff.Self(), Binary: u.binary}, State: state}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.stopped {
+		return nil, ErrStopped
+	}
+	for _, e := range u.entries {
+		if e.desc.Kind == handoff.KindFile {
+			h.Items = append(h.Items, e.item)
+		}
+	}
+	return h, nil
+}
+
+// drainForSupervisor is the handover seen from an old generation under
+// `baton run`: stop accepting, close Exit.
+func (u *Upgrader) drainForSupervisor() {
+	u.mu.Lock()
+	if u.stopped || u.handedOver {
+		u.mu.Unlock()
+		return
+	}
+	u.handedOver = true
+	u.mu.Unlock()
+	u.log.Info("the supervisor switched to a new generation; draining")
+	u.handover()
+}
+
+// closeLink ends the supervisor link (Stop).
+func (u *Upgrader) closeLink() {
+	if u.link != nil {
+		_ = u.link.Close()
+	}
+}
