@@ -107,6 +107,8 @@ type Config struct {
 	// Crash supervision: restart with back-off from RestartMin doubling up
 	// to RestartMax; give up after MaxRestarts consecutive failed starts or
 	// crashes (a generation that served for StableAfter resets the count).
+	// MaxRestarts 0 means the default (5); a negative value means never
+	// restart: the first crash ends the supervisor.
 	RestartMin, RestartMax time.Duration
 	MaxRestarts            int
 	StableAfter            time.Duration
@@ -150,7 +152,7 @@ func (c *Config) setDefaults() {
 	if c.RestartMax <= 0 {
 		c.RestartMax = 10 * time.Second
 	}
-	if c.MaxRestarts <= 0 {
+	if c.MaxRestarts == 0 {
 		c.MaxRestarts = 5
 	}
 	if c.StableAfter <= 0 {

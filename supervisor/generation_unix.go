@@ -367,6 +367,11 @@ func httpOK(ctx context.Context, rawURL, addr string) bool {
 // group) at the deadline. It returns when g is gone.
 func (s *Supervisor) drain(g *generation) {
 	g.setState(stateDraining)
+	select {
+	case <-g.exited:
+		return // nothing left to drain
+	default:
+	}
 	told := false
 	if link := g.getLink(); link != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

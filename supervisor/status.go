@@ -43,4 +43,7 @@ type GenInfo struct {
 	StartedAt  time.Time     `json:"started_at"`
 	ReadyAfter time.Duration `json:"ready_after_ns"`
 	State      string        `json:"state"`
+	// Conns counts the open connections it holds on the service's stream
+	// sockets, where the platform tells (Linux); absent otherwise.
+	Conns *int `json:"conns,omitempty"`
 }

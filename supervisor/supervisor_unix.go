@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/handoff"
 	"github.com/baton-go/baton/internal/sdnotify"
+	"github.com/baton-go/baton/internal/sockstat"
 	"github.com/baton-go/baton/internal/unixsock"
 	"github.com/coreos/go-systemd/v22/daemon"
 )
@@ -170,12 +172,16 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 			s.mu.Lock()
 			s.phase = PhaseRestarting
 			s.mu.Unlock()
-			s.log.Error("the serving generation died; restarting it", "gen", cur.n, "pid", cur.pid, "exit", cur.exitErr.Brief(), "crashes_in_a_row", s.crashes)
 			if s.crashes > s.cfg.MaxRestarts {
 				err := fmt.Errorf("%w: generation %d crashed %d times in a row, each within %v; last: %v", ErrGaveUp, cur.n, s.crashes, s.cfg.StableAfter, cur.exitErr.Brief())
+				if s.cfg.MaxRestarts < 0 {
+					err = fmt.Errorf("%w: generation %d (pid %d) died (%v) and restarts are off", ErrGaveUp, cur.n, cur.pid, cur.exitErr.Brief())
+				}
+				s.log.Error("the serving generation died; not restarting it", "gen", cur.n, "pid", cur.pid, "exit", cur.exitErr.Brief(), "crashes_in_a_row", s.crashes)
 				s.stop()
 				return err
 			}
+			s.log.Error("the serving generation died; restarting it", "gen", cur.n, "pid", cur.pid, "exit", cur.exitErr.Brief(), "crashes_in_a_row", s.crashes)
 			if err := s.restart(runCtx, "crash", s.crashes, cur); err != nil {
 				s.stop()
 				if s.stopRequested() {
@@ -212,7 +218,7 @@ func (s *Supervisor) upgradeBySignal(ctx context.Context) {
 	if err == nil {
 		return
 	}
-	s.log.Error("upgrade by SIGHUP failed; the current generation keeps serving", "err", err)
+	s.log.Error("upgrade by SIGHUP failed; "+s.afterFailedUpgrade(), "err", err)
 	if errors.Is(err, baton.ErrUpgradeInProgress) || errors.Is(err, baton.ErrTooManyDraining) || errors.Is(err, baton.ErrStopped) {
 		sdnotify.Reloading("upgrade refused")
 		daemon.SdNotify(false, "READY=1\nSTATUS="+s.statusLine())
@@ -276,7 +282,7 @@ func (s *Supervisor) watchBinary(ctx context.Context) {
 			seen, pending = now, ""
 			s.log.Info("binary changed on disk; upgrading", "binary", s.cfg.Command[0])
 			if _, err := s.Upgrade(ctx); err != nil {
-				s.log.Error("upgrade after a binary change failed; the current generation keeps serving", "err", err)
+				s.log.Error("upgrade after a binary change failed; "+s.afterFailedUpgrade(), "err", err)
 			}
 		}
 	}
@@ -471,7 +477,7 @@ func (s *Supervisor) upgrade(ctx context.Context, start time.Time) (baton.Upgrad
 
 	g, err := s.switchTo(ctx, old, nil)
 	if err != nil {
-		s.log.Error("upgrade failed; the current generation keeps serving", "err", err)
+		s.log.Error("upgrade failed; "+s.afterFailedUpgrade(), "err", err)
 		return baton.UpgradeResult{}, err
 	}
 	res := baton.UpgradeResult{PID: g.pid, Generation: g.n, Binary: g.binary, ReadyAfter: g.readyAfter,
@@ -492,6 +498,20 @@ func (s *Supervisor) upgrade(ctx context.Context, start time.Time) (baton.Upgrad
 	}
 	s.log.Info("probation passed", "gen", g.n, "pid", g.pid, "probation", s.cfg.Probation)
 	return res, nil
+}
+
+// afterFailedUpgrade says what serves after a failed upgrade.
+func (s *Supervisor) afterFailedUpgrade() string {
+	cur := s.currentGen()
+	if cur == nil {
+		return "no generation serves yet"
+	}
+	select {
+	case <-cur.exited:
+		return fmt.Sprintf("the current generation (pid %d) has exited too; it is being restarted", cur.pid)
+	default:
+		return fmt.Sprintf("the current generation (pid %d) keeps serving", cur.pid)
+	}
 }
 
 // checkDraining refuses a switch when MaxDraining old generations still
@@ -732,6 +752,37 @@ func (s *Supervisor) Status() Status {
 	return st
 }
 
+// statusWithConns is Status with each generation's open connections where
+// the platform tells (a few ms per generation: not for sd_notify lines).
+func (s *Supervisor) statusWithConns() Status {
+	st := s.Status()
+	var ports []int
+	var paths []string
+	for _, l := range s.cfg.Listen {
+		switch l.Network {
+		case "tcp", "tcp4", "tcp6":
+			if _, p, err := net.SplitHostPort(l.Addr); err == nil {
+				if n, err := strconv.Atoi(p); err == nil {
+					ports = append(ports, n)
+				}
+			}
+		case "unix":
+			paths = append(paths, l.Addr)
+		}
+	}
+	for i, g := range st.Supervisor.Generations {
+		n, err := sockstat.Conns(g.PID, ports, paths)
+		if err != nil {
+			if !errors.Is(err, sockstat.ErrUnsupported) {
+				s.log.Debug("counting connections", "pid", g.PID, "err", err)
+			}
+			continue
+		}
+		st.Supervisor.Generations[i].Conns = &n
+	}
+	return st
+}
+
 func (s *Supervisor) statusLine() string {
 	st := s.Status()
 	return fmt.Sprintf("generation %d pid %d %s", st.Generation, st.PID, st.Phase)
@@ -740,7 +791,7 @@ func (s *Supervisor) statusLine() string {
 func (s *Supervisor) handle(ctx context.Context, req ctl.Request) ctl.Response {
 	switch req.Op {
 	case ctl.OpStatus:
-		return ctl.OKResponse(s.Status())
+		return ctl.OKResponse(s.statusWithConns())
 	case ctl.OpUpgrade:
 		if req.Binary != "" {
 			return ctl.Response{Code: ctl.CodeBadRequest, Error: "--binary is not supported by `baton run` yet: install the new binary at " + s.cfg.Command[0] + " and run `baton upgrade`"}

@@ -55,6 +55,8 @@ func TestExitCodesAndMessages(t *testing.T) {
 		{[]string{"status", "--name", "nosuchservice", "--json"}, exitUnreachable, "no baton service"},
 		{[]string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
 		{[]string{"upgrade", "--name", "x", "extra"}, exitUsage, "unknown command"},
+		{[]string{"run", "--name", "x", "--listen", "tcp://127.0.0.1:0", "--max-draining", "0", "--", "true"}, exitUsage, "--max-draining 0: at least 1"},
+		{[]string{"run", "--name", "x", "--listen", "tcp://127.0.0.1:0", "--max-restarts", "-2", "--", "true"}, exitUsage, "--max-restarts -2"},
 	}
 	for _, c := range cases {
 		code, _, stderr := runCLI(t, c.args...)

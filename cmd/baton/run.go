@@ -99,6 +99,14 @@ entry.
 				return &exitError{code: exitUsage, err: err}
 			}
 			cfg.DrainSignal = sig
+			switch {
+			case cfg.MaxDraining < 1:
+				return &exitError{code: exitUsage, err: fmt.Errorf("--max-draining %d: at least 1 old generation must be allowed to drain, or no upgrade could ever happen", cfg.MaxDraining)}
+			case cfg.MaxRestarts < 0:
+				return &exitError{code: exitUsage, err: fmt.Errorf("--max-restarts %d: give 0 (never restart) or more", cfg.MaxRestarts)}
+			case cfg.MaxRestarts == 0:
+				cfg.MaxRestarts = -1 // Config's "never restart"
+			}
 			exe, err := os.Executable()
 			if err != nil {
 				return &exitError{code: exitInternal, err: err}
@@ -131,7 +139,7 @@ entry.
 	f.DurationVar(&cfg.Probation, "probation", 0, "after an upgrade, roll back to the previous binary if the new generation exits (or fails its http health probe) within this time; baton upgrade waits for it")
 	f.DurationVar(&cfg.RestartMin, "restart-min", 100*time.Millisecond, "first back-off before restarting a dead generation")
 	f.DurationVar(&cfg.RestartMax, "restart-max", 10*time.Second, "longest back-off")
-	f.IntVar(&cfg.MaxRestarts, "max-restarts", 5, "give up (exit 1) after this many crashes in a row")
+	f.IntVar(&cfg.MaxRestarts, "max-restarts", 5, "give up (exit 1) after this many crashes in a row; 0: never restart (exit 1 at the first crash)")
 	f.DurationVar(&cfg.StableAfter, "stable-after", 10*time.Second, "a generation that ran this long ends a crash series")
 	f.StringVar(&cfg.LogFile, "log-file", "", "write the generations' output (tagged lines) here instead of stdout, rotated by size")
 	f.Int64Var(&cfg.LogMaxSize, "log-max-size", 10<<20, "rotate the log file when it would exceed this many bytes")

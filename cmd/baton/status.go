@@ -72,8 +72,12 @@ func runStatus(out io.Writer, f commonFlags) error {
 	if sup := full.Supervisor; sup != nil {
 		fmt.Fprintf(out, "supervisor  pid %d, %d restart(s), runs %s\n", sup.PID, sup.Restarts, strings.Join(sup.Command, " "))
 		for _, g := range sup.Generations {
-			fmt.Fprintf(out, "  gen %-4d pid %-7d %-9s ready after %-8v sha256 %.12s  %s\n", g.Generation, g.PID, g.State,
-				g.ReadyAfter.Round(time.Millisecond), g.SHA256, g.Binary)
+			conns := "conns ?"
+			if g.Conns != nil {
+				conns = fmt.Sprintf("conns %d", *g.Conns)
+			}
+			fmt.Fprintf(out, "  gen %-4d pid %-7d %-9s ready after %-8v %-9s sha256 %.12s  %s\n", g.Generation, g.PID, g.State,
+				g.ReadyAfter.Round(time.Millisecond), conns, g.SHA256, g.Binary)
 		}
 	} else if st.OpenHandles > 0 {
 		fmt.Fprintf(out, "open fds    %d\n", st.OpenHandles)

@@ -4,6 +4,8 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/baton-go/baton/internal/loadgen"
 	"github.com/baton-go/baton/internal/proctest"
+	"github.com/baton-go/baton/supervisor"
 )
 
 // startSupervised runs `baton run` with args and waits until it serves.
@@ -213,6 +216,16 @@ func TestSupervisorGivesUpOnCrashLoop(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "giving up") || strings.Count(string(out), "restarting it") < 3 {
 		t.Fatalf("output does not show the restarts and the give-up:\n%s", out)
+	}
+	// --max-restarts 0: the first crash ends the supervisor.
+	cmd = exec.Command(bins["baton"], "run", "--name", "suploop", "--listen", "tcp://"+addr, "--ready-delay", "50ms",
+		"--max-restarts", "0", "--", bins["plain"], "-crash-after", "200ms")
+	out, err = cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("baton run --max-restarts 0: %v, want exit 1\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "restarts are off") || strings.Contains(string(out), "; restarting it") {
+		t.Fatalf("--max-restarts 0 restarted, or did not say why it stopped:\n%s", out)
 	}
 }
 
@@ -529,4 +542,69 @@ func TestSupervisorHandsOverFileAndState(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestSupervisorStatusCountsConnections: `baton status` tells how many
+// connections each generation holds (Linux), and the draining generation
+// keeps the ones it still serves.
+func TestSupervisorStatusCountsConnections(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, "supconns", os.Environ(), "--listen", "tcp://"+addr, "--drain-timeout", "20s",
+		"--", bins["hello"], "-addr", addr, "-idle-grace", "10s")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// Three connections held open by a slow request each.
+	var conns []net.Conn
+	for i := 0; i < 3; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /sleep?ms=8000 HTTP/1.1\r\nHost: x\r\n\r\n")
+		conns = append(conns, c)
+	}
+	gens := func() map[string]supervisor.GenInfo {
+		code, out := runCLI("status", "--name", "supconns", "--json")
+		if code != 0 {
+			t.Fatalf("baton status: exit %d: %s", code, out)
+		}
+		var st supervisor.Status
+		if err := json.Unmarshal([]byte(out), &st); err != nil || st.Supervisor == nil {
+			t.Fatalf("status: %v\n%s", err, out)
+		}
+		m := map[string]supervisor.GenInfo{}
+		for _, g := range st.Supervisor.Generations {
+			m[g.State] = g
+		}
+		return m
+	}
+	waitConns := func(state string, want int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			g, ok := gens()[state]
+			if ok && g.Conns != nil && *g.Conns == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the %s generation holds %v connections (want %d): %+v", state, g.Conns, want, g)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitConns("serving", 3)
+	rep, err := svc.Upgrade(ctx)
+	if err != nil || !rep.OK {
+		t.Fatalf("upgrade: %v %+v", err, rep)
+	}
+	waitConns("draining", 3) // still serving its slow requests
+	waitConns("serving", 0)
+	if code, out := runCLI("status", "--name", "supconns"); code != 0 || !strings.Contains(out, "conns 3") {
+		t.Errorf("baton status does not show the connections: exit %d\n%s", code, out)
+	}
+	_ = conns
 }
