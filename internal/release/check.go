@@ -1,0 +1,501 @@
+package release
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"debug/buildinfo"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"aead.dev/minisign"
+)
+
+// Sentinel errors: every refusal wraps one of them.
+var (
+	// ErrNotExecutable: not an executable for this OS and CPU, or a
+	// truncated or corrupt one.
+	ErrNotExecutable = errors.New("not an executable for this system")
+	// ErrModule: the Go build info is unreadable or names another main
+	// module, OS or CPU than the installed binary (see CheckOptions.Force).
+	ErrModule = errors.New("wrong Go module")
+	// ErrChecksum: the sha256 does not match the expected one.
+	ErrChecksum = errors.New("checksum mismatch")
+	// ErrSignature: the minisign signature is missing or does not verify.
+	ErrSignature = errors.New("signature does not verify")
+	// ErrSmokeRun: the smoke run did not exit 0 within its timeout.
+	ErrSmokeRun = errors.New("smoke run failed")
+	// ErrUnsafeDir: a directory a binary is run from is writable by other
+	// users (a binary or a DLL could be planted there).
+	ErrUnsafeDir = errors.New("directory writable by other users")
+	// ErrDiskSpace: not enough free space for the copies.
+	ErrDiskSpace = errors.New("not enough free disk space")
+	// ErrBusy: the file is in use (being written, or locked by a running
+	// process), or another baton holds the releases lock.
+	ErrBusy = errors.New("file busy")
+	// ErrUnsupported: not available on this platform.
+	ErrUnsupported = errors.New("not supported on this platform")
+)
+
+// Code returns a short machine-readable code for err ("not_executable",
+// "module", "checksum", "signature", "smoke", "unsafe_dir", "disk_space",
+// "busy"), or "" when err wraps none of the sentinels.
+func Code(err error) string {
+	for _, c := range []struct {
+		err  error
+		code string
+	}{
+		{ErrBusy, "busy"}, {ErrNotExecutable, "not_executable"}, {ErrModule, "module"},
+		{ErrChecksum, "checksum"}, {ErrSignature, "signature"}, {ErrSmokeRun, "smoke"},
+		{ErrUnsafeDir, "unsafe_dir"}, {ErrDiskSpace, "disk_space"},
+	} {
+		if errors.Is(err, c.err) {
+			return c.code
+		}
+	}
+	return ""
+}
+
+// CheckOptions configures Check. Only the file and format checks are
+// always on; the others run when configured.
+type CheckOptions struct {
+	// Installed is the installed binary's path: its build info is the
+	// reference for the module check, its directory and releases
+	// directory are checked for safety and free space. Optional.
+	Installed string
+	// GOOS and GOARCH of the target; default: this process's.
+	GOOS, GOARCH string
+	// Force accepts a Go binary of another main module than the installed one.
+	Force bool
+	// SHA256 is the expected sha256 in hex.
+	SHA256 string
+	// ChecksumsFile is a `sha256sum` output holding the candidate's base name.
+	ChecksumsFile string
+	// PublicKeyFile is a minisign public key; when set, the candidate must
+	// carry a valid detached signature.
+	PublicKeyFile string
+	// SignatureFile is the minisign signature; default: candidate + ".minisig".
+	SignatureFile string
+	// Smoke is a command template run after every other check passed,
+	// e.g. "{bin} --version"; {bin} is replaced by the candidate's path.
+	// Fields are split on white space (no shell). It must exit 0.
+	Smoke string
+	// SmokeTimeout bounds the smoke run (default 10s); its whole process
+	// group is killed when it hangs.
+	SmokeTimeout time.Duration
+	// Staged says the candidate is already in the releases directory
+	// (only the installed copy needs free space).
+	Staged bool
+}
+
+// Status of one check.
+type Status string
+
+// The outcomes of a check.
+const (
+	StatusOK      Status = "ok"
+	StatusSkipped Status = "skipped"
+	StatusFailed  Status = "failed"
+)
+
+// CheckResult is the outcome of one check.
+type CheckResult struct {
+	Name   string `json:"name"`
+	Status Status `json:"status"`
+	Detail string `json:"detail,omitempty"`
+	Err    error  `json:"-"`
+}
+
+// Report lists every check run on a candidate and what was learnt.
+type Report struct {
+	Binary    string        `json:"binary"`
+	SHA256    string        `json:"sha256,omitempty"`
+	Size      int64         `json:"size"`
+	Format    string        `json:"format,omitempty"` // e.g. "ELF x86-64"
+	GoVersion string        `json:"go_version,omitempty"`
+	Module    string        `json:"module,omitempty"`
+	Version   string        `json:"version,omitempty"` // main module version
+	Checks    []CheckResult `json:"checks"`
+}
+
+// OK reports whether no check failed.
+func (r *Report) OK() bool { return r.Err() == nil }
+
+// Err joins the errors of the failed checks (nil when none failed).
+func (r *Report) Err() error {
+	var errs []error
+	for _, c := range r.Checks {
+		if c.Status == StatusFailed {
+			errs = append(errs, c.Err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// FirstErr is the error of the first failed check, or nil.
+func (r *Report) FirstErr() error {
+	for _, c := range r.Checks {
+		if c.Status == StatusFailed {
+			return c.Err
+		}
+	}
+	return nil
+}
+
+// String prints one line per check.
+func (r *Report) String() string {
+	var b strings.Builder
+	for _, c := range r.Checks {
+		fmt.Fprintf(&b, "  %-10s %-7s %s\n", c.Name, c.Status, c.Detail)
+	}
+	return b.String()
+}
+
+func (r *Report) add(name string, st Status, err error, detail string, args ...any) {
+	if len(args) > 0 {
+		detail = fmt.Sprintf(detail, args...)
+	}
+	if err != nil && detail == "" {
+		detail = err.Error()
+	}
+	r.Checks = append(r.Checks, CheckResult{Name: name, Status: st, Detail: detail, Err: err})
+}
+
+func (r *Report) failed() bool { return r.FirstErr() != nil }
+
+// Check runs every pre-flight check on candidate and changes nothing. The
+// error is the joined error of the failed checks (also r.Err()); the
+// report is returned in any case but a missing candidate.
+func Check(ctx context.Context, candidate string, o CheckOptions) (*Report, error) {
+	if o.GOOS == "" {
+		o.GOOS = runtime.GOOS
+	}
+	if o.GOARCH == "" {
+		o.GOARCH = runtime.GOARCH
+	}
+	abs, err := filepath.Abs(candidate)
+	if err != nil {
+		return nil, err
+	}
+	r := &Report{Binary: abs}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNotExecutable, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s is not a regular file", ErrNotExecutable, abs)
+	}
+	r.Size = fi.Size()
+
+	// Writers first: a file still being written is neither hashed nor run.
+	checkWriters(r, abs)
+	if sum, err := fileSHA256(abs); err != nil {
+		r.add("sha256", StatusFailed, fmt.Errorf("%w: reading %s: %v", ErrNotExecutable, abs, err), "")
+	} else {
+		r.SHA256 = sum
+	}
+	formatOK := checkFormat(r, abs, o.GOOS, o.GOARCH)
+	if formatOK {
+		checkBuildInfo(r, abs, o)
+	} else {
+		r.add("buildinfo", StatusSkipped, nil, "not an executable for %s/%s", o.GOOS, o.GOARCH)
+	}
+	checkSHA256(r, abs, o)
+	checkSignature(r, abs, o)
+	checkDirs(r, o)
+	checkSpace(r, o)
+	switch {
+	case o.Smoke == "":
+		r.add("smoke", StatusSkipped, nil, "no smoke command configured")
+	case r.failed():
+		r.add("smoke", StatusSkipped, nil, "not run: an earlier check failed (an unverified binary is never run)")
+	default:
+		checkSmoke(ctx, r, abs, o)
+	}
+	return r, r.Err()
+}
+
+func checkWriters(r *Report, path string) {
+	hs, err := Holders(path)
+	if err != nil {
+		r.add("writers", StatusSkipped, nil, "cannot tell who holds the file: %v", err)
+		return
+	}
+	var w []Holder
+	for _, h := range hs {
+		if h.Write && h.PID != os.Getpid() {
+			w = append(w, h)
+		}
+	}
+	if len(w) > 0 {
+		r.add("writers", StatusFailed, fmt.Errorf("%w: %s is still being written: %s", ErrBusy, path, describeHolders(w)), "")
+		return
+	}
+	r.add("writers", StatusOK, nil, "no process has it open for writing")
+}
+
+func checkBuildInfo(r *Report, path string, o CheckOptions) {
+	bi, err := buildinfo.ReadFile(path)
+	if err != nil {
+		// Not a Go binary (or Go build info stripped): nothing to compare,
+		// unless the installed binary is a Go program.
+		if o.Installed != "" {
+			if ibi, ierr := buildinfo.ReadFile(o.Installed); ierr == nil && !o.Force {
+				r.add("buildinfo", StatusFailed, fmt.Errorf("%w: the installed binary is a Go program of module %s, %s is not a Go binary (%v); use --force to install it anyway", ErrModule, ibi.Path, path, err), "")
+				return
+			}
+		}
+		r.add("buildinfo", StatusSkipped, nil, "not a Go binary: %v", err)
+		return
+	}
+	r.GoVersion, r.Module, r.Version = bi.GoVersion, bi.Main.Path, bi.Main.Version
+	if r.Module == "" {
+		r.Module = bi.Path
+	}
+	settings := map[string]string{}
+	for _, s := range bi.Settings {
+		settings[s.Key] = s.Value
+	}
+	if g := settings["GOOS"]; g != "" && g != o.GOOS {
+		r.add("buildinfo", StatusFailed, fmt.Errorf("%w: built for GOOS=%s, this system is %s", ErrModule, g, o.GOOS), "")
+		return
+	}
+	if g := settings["GOARCH"]; g != "" && g != o.GOARCH {
+		r.add("buildinfo", StatusFailed, fmt.Errorf("%w: built for GOARCH=%s, this system is %s", ErrModule, g, o.GOARCH), "")
+		return
+	}
+	detail := fmt.Sprintf("%s, module %s %s", bi.GoVersion, r.Module, r.Version)
+	if o.Installed != "" {
+		ibi, err := buildinfo.ReadFile(o.Installed)
+		switch {
+		case err != nil:
+			detail += " (the installed binary has no Go build info to compare with)"
+		case ibi.Main.Path != bi.Main.Path || ibi.Path != bi.Path:
+			if !o.Force {
+				r.add("buildinfo", StatusFailed, fmt.Errorf("%w: %s is %s (module %s), the installed binary is %s (module %s); use --force to replace one program by another",
+					ErrModule, path, bi.Path, bi.Main.Path, ibi.Path, ibi.Main.Path), "")
+				return
+			}
+			detail += fmt.Sprintf(" (forced: the installed binary is %s)", ibi.Path)
+		default:
+			detail += " (same program as installed)"
+		}
+	}
+	r.add("buildinfo", StatusOK, nil, "%s", detail)
+}
+
+func checkSHA256(r *Report, path string, o CheckOptions) {
+	if o.SHA256 == "" && o.ChecksumsFile == "" {
+		r.add("checksum", StatusSkipped, nil, "no --sha256 or --checksums given")
+		return
+	}
+	if r.SHA256 == "" {
+		r.add("checksum", StatusFailed, fmt.Errorf("%w: the file could not be read", ErrChecksum), "")
+		return
+	}
+	want, from := strings.ToLower(strings.TrimSpace(o.SHA256)), "--sha256"
+	if want == "" {
+		var err error
+		if want, err = lookupChecksum(o.ChecksumsFile, filepath.Base(path)); err != nil {
+			r.add("checksum", StatusFailed, fmt.Errorf("%w: %v", ErrChecksum, err), "")
+			return
+		}
+		from = o.ChecksumsFile
+	}
+	if _, err := hex.DecodeString(want); err != nil || len(want) != 64 {
+		r.add("checksum", StatusFailed, fmt.Errorf("%w: %q from %s is not a sha256 in hex", ErrChecksum, want, from), "")
+		return
+	}
+	if want != r.SHA256 {
+		r.add("checksum", StatusFailed, fmt.Errorf("%w: %s has sha256 %s, %s expects %s", ErrChecksum, path, r.SHA256, from, want), "")
+		return
+	}
+	r.add("checksum", StatusOK, nil, "sha256 matches %s", from)
+}
+
+// lookupChecksum finds name in a `sha256sum` output ("HEX  name" or
+// "HEX *name" per line).
+func lookupChecksum(file, name string) (string, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		sum, rest, ok := strings.Cut(line, " ")
+		if !ok {
+			return "", fmt.Errorf("%s:%d: not a sha256sum line", file, n)
+		}
+		entry := strings.TrimPrefix(strings.TrimLeft(rest, " "), "*")
+		if entry == name || filepath.Base(entry) == name {
+			return strings.ToLower(sum), nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", err
+	}
+	return "", fmt.Errorf("%s has no line for %s", file, name)
+}
+
+func checkSignature(r *Report, path string, o CheckOptions) {
+	if o.PublicKeyFile == "" {
+		r.add("signature", StatusSkipped, nil, "no public key configured")
+		return
+	}
+	sigFile := o.SignatureFile
+	if sigFile == "" {
+		sigFile = path + ".minisig"
+	}
+	err := verifySignature(path, sigFile, o.PublicKeyFile)
+	if err != nil {
+		r.add("signature", StatusFailed, fmt.Errorf("%w: %s: %v", ErrSignature, path, err), "")
+		return
+	}
+	r.add("signature", StatusOK, nil, "minisign signature %s verifies with %s", sigFile, o.PublicKeyFile)
+}
+
+// verifySignature checks a minisign detached signature (prehashed, the
+// default of minisign ≥ 0.8, or legacy) with aead.dev/minisign.
+func verifySignature(path, sigFile, keyFile string) error {
+	key, err := minisign.PublicKeyFromFile(keyFile)
+	if err != nil {
+		return fmt.Errorf("public key %s: %v", keyFile, err)
+	}
+	raw, err := os.ReadFile(sigFile)
+	if err != nil {
+		return fmt.Errorf("signature: %v", err)
+	}
+	var sig minisign.Signature
+	if err := sig.UnmarshalText(raw); err != nil {
+		return fmt.Errorf("signature %s: %v", sigFile, err)
+	}
+	if sig.KeyID != key.ID() {
+		return fmt.Errorf("signed with key %X, the configured key %s is %X", sig.KeyID, keyFile, key.ID())
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var ok bool
+	if sig.Algorithm == minisign.HashEdDSA {
+		rd := minisign.NewReader(f)
+		if _, err := io.Copy(io.Discard, rd); err != nil {
+			return err
+		}
+		ok = rd.Verify(key, raw)
+	} else {
+		msg, err := io.ReadAll(f)
+		if err != nil {
+			return err
+		}
+		ok = minisign.Verify(key, msg, raw)
+	}
+	if !ok {
+		return fmt.Errorf("the signature %s does not match the file (altered, or signed by someone else)", sigFile)
+	}
+	return nil
+}
+
+func checkDirs(r *Report, o CheckOptions) {
+	if o.Installed == "" {
+		r.add("directory", StatusSkipped, nil, "no installed path")
+		return
+	}
+	dirs := []string{filepath.Dir(o.Installed)}
+	if fi, err := os.Stat(ReleasesDir(o.Installed)); err == nil && fi.IsDir() {
+		dirs = append(dirs, ReleasesDir(o.Installed))
+	}
+	for _, d := range dirs {
+		if err := dirSafe(d); err != nil {
+			r.add("directory", StatusFailed, fmt.Errorf("%w: %v", ErrUnsafeDir, err), "")
+			return
+		}
+	}
+	r.add("directory", StatusOK, nil, "%s not writable by other users", strings.Join(dirs, ", "))
+}
+
+func checkSpace(r *Report, o CheckOptions) {
+	if o.Installed == "" {
+		r.add("disk", StatusSkipped, nil, "no installed path")
+		return
+	}
+	// One copy into the releases directory (unless staged already) and
+	// one temporary copy beside the installed path; same file system in
+	// the usual layout. 1 MiB of slack for the state and metadata.
+	need := r.Size + 1<<20
+	if !o.Staged {
+		need += r.Size
+	}
+	dir := filepath.Dir(o.Installed)
+	free, err := freeSpace(dir)
+	if err != nil {
+		if errors.Is(err, ErrUnsupported) {
+			r.add("disk", StatusSkipped, nil, "%v", err)
+			return
+		}
+		r.add("disk", StatusFailed, fmt.Errorf("%w: %s: %v", ErrDiskSpace, dir, err), "")
+		return
+	}
+	if free < uint64(need) {
+		r.add("disk", StatusFailed, fmt.Errorf("%w: %s has %s free, the copies need %s", ErrDiskSpace, dir, human(free), human(uint64(need))), "")
+		return
+	}
+	r.add("disk", StatusOK, nil, "%s free in %s, %s needed", human(free), dir, human(uint64(need)))
+}
+
+func human(n uint64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%d KiB", n>>10)
+}
+
+// fileSHA256 hashes a file.
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// FileSHA256 returns the sha256 of a file in hex.
+func FileSHA256(path string) (string, error) { return fileSHA256(path) }
+
+// tail keeps the last n bytes written to it.
+type tail struct {
+	n   int
+	buf []byte
+}
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.n {
+		t.buf = t.buf[len(t.buf)-t.n:]
+	}
+	return len(p), nil
+}
+
+func (t *tail) String() string { return string(bytes.TrimSpace(t.buf)) }

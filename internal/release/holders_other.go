@@ -1,0 +1,10 @@
+//go:build !linux && !windows
+
+package release
+
+import "fmt"
+
+// Holders is implemented on Linux (/proc) and Windows (Restart Manager).
+func Holders(path string) ([]Holder, error) {
+	return nil, fmt.Errorf("listing the processes that hold a file: %w", ErrUnsupported)
+}

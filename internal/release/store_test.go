@@ -1,0 +1,195 @@
+package release
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+)
+
+func sha(t *testing.T, p string) string {
+	t.Helper()
+	s, err := FileSHA256(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func openLocked(t *testing.T, installed string, keep int) *Store {
+	t.Helper()
+	s, err := Open(installed, StoreOptions{Keep: keep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Lock(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Unlock() })
+	return s
+}
+
+func TestStoreStageActivateRollback(t *testing.T) {
+	dir := t.TempDir()
+	installed := copyTo(t, bins["app"], dir, "app")
+	v1 := sha(t, installed)
+	s := openLocked(t, installed, 3)
+
+	if _, err := s.Rollback(); !errors.Is(err, ErrNoPrevious) {
+		t.Fatalf("rollback of a fresh store: %v", err)
+	}
+	r2, err := s.Stage(bins["app2"], "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2.SHA256 != sha(t, bins["app2"]) || r2.ID != r2.SHA256[:16] || sha(t, r2.Path) != r2.SHA256 {
+		t.Fatalf("staged release %+v", r2)
+	}
+	if sha(t, installed) != v1 {
+		t.Fatal("Stage changed the installed binary")
+	}
+	again, err := s.Stage(bins["app2"], r2.SHA256)
+	if err != nil || again.ID != r2.ID {
+		t.Fatalf("staging the same file again: %v %+v", err, again)
+	}
+	if _, err := s.Stage(bins["app"], r2.SHA256); !errors.Is(err, ErrChecksum) {
+		t.Fatalf("a file changed after its check: %v", err)
+	}
+	if err := s.Activate(r2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if sha(t, installed) != r2.SHA256 {
+		t.Fatal("Activate did not install the release")
+	}
+	if fi, err := os.Stat(installed); err != nil || fi.Mode().Perm()&0o100 == 0 {
+		t.Fatalf("installed binary not executable: %v", err)
+	}
+	cur, ok := s.Current()
+	prev, pok := s.Previous()
+	if !ok || cur.ID != r2.ID || !pok || prev.SHA256 != v1 {
+		t.Fatalf("current %+v previous %+v: want the new one and the one installed before (adopted)", cur, prev)
+	}
+	list, err := s.List()
+	if err != nil || len(list) != 2 {
+		t.Fatalf("list: %v %+v", err, list)
+	}
+	for _, r := range list {
+		if r.Installed != (r.ID == r2.ID) || r.Current != (r.ID == r2.ID) || r.Previous != (r.SHA256 == v1) {
+			t.Errorf("list marks %+v", r)
+		}
+	}
+
+	// Rollback installs the previous one; RollbackFrom the failed one is
+	// idempotent (a second caller does not toggle back).
+	back, done, err := s.RollbackFrom(r2.SHA256)
+	if err != nil || !done || back.SHA256 != v1 || sha(t, installed) != v1 {
+		t.Fatalf("rollback: %v done=%v %+v", err, done, back)
+	}
+	if _, done, err := s.RollbackFrom(r2.SHA256); err != nil || done || sha(t, installed) != v1 {
+		t.Fatalf("second RollbackFrom: done=%v %v", done, err)
+	}
+	if p, _ := s.Previous(); p.ID != r2.ID {
+		t.Fatalf("after a rollback the previous release is %q, want %q", p.ID, r2.ID)
+	}
+	// State on disk.
+	var st state
+	b, _ := os.ReadFile(filepath.Join(s.Dir(), "state.json"))
+	if err := json.Unmarshal(b, &st); err != nil || st.Current != back.ID || st.Previous != r2.ID {
+		t.Fatalf("state.json: %s %v", b, err)
+	}
+}
+
+func TestStoreLock(t *testing.T) {
+	installed := copyTo(t, bins["app"], t.TempDir(), "app")
+	a := openLocked(t, installed, 3)
+	b, err := Open(installed, StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.TryLock(); !errors.Is(err, ErrLocked) || !errors.Is(err, ErrBusy) {
+		t.Fatalf("second lock: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100e6)
+	defer cancel()
+	if err := b.Lock(ctx); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second lock with a deadline: %v", err)
+	}
+	if _, err := b.Stage(bins["app2"], ""); !errors.Is(err, ErrNotLocked) {
+		t.Fatalf("stage without the lock: %v", err)
+	}
+	a.Unlock()
+	if err := b.TryLock(); err != nil {
+		t.Fatalf("lock after unlock: %v", err)
+	}
+	b.Unlock()
+}
+
+func TestStorePrune(t *testing.T) {
+	dir := t.TempDir()
+	installed := copyTo(t, bins["app"], dir, "app")
+	s := openLocked(t, installed, 2)
+	// Five distinct releases: copies of app with a byte appended.
+	b, _ := os.ReadFile(bins["app2"])
+	var ids []string
+	for i := 0; i < 5; i++ {
+		p := filepath.Join(t.TempDir(), "cand")
+		os.WriteFile(p, append(append([]byte{}, b...), byte(i)), 0o755)
+		r, err := s.Stage(p, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.ID)
+	}
+	// Activate 0 then 1 (previous 0); 2..4 only staged, and the adopted
+	// original binary is older than all of them.
+	if err := s.Activate(ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Activate(ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := s.Prune()
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, _ := s.List()
+	have := map[string]bool{}
+	for _, r := range list {
+		have[r.ID] = true
+	}
+	if !have[ids[1]] || !have[ids[0]] {
+		t.Fatalf("prune removed the current or the previous release: removed %v, left %v", removed, have)
+	}
+	if len(list) != 2 || len(removed) != 4 {
+		t.Fatalf("keep 2: left %d (%v), removed %v", len(list), have, removed)
+	}
+	if sha(t, installed) != sha(t, filepath.Join(s.Dir(), ids[1], "app")) {
+		t.Fatal("installed binary changed by Prune")
+	}
+}
+
+func TestActivateDamagedRelease(t *testing.T) {
+	installed := copyTo(t, bins["app"], t.TempDir(), "app")
+	v1 := sha(t, installed)
+	s := openLocked(t, installed, 3)
+	r, err := s.Stage(bins["app2"], "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Same size, different content: a damaged release is not installed.
+	b, _ := os.ReadFile(r.Path)
+	b[len(b)/2] ^= 0xff
+	os.WriteFile(r.Path, b, 0o755)
+	if err := s.Activate(r.ID); err == nil {
+		t.Fatal("a damaged release was activated")
+	}
+	if sha(t, installed) != v1 {
+		t.Fatal("the installed binary changed")
+	}
+	if runtime.GOOS == "windows" {
+		return
+	}
+}
