@@ -92,7 +92,8 @@ serving and you are told exactly why.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newUpgradeCmd(), newRollbackCmd(), newStatusCmd(), newLogsCmd(), newStopCmd())
+	root.AddCommand(newRunCmd(), newUpgradeCmd(), newRollbackCmd(), newStatusCmd(), newLogsCmd(), newStopCmd(),
+		newInstallCmd(), newCheckCmd(), newReleasesCmd())
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &exitError{code: exitUsage, err: fmt.Errorf("%w\nsee '%s --help'", err, c.CommandPath())}
 	})

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/baton-go/baton"
 	"github.com/baton-go/baton/internal/ctl"
+	"github.com/baton-go/baton/internal/release"
 	"github.com/spf13/cobra"
 )
 
@@ -39,49 +39,107 @@ type upgradeReport struct {
 	Result *baton.UpgradeResult  `json:"result,omitempty"`
 	Exit   *baton.ChildExitError `json:"child_exit,omitempty"`
 	Took   time.Duration         `json:"took_ns"`
+	// With --binary:
+	Installed string           `json:"installed,omitempty"` // the installed path
+	Release   *release.Release `json:"release,omitempty"`   // the release installed for this upgrade
+	Checks    *release.Report  `json:"checks,omitempty"`
+	// DiskRollback is the release put back at the installed path after the
+	// upgrade failed.
+	DiskRollback *release.Release `json:"disk_rolled_back_to,omitempty"`
 }
 
 func newUpgradeCmd() *cobra.Command {
 	var f commonFlags
+	var sf stageFlags
 	c := &cobra.Command{
-		Use:   "upgrade --name NAME",
-		Short: "Upgrade a running service to the binary that is on disk now",
+		Use:   "upgrade --name NAME [--binary FILE [checks]]",
+		Short: "Upgrade a running service to the binary on disk, or to a new one after checks",
 		Long: `Ask the service NAME to start its binary as it is on disk now, hand it the
 listening sockets, wait until it is ready, and drain the old generation.
 Prints the new pid and timings, or exactly why the upgrade failed (the old
 generation keeps serving then).
 
+With --binary FILE, first run every pre-flight check on FILE (see
+baton check: format for this OS and CPU, Go module, --sha256/--checksums,
+--pubkey signature, --smoke run, directory safety, free space); a refused
+binary changes nothing. Then stage FILE in the releases directory beside the
+installed binary, switch the installed path to it atomically, and upgrade.
+If the upgrade fails (the new generation exits, never gets ready, or fails
+its probation under baton run), the installed path is switched back to the
+previous release. The releases lock is held throughout: two deploys cannot
+interleave.
+
 ` + exitCodesHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runUpgrade(cmd.OutOrStdout(), f)
+			return runUpgrade(cmd.OutOrStdout(), f, sf)
 		},
 	}
 	f.add(c, 5*time.Minute)
-	c.Flags().StringVar(&f.binary, "binary", "", "install this binary first (the running one is renamed aside and put back if the upgrade fails)")
+	c.Flags().StringVar(&f.binary, "binary", "", "check and install this binary first (put back to the previous release if the upgrade fails)")
+	sf.add(c, true)
 	return c
 }
 
-func runUpgrade(out io.Writer, f commonFlags) error {
+func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
 	start := time.Now()
-	req := ctl.Request{Op: ctl.OpUpgrade}
+	rep := upgradeReport{Name: f.name}
+	var st *staged
 	if f.binary != "" {
-		abs, err := filepath.Abs(f.binary)
-		if err != nil {
-			return &exitError{code: exitUsage, err: err}
-		}
-		if _, err := os.Stat(abs); err != nil {
+		if _, err := os.Stat(f.binary); err != nil {
 			return &exitError{code: exitUsage, err: fmt.Errorf("--binary: %w", err)}
 		}
-		req.Binary = abs
+		installed, _, err := installedPath(ctx, f.name, sf.path)
+		if err != nil {
+			if f.json {
+				ee := err.(*exitError)
+				printJSON(out, map[string]any{"name": f.name, "ok": false, "code": transportCode(ee.code), "error": ee.err.Error()})
+			}
+			return err
+		}
+		rep.Installed = installed
+		st, err = checkAndActivate(ctx, sf, installed, f.binary)
+		if st != nil {
+			defer st.store.Unlock() // held until the disk is final
+			rep.Checks = st.report
+		}
+		if err != nil {
+			if ee, ok := err.(*exitError); ok {
+				return ee
+			}
+			rep.Code, rep.Error, rep.Took = errCode(err), err.Error(), time.Since(start)
+			ee := refusal(err)
+			if f.json {
+				printJSON(out, rep)
+				ee.err = errReported
+			} else {
+				ee.err = fmt.Errorf("upgrade of %s refused, nothing changed: %w\nthe running generation keeps serving", f.name, err)
+			}
+			return ee
+		}
+		rep.Release = &st.release
 	}
-	resp, err := ctl.Do(ctx, f.name, req)
+	// A plain upgrade request: the service starts the binary at its
+	// installed path (switched above with --binary), so this works with the
+	// library and the supervisor alike.
+	resp, err := ctl.Do(ctx, f.name, ctl.Request{Op: ctl.OpUpgrade})
 	if err != nil {
+		if st != nil && !errors.Is(err, context.DeadlineExceeded) {
+			// Nothing was started: put the previous binary back. (After a
+			// timeout the service may still finish; the disk is left as is.)
+			if prev, rerr := diskRollback(st); rerr == nil {
+				rep.DiskRollback = prev
+			}
+		}
 		return reportTransport(out, f, err)
 	}
-	rep := upgradeReport{Name: f.name, OK: resp.OK, Code: resp.Code, Error: resp.Error, Took: time.Since(start)}
+	rep.OK, rep.Code, rep.Error, rep.Took = resp.OK, resp.Code, resp.Error, time.Since(start)
+	var rollbackErr error
+	if !resp.OK && st != nil {
+		rep.DiskRollback, rollbackErr = diskRollback(st)
+	}
 	if resp.OK {
 		var r baton.UpgradeResult
 		if err := resp.Decode(&r); err != nil {
@@ -95,9 +153,10 @@ func runUpgrade(out io.Writer, f commonFlags) error {
 		}
 	}
 	if f.json {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(rep)
+		if rollbackErr != nil {
+			rep.Error += "; putting the previous binary back failed: " + rollbackErr.Error()
+		}
+		printJSON(out, rep)
 	} else if rep.OK {
 		r := rep.Result
 		fmt.Fprintf(out, "upgraded %s: generation %d, pid %d, ready after %v", f.name, r.Generation, r.PID, r.ReadyAfter.Round(time.Millisecond))
@@ -105,6 +164,9 @@ func runUpgrade(out io.Writer, f commonFlags) error {
 			fmt.Fprintf(out, " (app start-up %v, baton %v)", r.AppStartup.Round(time.Millisecond), (r.ReadyAfter - r.AppStartup).Round(time.Millisecond))
 		}
 		fmt.Fprintln(out)
+		if rep.Release != nil {
+			fmt.Fprintf(out, "installed release %s at %s\n", rep.Release.ID, rep.Installed)
+		}
 	}
 	if rep.OK {
 		return nil
@@ -122,6 +184,9 @@ func runUpgrade(out io.Writer, f commonFlags) error {
 			code = exitInternal
 		}
 	}
+	if rollbackErr != nil {
+		code = exitInternal
+	}
 	if f.json {
 		return &exitError{code: code, err: errReported}
 	}
@@ -132,7 +197,27 @@ func runUpgrade(out io.Writer, f commonFlags) error {
 	case resp.Code == ctl.CodeStopped:
 		msg += "\nthe request reached a generation that is starting or draining; retry in a moment"
 	}
+	switch {
+	case rollbackErr != nil:
+		msg += "\nputting the previous binary back at " + rep.Installed + " FAILED: " + rollbackErr.Error()
+	case rep.DiskRollback != nil:
+		msg += fmt.Sprintf("\nthe installed binary %s is release %s again", rep.Installed, rep.DiskRollback.ID)
+	}
 	return &exitError{code: code, err: fmt.Errorf("upgrade of %s failed (%s): %s", f.name, resp.Code, msg)}
+}
+
+// diskRollback puts the previous release back at the installed path after
+// a failed upgrade to st.release; nil, nil when the install changed
+// nothing (the same binary was installed already).
+func diskRollback(st *staged) (*release.Release, error) {
+	if !st.changed {
+		return nil, nil
+	}
+	prev, done, err := st.store.RollbackFrom(st.release.SHA256)
+	if err != nil || !done {
+		return nil, err
+	}
+	return &prev, nil
 }
 
 // reportTransport reports a failure to talk to the service at all, as JSON

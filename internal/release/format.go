@@ -116,14 +116,16 @@ func inspectELF(r io.ReaderAt, size int64, goos, goarch string) (string, error) 
 	if elf.Data(ident[elf.EI_DATA]) == elf.ELFDATA2MSB {
 		order = binary.BigEndian
 	}
-	var phoff, shoff, phsize, shsize uint64
-	if elf.Class(ident[elf.EI_CLASS]) == elf.ELFCLASS64 {
+	var phoff, shoff, phsize, shsize, phentsize uint64
+	wide := elf.Class(ident[elf.EI_CLASS]) == elf.ELFCLASS64
+	if wide {
 		var b [64]byte
 		if _, err := r.ReadAt(b[:], 0); err != nil {
 			return "", fmt.Errorf("truncated ELF file: %d bytes", size)
 		}
 		phoff, shoff = order.Uint64(b[32:]), order.Uint64(b[40:])
-		phsize = uint64(order.Uint16(b[54:])) * uint64(order.Uint16(b[56:]))
+		phentsize = uint64(order.Uint16(b[54:]))
+		phsize = phentsize * uint64(order.Uint16(b[56:]))
 		shsize = uint64(order.Uint16(b[58:])) * uint64(order.Uint16(b[60:]))
 	} else {
 		var b [52]byte
@@ -131,7 +133,8 @@ func inspectELF(r io.ReaderAt, size int64, goos, goarch string) (string, error) 
 			return "", fmt.Errorf("truncated ELF file: %d bytes", size)
 		}
 		phoff, shoff = uint64(order.Uint32(b[28:])), uint64(order.Uint32(b[32:]))
-		phsize = uint64(order.Uint16(b[42:])) * uint64(order.Uint16(b[44:]))
+		phentsize = uint64(order.Uint16(b[42:]))
+		phsize = phentsize * uint64(order.Uint16(b[44:]))
 		shsize = uint64(order.Uint16(b[46:])) * uint64(order.Uint16(b[48:]))
 	}
 	if !within(phoff, phsize, size) {
@@ -140,11 +143,36 @@ func inspectELF(r io.ReaderAt, size int64, goos, goarch string) (string, error) 
 	if shoff != 0 && !within(shoff, shsize, size) {
 		return "", fmt.Errorf("truncated ELF file: its section headers end at %d, the file has %d bytes", shoff+shsize, size)
 	}
+	// The loaded segments, from the raw program headers (debug/elf reads
+	// the section names first and fails with a bare EOF when they are cut).
+	for off := phoff; phentsize > 0 && off+phentsize <= phoff+phsize; off += phentsize {
+		var ph [56]byte
+		n := phentsize
+		if n > uint64(len(ph)) {
+			n = uint64(len(ph))
+		}
+		if _, err := r.ReadAt(ph[:n], int64(off)); err != nil {
+			return "", fmt.Errorf("truncated ELF file: %v", err)
+		}
+		var typ, poff, filesz uint64
+		if wide {
+			typ, poff, filesz = uint64(order.Uint32(ph[0:])), order.Uint64(ph[8:]), order.Uint64(ph[32:])
+		} else {
+			typ, poff, filesz = uint64(order.Uint32(ph[0:])), uint64(order.Uint32(ph[4:])), uint64(order.Uint32(ph[16:]))
+		}
+		if elf.ProgType(typ) == elf.PT_LOAD && !within(poff, filesz, size) {
+			return "", fmt.Errorf("truncated ELF file: a loaded segment ends at %d, the file has %d bytes", poff+filesz, size)
+		}
+	}
 	f, err := elf.NewFile(r)
 	if err != nil {
 		return "", fmt.Errorf("corrupt or truncated ELF file: %v", err)
 	}
-	desc := fmt.Sprintf("ELF %s %s", f.Class, machineName(f.Machine))
+	bits := "64-bit"
+	if f.Class == elf.ELFCLASS32 {
+		bits = "32-bit"
+	}
+	desc := fmt.Sprintf("ELF %s %s", bits, machineName(f.Machine))
 	if f.Type != elf.ET_EXEC && !(f.Type == elf.ET_DYN && f.Entry != 0) {
 		return "", fmt.Errorf("%s of type %s, not an executable", desc, f.Type)
 	}

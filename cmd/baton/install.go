@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/baton-go/baton/internal/release"
+	"github.com/spf13/cobra"
+)
+
+// installReport is what `baton install --json` prints.
+type installReport struct {
+	Name      string           `json:"name,omitempty"`
+	Installed string           `json:"installed"`
+	OK        bool             `json:"ok"`
+	Code      string           `json:"code,omitempty"`
+	Error     string           `json:"error,omitempty"`
+	Release   *release.Release `json:"release,omitempty"`
+	Previous  *release.Release `json:"previous,omitempty"`
+	Pruned    []string         `json:"pruned,omitempty"`
+	Checks    *release.Report  `json:"checks,omitempty"`
+}
+
+// staged is the outcome of checkAndActivate.
+type staged struct {
+	store   *release.Store
+	report  *release.Report
+	release release.Release
+	pruned  []string
+	changed bool // the installed path holds another binary than before
+}
+
+// checkAndActivate takes the store lock (the caller unlocks st.store),
+// checks file, stages it and switches the installed path to it. On a
+// refusal nothing is changed.
+func checkAndActivate(ctx context.Context, f stageFlags, installed, file string) (*staged, error) {
+	if _, err := os.Stat(file); err != nil {
+		return nil, &exitError{code: exitUsage, err: err}
+	}
+	st, err := release.Open(installed, release.StoreOptions{Keep: f.keep, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return nil, &exitError{code: exitInternal, err: fmt.Errorf("releases directory: %w", err)}
+	}
+	if err := st.Lock(ctx); err != nil {
+		return nil, refusal(err)
+	}
+	s := &staged{store: st}
+	s.report, err = release.Check(ctx, file, f.options(installed))
+	if err != nil {
+		return s, err
+	}
+	before, _ := release.FileSHA256(installed)
+	if s.release, err = st.Stage(file, s.report.SHA256); err != nil {
+		return s, err
+	}
+	if err := st.Activate(s.release.ID); err != nil {
+		return s, err
+	}
+	s.changed = before != s.release.SHA256
+	s.pruned, _ = st.Prune()
+	return s, nil
+}
+
+func newInstallCmd() *cobra.Command {
+	var f stageFlags
+	var name string
+	var asJSON bool
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "install (--name NAME | --path PATH) FILE",
+		Short: "Check a new binary and install it on disk, without restarting the service",
+		Long: `Check FILE (see baton check), copy it into the releases directory beside the
+installed binary (PATH.releases/<id>/, fsynced), then switch the installed
+path to it atomically (a copy renamed over it; on Windows the running .exe is
+renamed aside first). A crash at any moment leaves the old or the new binary
+installed, never a part of one. The last --keep releases are kept, and
+always the installed and the previous one.
+
+The service keeps running the binary it started with; run
+'baton upgrade --name NAME' to start the new one (or use
+'baton upgrade --name NAME --binary FILE' to do both, with a rollback on disk
+when the upgrade fails). The installed path comes from the running service's
+status (--name), or --path when it is not running.
+
+` + exitCodesHelp,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			out := cmd.OutOrStdout()
+			installed, _, err := installedPath(ctx, name, f.path)
+			if err != nil {
+				return err
+			}
+			rep := installReport{Name: name, Installed: installed}
+			s, err := checkAndActivate(ctx, f, installed, args[0])
+			if s != nil {
+				defer s.store.Unlock()
+				rep.Checks = s.report
+			}
+			if err == nil {
+				rep.OK, rep.Release, rep.Pruned = true, &s.release, s.pruned
+				if p, ok := s.store.Previous(); ok {
+					rep.Previous = &p
+				}
+			} else {
+				rep.Code, rep.Error = errCode(err), err.Error()
+			}
+			if asJSON {
+				printJSON(out, rep)
+			} else if err == nil {
+				what := "installed"
+				if !s.changed {
+					what = "already installed"
+				}
+				fmt.Fprintf(out, "%s release %s at %s (sha256 %.16s…)\n", what, s.release.ID, installed, s.release.SHA256)
+				if rep.Previous != nil {
+					fmt.Fprintf(out, "previous release %s (baton rollback on disk: baton install --path %s %s)\n", rep.Previous.ID, installed, rep.Previous.Path)
+				}
+				if name != "" {
+					fmt.Fprintf(out, "the service keeps running its binary; start the new one with: baton upgrade --name %s\n", name)
+				}
+			} else if s != nil && s.report != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "checks of %s:\n%s", s.report.Binary, s.report)
+			}
+			if err != nil {
+				if ee, ok := err.(*exitError); ok {
+					return ee
+				}
+				ee := refusal(err)
+				if asJSON {
+					ee.err = errReported
+				} else {
+					ee.err = fmt.Errorf("install refused, nothing changed at %s: %w", installed, err)
+				}
+				return ee
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVarP(&name, "name", "n", "", "name of the service's control endpoint (to learn the installed path)")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the outcome as JSON on stdout")
+	c.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "give up after this long (waiting for another baton's lock included)")
+	f.add(c, true)
+	return c
+}
