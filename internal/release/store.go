@@ -313,6 +313,9 @@ func (s *Store) Previous() (Release, bool) {
 
 // bySHA finds a complete release with that sha256.
 func (s *Store) bySHA(sum string) (Release, bool) {
+	if len(sum) != 64 {
+		return Release{}, false
+	}
 	ents, _ := os.ReadDir(s.dir)
 	for _, e := range ents {
 		if m := idRE.FindStringSubmatch(e.Name()); m != nil && e.IsDir() && m[2] == sum[:16] {
@@ -333,6 +336,13 @@ func (s *Store) Stage(candidate, wantSHA string) (Release, error) {
 		return Release{}, err
 	}
 	s.removeLeftovers()
+	if wantSHA != "" {
+		// Already staged: nothing to copy (Activate verifies the
+		// release's content against its sha256 anyway).
+		if r, ok := s.bySHA(strings.ToLower(wantSHA)); ok {
+			return r, nil
+		}
+	}
 	in, err := os.Open(candidate)
 	if err != nil {
 		return Release{}, err

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -55,7 +56,10 @@ func TestStoreStageActivateRollback(t *testing.T) {
 	if err != nil || again.ID != r2.ID {
 		t.Fatalf("staging the same file again: %v %+v", err, again)
 	}
-	if _, err := s.Stage(bins["app"], r2.SHA256); !errors.Is(err, ErrChecksum) {
+	if _, err := s.Stage(bins["app"], v1); err != nil {
+		t.Fatal(err) // v1 is the installed binary, not staged yet
+	}
+	if _, err := s.Stage(bins["app"], strings.Repeat("1", 64)); !errors.Is(err, ErrChecksum) {
 		t.Fatalf("a file changed after its check: %v", err)
 	}
 	if err := s.Activate(r2.ID); err != nil {
