@@ -235,6 +235,14 @@ func checkWriters(r *Report, path string) {
 			w = append(w, h)
 		}
 	}
+	if !holdersKnowWriters {
+		if len(hs) == 0 {
+			r.add("writers", StatusOK, nil, "no process uses it")
+		} else {
+			r.add("writers", StatusSkipped, nil, "in use by %s (whether for writing is not known here)", describeHolders(hs))
+		}
+		return
+	}
 	if len(w) > 0 {
 		r.add("writers", StatusFailed, fmt.Errorf("%w: %s is still being written: %s", ErrBusy, path, describeHolders(w)), "")
 		return

@@ -38,7 +38,15 @@ func rename(from, to string) error {
 // (now, or by a later call: removeStaleAside).
 func replaceFile(tmp, dst string) (cleanup func(), err error) {
 	removeStaleAside(dst)
+	// dst.old-<pid>, as the library names it; when that name is taken (a
+	// copy renamed aside earlier by us that still runs), dst.old-<pid>-<n>.
 	aside := dst + asideSuffix + strconv.Itoa(os.Getpid())
+	for n := 2; ; n++ {
+		if _, err := os.Lstat(aside); os.IsNotExist(err) || n > 100 {
+			break
+		}
+		aside = dst + asideSuffix + strconv.Itoa(os.Getpid()) + "-" + strconv.Itoa(n)
+	}
 	hadOld := true
 	if err := rename(dst, aside); err != nil {
 		if !os.IsNotExist(err) {

@@ -11,6 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// holdersKnowWriters: /proc tells which holders write.
+const holdersKnowWriters = true
+
 // Holders lists the processes that run, map or have open the file at path,
 // read from /proc/*/exe, /proc/*/maps and /proc/*/fd (write access from
 // /proc/*/fdinfo flags). Processes we may not inspect (other users, unless

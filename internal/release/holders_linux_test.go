@@ -35,6 +35,7 @@ func startWriter(t *testing.T, path string) *exec.Cmd {
 }
 
 func TestHoldersWriter(t *testing.T) {
+	needBins(t)
 	dir := t.TempDir()
 	bin := copyTo(t, bins["app"], dir, "app")
 	w := startWriter(t, bin)
@@ -70,6 +71,7 @@ func TestHoldersWriter(t *testing.T) {
 }
 
 func TestHoldersRunning(t *testing.T) {
+	needBins(t)
 	bin := copyTo(t, bins["app"], t.TempDir(), "app")
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	cmd := exec.Command(bin, "--hang", pidFile)
@@ -93,6 +95,7 @@ func TestHoldersRunning(t *testing.T) {
 }
 
 func TestHoldersNone(t *testing.T) {
+	needBins(t)
 	bin := copyTo(t, bins["app"], t.TempDir(), "app")
 	hs, err := Holders(bin)
 	if err != nil || len(hs) != 0 {

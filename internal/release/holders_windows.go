@@ -52,6 +52,9 @@ func rmErr(r uintptr) error {
 	return syscall.Errno(r)
 }
 
+// holdersKnowWriters: the Restart Manager does not tell writers.
+const holdersKnowWriters = false
+
 // Holders asks the Restart Manager which processes hold the file at path
 // (running it, or with it open). The Restart Manager does not say whether
 // a process writes to the file.

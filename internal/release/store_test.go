@@ -34,6 +34,7 @@ func openLocked(t *testing.T, installed string, keep int) *Store {
 }
 
 func TestStoreStageActivateRollback(t *testing.T) {
+	needBins(t)
 	dir := t.TempDir()
 	installed := copyTo(t, bins["app"], dir, "app")
 	v1 := sha(t, installed)
@@ -107,6 +108,7 @@ func TestStoreStageActivateRollback(t *testing.T) {
 }
 
 func TestStoreLock(t *testing.T) {
+	needBins(t)
 	installed := copyTo(t, bins["app"], t.TempDir(), "app")
 	a := openLocked(t, installed, 3)
 	b, err := Open(installed, StoreOptions{})
@@ -132,6 +134,7 @@ func TestStoreLock(t *testing.T) {
 }
 
 func TestStorePrune(t *testing.T) {
+	needBins(t)
 	dir := t.TempDir()
 	installed := copyTo(t, bins["app"], dir, "app")
 	s := openLocked(t, installed, 2)
@@ -176,6 +179,7 @@ func TestStorePrune(t *testing.T) {
 }
 
 func TestActivateDamagedRelease(t *testing.T) {
+	needBins(t)
 	installed := copyTo(t, bins["app"], t.TempDir(), "app")
 	v1 := sha(t, installed)
 	s := openLocked(t, installed, 3)
