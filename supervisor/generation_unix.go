@@ -39,7 +39,7 @@ type generation struct {
 	pid        int
 	binary     string // the installed path it was started from
 	saved      string // the copy it runs (kept for a rollback)
-	sha256     string
+	sha256     string // of the saved copy; computed after the start (guarded by mu)
 	started    time.Time
 	readyAfter time.Duration
 
@@ -62,6 +62,12 @@ func (g *generation) setState(s string) {
 	g.mu.Lock()
 	g.state = s
 	g.mu.Unlock()
+}
+
+func (g *generation) binarySHA256() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.sha256
 }
 
 func (g *generation) getState() string {
@@ -102,7 +108,6 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 		return nil, fmt.Errorf("%w: keeping a copy of %s for rollbacks: %v", baton.ErrBinary, src, err)
 	}
 	exe := g.saved
-	g.sha256, _ = fileSHA256(exe)
 
 	notifyPath := filepath.Join(s.runDir, fmt.Sprintf("%s.gen%d.notify", s.cfg.Name, n))
 	os.Remove(notifyPath)
@@ -507,11 +512,17 @@ func killGroup(pid int) {
 	syscall.Kill(-pid, syscall.SIGKILL)
 }
 
-// saveBinary copies src to dst, executable. A copy, not a hard link: a
-// link would change with the installed file if that were overwritten in
-// place.
+// saveBinary keeps what a generation runs at dst: a hard link to src when
+// both are on one file system (instant, whatever the binary's size), else a
+// copy. A link stays the old file when a deploy renames a new binary into
+// place (as baton install, baton upgrade --binary and package managers do);
+// writing into the installed file in place fails with "text file busy" as
+// for any running program.
 func saveBinary(src, dst string) error {
 	os.Remove(dst)
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -529,15 +540,20 @@ func saveBinary(src, dst string) error {
 	return out.Close()
 }
 
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
+// hashBinary computes the sha256 of what g runs, for status. It runs once
+// g is ready: hashing a large binary would add to every switch.
+func (g *generation) hashBinary() {
+	f, err := os.Open(g.saved)
 	if err != nil {
-		return "", err
+		return
 	}
 	defer f.Close()
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return "", err
+		return
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	sum := hex.EncodeToString(h.Sum(nil))
+	g.mu.Lock()
+	g.sha256 = sum
+	g.mu.Unlock()
 }

@@ -432,6 +432,7 @@ func (s *Supervisor) newGeneration(ctx context.Context, from *generation, handed
 		g.release()
 		return nil, err
 	}
+	go g.hashBinary()
 	return g, nil
 }
 
@@ -745,7 +746,7 @@ func (s *Supervisor) Status() Status {
 		if g != s.current {
 			st.Draining = append(st.Draining, g.pid)
 		}
-		sup.Generations = append(sup.Generations, GenInfo{Generation: g.n, PID: g.pid, Binary: g.binary, SHA256: g.sha256,
+		sup.Generations = append(sup.Generations, GenInfo{Generation: g.n, PID: g.pid, Binary: g.binary, SHA256: g.binarySHA256(),
 			StartedAt: g.started, ReadyAfter: g.readyAfter, State: g.getState()})
 	}
 	st.Supervisor = sup

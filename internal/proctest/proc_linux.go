@@ -1,8 +1,12 @@
 package proctest
 
 import (
+	"bytes"
+	"fmt"
 	"os"
 	"strconv"
+	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,4 +52,42 @@ func CountFDs(pid int) (int, error) {
 		return 0, err
 	}
 	return len(ents), nil
+}
+
+// Usage is a process's resident memory and CPU time so far.
+type Usage struct {
+	RSSKiB int64
+	CPU    time.Duration // user + system
+}
+
+// ReadUsage reads pid's resident set size and CPU time from /proc.
+func ReadUsage(pid int) (Usage, error) {
+	var u Usage
+	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return u, err
+	}
+	for _, line := range strings.Split(string(st), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &u.RSSKiB)
+		}
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return u, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return u, fmt.Errorf("unreadable /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+2:]))
+	if len(f) < 13 {
+		return u, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	// Fields 14 and 15 of stat (utime, stime) in clock ticks; the kernel's
+	// USER_HZ is 100 on every Linux architecture Go supports.
+	ut, _ := strconv.ParseUint(f[11], 10, 64)
+	stime, _ := strconv.ParseUint(f[12], 10, 64)
+	u.CPU = time.Duration(ut+stime) * 10 * time.Millisecond
+	return u, nil
 }

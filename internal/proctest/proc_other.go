@@ -5,6 +5,7 @@ package proctest
 import (
 	"errors"
 	"os"
+	"time"
 )
 
 func becomeSubreaper() {}
@@ -25,3 +26,12 @@ func IsZombie(pid int) bool { return false }
 
 // CountFDs is only implemented on Linux.
 func CountFDs(pid int) (int, error) { return 0, errors.New("fd counting needs /proc") }
+
+// Usage is a process's resident memory and CPU time so far.
+type Usage struct {
+	RSSKiB int64
+	CPU    time.Duration
+}
+
+// ReadUsage is only implemented on Linux.
+func ReadUsage(pid int) (Usage, error) { return Usage{}, errors.New("process usage needs /proc") }

@@ -28,6 +28,11 @@ type Config struct {
 	StartupDelay time.Duration // hello's pretend start-up work
 	FailingLast  bool          // finish with an upgrade to a binary that crashes
 	Progress     io.Writer     // one line per event (nil: quiet)
+	// Supervised runs hello under `baton run` (sockets owned by the
+	// supervisor) instead of stand-alone, and measures the supervisor at
+	// idle after the upgrades.
+	Supervised bool
+	IdleFor    time.Duration // how long the supervisor's idle CPU is measured (default 5s)
 }
 
 // Upgrade is one measured upgrade.
@@ -51,6 +56,17 @@ type Result struct {
 	Failing  *proctest.UpgradeReport // the deliberately failing upgrade
 	// FailingLost counts requests that failed while the failing upgrade ran.
 	FailingLost int64
+	// Supervisor (Supervised runs, Linux): its memory after the run and
+	// the CPU it used while idle for IdleFor.
+	Supervisor *SupervisorUsage
+}
+
+// SupervisorUsage is the supervisor's footprint at idle.
+type SupervisorUsage struct {
+	PID     int
+	RSSKiB  int64
+	IdleCPU time.Duration
+	IdleFor time.Duration
 }
 
 // Run builds the binaries into a temporary directory and runs the scenario.
@@ -101,16 +117,26 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	svc, err := proctest.Start(sctx, tracker, bins["baton"], "scenario", os.Environ(), logf, installed,
-		"-name", "scenario", "-addr", addr,
+	helloArgs := []string{"-addr", addr,
 		"-idle-grace", cfg.IdleGrace.String(), "-drain-timeout", cfg.DrainTimeout.String(),
-		"-startup-delay", cfg.StartupDelay.String(), "-ready-timeout", "10s")
+		"-startup-delay", cfg.StartupDelay.String(), "-ready-timeout", "10s"}
+	var svc *proctest.Service
+	if cfg.Supervised {
+		svc, err = proctest.Start(sctx, tracker, bins["baton"], "scenario", os.Environ(), logf, bins["baton"],
+			append([]string{"run", "--name", "scenario", "--listen", "tcp://" + addr,
+				"--drain-timeout", (cfg.DrainTimeout + time.Second).String(), "--ready-timeout", "10s", "--", installed}, helloArgs...)...)
+	} else {
+		svc, err = proctest.Start(sctx, tracker, bins["baton"], "scenario", os.Environ(), logf, installed,
+			append([]string{"-name", "scenario"}, helloArgs...)...)
+	}
 	cancel()
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
-		if st, err := svc.Status(context.Background()); err == nil {
+		if cfg.Supervised {
+			svc.Cmd.Process.Signal(os.Interrupt) // the supervisor drains its generations
+		} else if st, err := svc.Status(context.Background()); err == nil {
 			if p, err := os.FindProcess(st.PID); err == nil {
 				p.Signal(os.Interrupt)
 			}
@@ -129,6 +155,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	tracker.Track(st.PID) // under `baton run` a child of the supervisor, not ours
 	say("hello serving on http://%s (pid %d)", addr, st.PID)
 
 	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: cfg.Workers, MaxRequests: 5_000_000})
@@ -208,6 +235,25 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			p.up.AfterLast = ex.At.Sub(last)
 		}
 		res.Upgrades = append(res.Upgrades, p.up)
+	}
+	if cfg.Supervised {
+		idle := cfg.IdleFor
+		if idle <= 0 {
+			idle = 5 * time.Second
+		}
+		pid := svc.Cmd.Process.Pid
+		say("measuring the supervisor (pid %d) idle for %v ...", pid, idle)
+		before, err := proctest.ReadUsage(pid)
+		if err == nil {
+			time.Sleep(idle)
+			var after proctest.Usage
+			if after, err = proctest.ReadUsage(pid); err == nil {
+				res.Supervisor = &SupervisorUsage{PID: pid, RSSKiB: after.RSSKiB, IdleCPU: after.CPU - before.CPU, IdleFor: idle}
+			}
+		}
+		if err != nil {
+			say("supervisor usage not measured: %v", err)
+		}
 	}
 	return res, nil
 }

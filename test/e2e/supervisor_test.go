@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -605,6 +606,19 @@ func TestSupervisorStatusCountsConnections(t *testing.T) {
 	waitConns("serving", 0)
 	if code, out := runCLI("status", "--name", "supconns"); code != 0 || !strings.Contains(out, "conns 3") {
 		t.Errorf("baton status does not show the connections: exit %d\n%s", code, out)
+	}
+	// The sha256 of what each generation runs (computed once it is ready).
+	b, err := os.ReadFile(bins["hello"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("%x", sha256.Sum256(b))
+	deadline := time.Now().Add(10 * time.Second)
+	for gens()["serving"].SHA256 != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("status: sha256 %q, want %q", gens()["serving"].SHA256, want)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	_ = conns
 }
