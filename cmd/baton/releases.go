@@ -83,7 +83,7 @@ a rollback on disk installs).
 					marks = append(marks, "previous")
 				}
 				v := r.Version
-				if v == "" {
+				if v == "" || v == "(devel)" {
 					v = "-"
 				}
 				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", r.ID, v, humanSize(r.Size), r.StagedAt.Local().Format(time.DateTime), strings.Join(marks, ", "))
