@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"aead.dev/minisign"
-	"github.com/baton-go/baton/internal/loadgen"
 	"github.com/baton-go/baton/internal/proctest"
 	"github.com/baton-go/baton/internal/release"
 )
@@ -438,61 +437,4 @@ func TestStagingCrashSafety(t *testing.T) {
 	if leftovers, _ := filepath.Glob(filepath.Join(dir, ".hello.new-*")); len(leftovers) > rounds {
 		t.Errorf("%d temporary files left beside the installed binary", len(leftovers))
 	}
-}
-
-// TestStagingSupervisorProbation: under `baton run`, upgrade --binary
-// installs a release that crashes during its probation: the supervisor
-// runs the previous generation's binary again and the CLI puts the
-// previous release back at the installed path. Only requests in flight on
-// the crashing process may fail (as in TestSupervisorRollbackOnProbation).
-func TestStagingSupervisorProbation(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test")
-	}
-	dir := t.TempDir()
-	app := filepath.Join(dir, "plain")
-	installCopy(t, bins["plain"], app)
-	good := fileSHA(t, app)
-	addr := freeAddr(t, "tcp")
-	svc, _ := startSupervised(t, "stsup", os.Environ(), "--listen", "tcp://"+addr,
-		"--ready-http", "http://"+addr+"/healthz", "--probation", "3s", "--", app, "-idle-grace", "300ms")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
-		loadgen.KeepAliveGET: 2, loadgen.KeepAlivePOST: 2, loadgen.Fresh: 2}, MaxRequests: 2_000_000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	code, rep, errOut := upgradeBinary(ctx, t, "stsup", bins["plain-crashy"])
-	if code != exitFailed || rep.Code != "rolled_back" {
-		t.Fatalf("upgrade to a release crashing in probation: exit %d code %q: %s %s", code, rep.Code, rep.Error, errOut)
-	}
-	if rep.DiskRollback == nil || rep.DiskRollback.SHA256 != good || fileSHA(t, app) != good {
-		t.Fatalf("the installed binary was not put back: %+v", rep.DiskRollback)
-	}
-	now, err := svc.Status(ctx)
-	if err != nil || now.Phase != "serving" {
-		t.Fatalf("status after the rollback: %v %+v", err, now)
-	}
-	tracker.Track(now.PID)
-	if _, err := load.WaitPID(ctx, now.PID); err != nil {
-		t.Fatal(err)
-	}
-	// releases: the good one installed and running (sha256 from the
-	// supervisor's status).
-	code, out, _ := batonRun(ctx, t, "releases", "--name", "stsup", "--json")
-	if code != 0 || !strings.Contains(out, `"running": true`) {
-		t.Errorf("releases: exit %d, no running release:\n%s", code, out)
-	}
-	time.Sleep(300 * time.Millisecond)
-	r := load.Stop()
-	if v := r.PIDs[now.PID].Version; v != "dev" {
-		t.Fatalf("after the rollback pid %d serves %q, want the previous release", now.PID, v)
-	}
-	for _, f := range r.Failures {
-		if f.PID != 0 && r.PIDs[f.PID].Version != "crashy" {
-			t.Errorf("a request failed on a generation that did not crash: %+v", f)
-		}
-	}
-	t.Logf("requests: %d ok, %d failed (in flight on the crashing process)", r.TotalOK(), r.TotalFailed())
 }

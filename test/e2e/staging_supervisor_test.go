@@ -1,0 +1,94 @@
+//go:build linux
+
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/baton-go/baton/internal/loadgen"
+)
+
+// TestSupervisorRestoresInstalledRelease: when no CLI waits for the
+// upgrade (baton install, then SIGHUP), the supervisor itself puts the
+// serving release back at the installed path after a probation failure;
+// and `baton rollback` leaves the installed path holding the release that
+// runs again.
+func TestSupervisorRestoresInstalledRelease(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	dir := t.TempDir()
+	app := filepath.Join(dir, "hello")
+	installCopy(t, bins["hello"], app)
+	v1 := fileSHA(t, app)
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, "strestore", os.Environ(), "--listen", "tcp://"+addr, "--probation", "2s",
+		"--", app, "-addr", addr, "-idle-grace", "300ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
+		loadgen.KeepAliveGET: 2, loadgen.KeepAlivePOST: 2, loadgen.Fresh: 2}, MaxRequests: 2_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer load.Stop()
+	waitInstalled := func(want, what string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for fileSHA(t, app) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the installed binary is %s, want %s", what, fileSHA(t, app), want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+
+	// A release that exits before it is ready, installed on disk only, then
+	// started by SIGHUP: it fails; the supervisor restores v1 on disk.
+	if code, out, errOut := batonRun(ctx, t, "install", "--name", "strestore", "--force", bins["hello-broken"]); code != 0 {
+		t.Fatalf("baton install: exit %d\n%s%s", code, out, errOut)
+	}
+	if fileSHA(t, app) == v1 {
+		t.Fatal("baton install did not switch the installed binary")
+	}
+	if err := svc.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitInstalled(v1, "after a failed upgrade by SIGHUP")
+
+	// v2 through upgrade --binary, then `baton rollback`: v1 serves again
+	// and is the installed binary again.
+	code, rep, errOut := upgradeBinary(ctx, t, "strestore", bins["hello-v2"])
+	if code != 0 || !rep.OK {
+		t.Fatalf("upgrade --binary v2: exit %d %+v %s", code, rep, errOut)
+	}
+	v2 := fileSHA(t, app)
+	if v2 == v1 {
+		t.Fatal("upgrade --binary did not install v2")
+	}
+	if code, out := runCLI("rollback", "--name", "strestore"); code != 0 {
+		t.Fatalf("baton rollback: exit %d: %s", code, out)
+	}
+	waitInstalled(v1, "after baton rollback")
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tracker.Track(st.PID)
+	if _, err := load.WaitPID(ctx, st.PID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	r := load.Stop()
+	if v := r.PIDs[st.PID].Version; v != "v1" {
+		t.Errorf("after the rollback pid %d serves %q, want v1", st.PID, v)
+	}
+	if r.TotalFailed() != 0 {
+		t.Errorf("%d requests failed:\n%s", r.TotalFailed(), r)
+	}
+}
