@@ -116,7 +116,7 @@ func inspectELF(r io.ReaderAt, size int64, goos, goarch string) (string, error) 
 	if elf.Data(ident[elf.EI_DATA]) == elf.ELFDATA2MSB {
 		order = binary.BigEndian
 	}
-	var phoff, shoff, phsize, shsize, phentsize uint64
+	var phoff, shoff, phsize, shsize, phentsize, shentsize uint64
 	wide := elf.Class(ident[elf.EI_CLASS]) == elf.ELFCLASS64
 	if wide {
 		var b [64]byte
@@ -126,7 +126,8 @@ func inspectELF(r io.ReaderAt, size int64, goos, goarch string) (string, error) 
 		phoff, shoff = order.Uint64(b[32:]), order.Uint64(b[40:])
 		phentsize = uint64(order.Uint16(b[54:]))
 		phsize = phentsize * uint64(order.Uint16(b[56:]))
-		shsize = uint64(order.Uint16(b[58:])) * uint64(order.Uint16(b[60:]))
+		shentsize = uint64(order.Uint16(b[58:]))
+		shsize = shentsize * uint64(order.Uint16(b[60:]))
 	} else {
 		var b [52]byte
 		if _, err := r.ReadAt(b[:], 0); err != nil {
@@ -135,7 +136,8 @@ func inspectELF(r io.ReaderAt, size int64, goos, goarch string) (string, error) 
 		phoff, shoff = uint64(order.Uint32(b[28:])), uint64(order.Uint32(b[32:]))
 		phentsize = uint64(order.Uint16(b[42:]))
 		phsize = phentsize * uint64(order.Uint16(b[44:]))
-		shsize = uint64(order.Uint16(b[46:])) * uint64(order.Uint16(b[48:]))
+		shentsize = uint64(order.Uint16(b[46:]))
+		shsize = shentsize * uint64(order.Uint16(b[48:]))
 	}
 	if !within(phoff, phsize, size) {
 		return "", fmt.Errorf("truncated ELF file: its program headers end at %d, the file has %d bytes", phoff+phsize, size)
@@ -164,9 +166,28 @@ func inspectELF(r io.ReaderAt, size int64, goos, goarch string) (string, error) 
 			return "", fmt.Errorf("truncated ELF file: a loaded segment ends at %d, the file has %d bytes", poff+filesz, size)
 		}
 	}
+	// The sections' contents, from the raw section headers (the section
+	// names live in one of them: debug/elf cannot even name them when the
+	// file is cut).
+	for i, off := 0, shoff; shoff != 0 && shentsize >= 24 && off+shentsize <= shoff+shsize; i, off = i+1, off+shentsize {
+		var sh [64]byte
+		n := min(shentsize, uint64(len(sh)))
+		if _, err := r.ReadAt(sh[:n], int64(off)); err != nil {
+			return "", fmt.Errorf("truncated ELF file: %v", err)
+		}
+		var typ, soff, ssize uint64
+		if wide {
+			typ, soff, ssize = uint64(order.Uint32(sh[4:])), order.Uint64(sh[24:]), order.Uint64(sh[32:])
+		} else {
+			typ, soff, ssize = uint64(order.Uint32(sh[4:])), uint64(order.Uint32(sh[16:])), uint64(order.Uint32(sh[20:]))
+		}
+		if t := elf.SectionType(typ); t != elf.SHT_NOBITS && t != elf.SHT_NULL && !within(soff, ssize, size) {
+			return "", fmt.Errorf("truncated ELF file: section %d ends at %d, the file has %d bytes", i, soff+ssize, size)
+		}
+	}
 	f, err := elf.NewFile(r)
 	if err != nil {
-		return "", fmt.Errorf("corrupt or truncated ELF file: %v", err)
+		return "", fmt.Errorf("corrupt ELF file: %v", err)
 	}
 	bits := "64-bit"
 	if f.Class == elf.ELFCLASS32 {

@@ -202,8 +202,8 @@ func TestCheckFormat(t *testing.T) {
 		bin  string
 		want []string
 	}{
-		{"trunc-half", []string{"truncated"}},
-		{"trunc-tail", []string{"truncated"}},
+		{"trunc-half", []string{"truncated ELF file", "the file has"}},
+		{"trunc-tail", []string{"truncated ELF file", "the file has"}},
 		{"app-pe", []string{"for another system"}},
 		{"app-arch", []string{"another CPU than " + runtime.GOARCH}},
 		{"script", []string{"script"}},
@@ -222,7 +222,7 @@ func TestCheckFormat(t *testing.T) {
 	short := filepath.Join(t.TempDir(), "short")
 	os.WriteFile(short, b[:len(b)-1], 0o755)
 	rep, err := Check(ctx, short, CheckOptions{})
-	mustFail(t, rep, err, ErrNotExecutable, "format", "truncated")
+	mustFail(t, rep, err, ErrNotExecutable, "format", "truncated", "the file has")
 }
 
 func TestCheckNonGo(t *testing.T) {
