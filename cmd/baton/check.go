@@ -74,8 +74,19 @@ func serviceStatus(ctx context.Context, name string) (supervisor.Status, error) 
 	return st, resp.Decode(&st)
 }
 
-// installedPath is --path, or the binary path the running service reports.
+// installedPath is --path, or the binary path the running service
+// reports; symlinks resolved (the file they point to is replaced).
 func installedPath(ctx context.Context, name, path string) (string, *supervisor.Status, error) {
+	p, st, err := installedPathRaw(ctx, name, path)
+	if err == nil {
+		if real, rerr := filepath.EvalSymlinks(p); rerr == nil {
+			p = real
+		}
+	}
+	return p, st, err
+}
+
+func installedPathRaw(ctx context.Context, name, path string) (string, *supervisor.Status, error) {
 	if path != "" {
 		abs, err := filepath.Abs(path)
 		if err != nil {

@@ -83,11 +83,17 @@ func ReleasesDir(installed string) string {
 }
 
 // Open opens (creating it, mode 0700, when missing) the releases
-// directory of the binary installed at installed. It changes nothing else.
+// directory of the binary installed at installed (symlinks resolved). It
+// changes nothing else.
 func Open(installed string, o StoreOptions) (*Store, error) {
 	abs, err := filepath.Abs(installed)
 	if err != nil {
 		return nil, err
+	}
+	// A symlink is followed: the file it points to is what gets replaced
+	// (replacing the link by a file would break a symlink-based layout).
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
 	}
 	if o.Keep <= 0 {
 		o.Keep = DefaultKeep

@@ -201,3 +201,31 @@ func TestActivateDamagedRelease(t *testing.T) {
 		return
 	}
 }
+
+func TestStoreFollowsSymlink(t *testing.T) {
+	needBins(t)
+	if runtime.GOOS == "windows" {
+		t.Skip("symlinks need privileges")
+	}
+	dir := t.TempDir()
+	real := copyTo(t, bins["app"], dir, "app-real")
+	link := filepath.Join(dir, "app")
+	if err := os.Symlink("app-real", link); err != nil {
+		t.Fatal(err)
+	}
+	s := openLocked(t, link, 3)
+	r, err := s.Stage(bins["app2"], "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Activate(r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the symlink was replaced: %v %v", fi.Mode(), err)
+	}
+	want, _ := filepath.EvalSymlinks(real)
+	if sha(t, real) != r.SHA256 || s.Installed() != want {
+		t.Fatal("the file the symlink points to was not switched")
+	}
+}
