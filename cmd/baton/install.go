@@ -85,6 +85,10 @@ The service keeps running the binary it started with; run
 when the upgrade fails). The installed path comes from the running service's
 status (--name), or --path when it is not running.
 
+A refused binary exits 1 (4 when it is still being written or another baton
+holds the releases lock); --json prints a code: not_executable, module,
+checksum, signature, smoke, unsafe_dir, disk_space or busy.
+
 ` + exitCodesHelp,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
