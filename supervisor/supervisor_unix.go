@@ -479,6 +479,9 @@ func (s *Supervisor) upgrade(ctx context.Context, start time.Time) (baton.Upgrad
 	g, err := s.switchTo(ctx, old, nil)
 	if err != nil {
 		s.log.Error("upgrade failed; "+s.afterFailedUpgrade(), "err", err)
+		if startFailed(err) {
+			s.restoreInstalled(s.currentGen())
+		}
 		return baton.UpgradeResult{}, err
 	}
 	res := baton.UpgradeResult{PID: g.pid, Generation: g.n, Binary: g.binary, ReadyAfter: g.readyAfter,
@@ -494,11 +497,19 @@ func (s *Supervisor) upgrade(ctx context.Context, start time.Time) (baton.Upgrad
 		if err != nil {
 			return res, fmt.Errorf("%w: generation %d failed its probation (%v), and the rollback failed too: %v", ErrRolledBack, g.n, reason, err)
 		}
+		s.restoreInstalled(back)
 		return res, fmt.Errorf("%w: generation %d (pid %d) failed its probation: %w; generation %d (pid %d) runs the previous binary again",
 			ErrRolledBack, g.n, g.pid, reason, back.n, back.pid)
 	}
 	s.log.Info("probation passed", "gen", g.n, "pid", g.pid, "probation", s.cfg.Probation)
 	return res, nil
+}
+
+// startFailed reports whether an upgrade failed because the new binary was
+// started and did not make it (rather than being refused before anything
+// was tried: busy, too many draining, stopping, no state).
+func startFailed(err error) bool {
+	return errors.Is(err, baton.ErrChildExited) || errors.Is(err, baton.ErrReadyTimeout) || errors.Is(err, baton.ErrBinary)
 }
 
 // afterFailedUpgrade says what serves after a failed upgrade.
@@ -658,6 +669,7 @@ func (s *Supervisor) Rollback(ctx context.Context) (baton.UpgradeResult, error) 
 	} else {
 		res = baton.UpgradeResult{PID: g.pid, Generation: g.n, Binary: g.binary, ReadyAfter: g.readyAfter, Took: time.Since(start), Draining: s.drainingCount()}
 		out.Result = &res
+		s.restoreInstalled(g)
 	}
 	s.mu.Lock()
 	s.last = out

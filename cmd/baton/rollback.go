@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/baton-go/baton"
 	"github.com/baton-go/baton/internal/ctl"
+	"github.com/baton-go/baton/internal/release"
 	"github.com/spf13/cobra"
 )
 
@@ -16,11 +18,17 @@ func newRollbackCmd() *cobra.Command {
 	var f commonFlags
 	c := &cobra.Command{
 		Use:   "rollback --name NAME",
-		Short: "Run the previous generation's binary again (baton run)",
-		Long: `Ask the supervisor of NAME (baton run) to start the binary and arguments of
-the previous generation again as a new generation, on the same sockets, then
-drain the current one. The supervisor keeps a copy of what each generation
-runs, so this works even if the installed file changed.
+		Short: "Run the previous binary again",
+		Long: `Under baton run: ask the supervisor of NAME to start the binary and arguments
+of the previous generation again as a new generation, on the same sockets,
+then drain the current one. The supervisor keeps what each generation runs,
+so this works even if the installed file changed; when the binary is managed
+by baton install, the installed path is switched back to that release too.
+
+A service that uses the library without baton run has no previous
+generation to start: its previous release on disk (baton install, baton
+upgrade --binary) is installed again and the service upgraded to it; if that
+upgrade fails, the release that was installed is put back.
 
 ` + exitCodesHelp,
 		Args: cobra.NoArgs,
@@ -38,6 +46,18 @@ func runRollback(out io.Writer, f commonFlags) error {
 	resp, err := ctl.Do(ctx, f.name, ctl.Request{Op: ctl.OpRollback})
 	if err != nil {
 		return reportTransport(out, f, err)
+	}
+	if !resp.OK && resp.Code == ctl.CodeUnsupported {
+		// A library service: roll back on disk, then upgrade.
+		r, rerr := rollbackRelease(ctx, f.name)
+		if rerr != nil {
+			if f.json {
+				_ = json.NewEncoder(out).Encode(map[string]any{"name": f.name, "ok": false, "error": rerr.Error()})
+				return &exitError{code: exitFailed, err: errReported}
+			}
+			return &exitError{code: exitFailed, err: fmt.Errorf("rollback of %s: %w", f.name, rerr)}
+		}
+		resp = r
 	}
 	if f.json {
 		enc := json.NewEncoder(out)
@@ -67,4 +87,49 @@ func runRollback(out io.Writer, f commonFlags) error {
 		fmt.Fprintf(out, "rolled back %s: generation %d, pid %d, ready after %v\n", f.name, r.Generation, r.PID, r.ReadyAfter.Round(time.Millisecond))
 	}
 	return nil
+}
+
+// rollbackRelease rolls a library service back through its releases
+// directory: the previous release is installed, the service upgraded to
+// it, and the release that was installed is put back if that fails. It
+// returns the upgrade's response.
+func rollbackRelease(ctx context.Context, name string) (ctl.Response, error) {
+	sresp, err := ctl.Do(ctx, name, ctl.Request{Op: ctl.OpStatus})
+	if err != nil {
+		return ctl.Response{}, err
+	}
+	var st baton.Status
+	if err := sresp.Decode(&st); err != nil || st.Binary == "" {
+		return ctl.Response{}, fmt.Errorf("the service's status does not say which binary it runs (%v)", err)
+	}
+	if _, err := os.Stat(release.ReleasesDir(st.Binary)); err != nil {
+		return ctl.Response{}, fmt.Errorf("%s was not installed by baton install or baton upgrade --binary (no %s), so there is no previous release to go back to", st.Binary, release.ReleasesDir(st.Binary))
+	}
+	store, err := release.Open(st.Binary, release.StoreOptions{})
+	if err != nil {
+		return ctl.Response{}, err
+	}
+	if err := store.Lock(ctx); err != nil {
+		return ctl.Response{}, err
+	}
+	defer store.Unlock()
+	if _, ok := store.Previous(); !ok {
+		return ctl.Response{}, fmt.Errorf("no previous release of %s", st.Binary)
+	}
+	back, err := store.Rollback()
+	if err != nil {
+		return ctl.Response{}, fmt.Errorf("installing the previous release: %w", err)
+	}
+	resp, err := ctl.Do(ctx, name, ctl.Request{Op: ctl.OpUpgrade})
+	if err == nil && resp.OK {
+		return resp, nil
+	}
+	// The previous release did not start: the one that serves goes back.
+	if _, _, rerr := store.RollbackFrom(back.SHA256); rerr != nil {
+		return resp, fmt.Errorf("release %s did not take over (%v %s), and putting the installed release back failed: %v", back.ID, err, resp.Error, rerr)
+	}
+	if err != nil {
+		return resp, err
+	}
+	return resp, nil
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -54,7 +55,8 @@ func TestSupervisorRestoresInstalledRelease(t *testing.T) {
 		t.Fatalf("baton install: exit %d\n%s%s", code, out, errOut)
 	}
 	if fileSHA(t, app) == v1 {
-		t.Fatal("baton install did not switch the installed binary")
+		_, out, errOut := batonRun(ctx, t, "releases", "--name", "strestore")
+		t.Fatalf("baton install did not switch the installed binary\n%s%s", out, errOut)
 	}
 	if err := svc.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
@@ -75,6 +77,57 @@ func TestSupervisorRestoresInstalledRelease(t *testing.T) {
 		t.Fatalf("baton rollback: exit %d: %s", code, out)
 	}
 	waitInstalled(v1, "after baton rollback")
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tracker.Track(st.PID)
+	if _, err := load.WaitPID(ctx, st.PID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	r := load.Stop()
+	if v := r.PIDs[st.PID].Version; v != "v1" {
+		t.Errorf("after the rollback pid %d serves %q, want v1", st.PID, v)
+	}
+	if r.TotalFailed() != 0 {
+		t.Errorf("%d requests failed:\n%s", r.TotalFailed(), r)
+	}
+}
+
+// TestLibraryRollbackThroughReleases: a library service (no supervisor)
+// upgraded with upgrade --binary is rolled back by `baton rollback`: the
+// previous release is installed again and serves, under load, 0 failed.
+func TestLibraryRollbackThroughReleases(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, app := startHello(t, "librollback", "-addr", addr)
+	v1 := fileSHA(t, app)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
+		loadgen.KeepAliveGET: 2, loadgen.KeepAlivePOST: 2, loadgen.Fresh: 2}, MaxRequests: 2_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer load.Stop()
+	// Without a releases directory there is nothing to go back to.
+	if code, out := runCLI("rollback", "--name", "librollback"); code != exitFailed || !strings.Contains(out, "no previous release to go back to") {
+		t.Fatalf("rollback before any install: exit %d: %s", code, out)
+	}
+	code, rep, errOut := upgradeBinary(ctx, t, "librollback", bins["hello-v2"])
+	if code != 0 || !rep.OK {
+		t.Fatalf("upgrade --binary v2: exit %d %+v %s", code, rep, errOut)
+	}
+	tracker.Track(rep.Result.PID)
+	if code, out := runCLI("rollback", "--name", "librollback"); code != 0 || !strings.Contains(out, "rolled back") {
+		t.Fatalf("baton rollback: exit %d: %s", code, out)
+	}
+	if got := fileSHA(t, app); got != v1 {
+		t.Fatalf("installed binary after rollback: %s, want v1 %s", got, v1)
+	}
 	st, err := svc.Status(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,67 @@
+//go:build unix
+
+package supervisor
+
+import (
+	"errors"
+	"os"
+
+	"github.com/baton-go/baton/internal/release"
+)
+
+// restoreInstalled puts the release that g runs back at the installed path
+// after a failed upgrade, a failed probation or `baton rollback`, when the
+// binary is managed by `baton install` (it has a releases directory) and
+// the installed file is another release now. A CLI that holds the releases
+// lock (`baton upgrade --binary` waiting for this upgrade) does it itself.
+func (s *Supervisor) restoreInstalled(g *generation) {
+	if g == nil {
+		return
+	}
+	if _, err := os.Stat(release.ReleasesDir(g.binary)); err != nil {
+		return // not installed by baton: nothing to put back
+	}
+	log := s.log.With("gen", g.n, "path", g.binary)
+	sum := g.binarySHA256()
+	if sum == "" {
+		var err error
+		if sum, err = release.FileSHA256(g.saved); err != nil {
+			log.Warn("cannot tell which release the serving generation runs; installed binary left as it is", "err", err)
+			return
+		}
+	}
+	if cur, err := release.FileSHA256(g.binary); err == nil && cur == sum {
+		return // already installed
+	}
+	st, err := release.Open(g.binary, release.StoreOptions{Logger: s.log})
+	if err != nil {
+		log.Warn("opening the releases store", "err", err)
+		return
+	}
+	if err := st.TryLock(); err != nil {
+		if errors.Is(err, release.ErrLocked) {
+			log.Info("another baton holds the releases lock; it restores the installed binary")
+		} else {
+			log.Warn("locking the releases store", "err", err)
+		}
+		return
+	}
+	defer st.Unlock()
+	rels, err := st.List()
+	if err != nil {
+		log.Warn("listing releases", "err", err)
+		return
+	}
+	for _, r := range rels {
+		if r.SHA256 != sum {
+			continue
+		}
+		if err := st.Activate(r.ID); err != nil {
+			log.Error("putting the serving release back at the installed path failed", "release", r.ID, "err", err)
+			return
+		}
+		log.Info("installed binary rolled back to the release that serves", "release", r.ID)
+		return
+	}
+	log.Warn("the serving generation's binary is not among the staged releases; installed binary left as it is", "sha256", sum)
+}
