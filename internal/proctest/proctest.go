@@ -17,7 +17,8 @@ import (
 
 // Build compiles each package (import path relative to the module root, e.g.
 // "./examples/hello") into dir/name and returns the paths by name. extra
-// holds per-name extra build flags (e.g. -ldflags).
+// holds per-name extra build flags (e.g. -ldflags). moduleRoot may also be
+// the directory of a nested module (a benchmark peer): go build runs there.
 func Build(moduleRoot, dir string, pkgs map[string]string, extra map[string][]string) (map[string]string, error) {
 	out := map[string]string{}
 	for name, pkg := range pkgs {

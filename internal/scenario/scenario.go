@@ -1,7 +1,8 @@
 // Package scenario runs the upgrade-under-load scenario shared by `make
 // demo` and `make bench`: examples/hello served on loopback, the mixed
 // non-retrying load, a series of upgrades through the real `baton` CLI,
-// and optionally one deliberately failing upgrade.
+// and optionally one deliberately failing upgrade. For comparison, it can
+// run a peer app (another hot-upgrade library) under the same load instead.
 package scenario
 
 import (
@@ -33,6 +34,10 @@ type Config struct {
 	// idle after the upgrades.
 	Supervised bool
 	IdleFor    time.Duration // how long the supervisor's idle CPU is measured (default 5s)
+	// Peer runs a peer app (PeerTableflip) instead of hello, upgraded by
+	// SIGHUP to the pid in its PID file; Supervised, FailingLast,
+	// IdleGrace and StartupDelay do not apply to it.
+	Peer string
 }
 
 // Upgrade is one measured upgrade.
@@ -59,6 +64,10 @@ type Result struct {
 	// Supervisor (Supervised runs, Linux): its memory after the run and
 	// the CPU it used while idle for IdleFor.
 	Supervisor *SupervisorUsage
+	// Peer runs: upgrade triggers (SIGHUPs) sent, how many the peer
+	// refused, and why the first one was refused.
+	Triggers, Refused int
+	RefusedWhy        string
 }
 
 // SupervisorUsage is the supervisor's footprint at idle.
@@ -75,6 +84,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		if cfg.Progress != nil {
 			fmt.Fprintf(cfg.Progress, format+"\n", a...)
 		}
+	}
+	if cfg.Peer != "" {
+		return runPeer(ctx, cfg, say)
 	}
 	root, err := proctest.ModuleRoot()
 	if err != nil {

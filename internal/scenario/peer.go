@@ -1,0 +1,245 @@
+package scenario
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/baton-go/baton/internal/loadgen"
+	"github.com/baton-go/baton/internal/proctest"
+)
+
+// PeerTableflip is Config.Peer for test/bench/peers/tableflip: the hello
+// behaviour upgraded by cloudflare/tableflip, drained by
+// http.Server.Shutdown.
+const PeerTableflip = "tableflip"
+
+// peerDirs maps a Config.Peer to its module directory (relative to baton's
+// module root). Each peer is its own Go module so that baton does not
+// depend on it.
+var peerDirs = map[string]string{
+	PeerTableflip: filepath.Join("test", "bench", "peers", "tableflip"),
+}
+
+// peerRefusal is what the peer logs when it refuses an upgrade (the wording
+// of tableflip's own example).
+const peerRefusal = "Upgrade failed:"
+
+// runPeer is Run for cfg.Peer: the peer app serves the same load; each
+// upgrade is a SIGHUP to the pid in its PID file (the trigger time is when
+// the signal is sent). The new generation is known from the PID file
+// (tableflip writes it in Ready) and its first response is taken from the
+// load, as for baton. A SIGHUP that the peer refuses (tableflip allows no
+// upgrade until the previous old generation has exited) is counted in
+// Result.Refused, and triggers go on at the same interval until
+// cfg.Upgrades upgrades are done or 6 times as many signals were sent.
+func runPeer(ctx context.Context, cfg Config, say func(string, ...any)) (*Result, error) {
+	rel, ok := peerDirs[cfg.Peer]
+	if !ok {
+		return nil, fmt.Errorf("scenario: unknown peer %q", cfg.Peer)
+	}
+	root, err := proctest.ModuleRoot()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "baton-peer")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	say("building the %s peer (%s, its own module) ...", cfg.Peer, filepath.ToSlash(rel))
+	bins, err := proctest.Build(filepath.Join(root, rel), dir, map[string]string{
+		"peer-v1": ".", "peer-v2": ".",
+	}, map[string][]string{
+		"peer-v1": {"-ldflags", "-X main.buildVersion=v1"},
+		"peer-v2": {"-ldflags", "-X main.buildVersion=v2"},
+	})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	tracker := proctest.NewTracker()
+	defer tracker.Close()
+	logPath := filepath.Join(dir, "peer.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	installed := filepath.Join(dir, "installed-peer")
+	if err := copyFile(bins["peer-v1"], installed); err != nil {
+		return nil, err
+	}
+	pidFile := filepath.Join(dir, "peer.pid")
+	// tableflip re-executes os.Args[0], so the installed path is what each
+	// upgrade starts, as for hello.
+	cmd := exec.Command(installed, "-addr", addr, "-pidfile", pidFile, "-drain-timeout", cfg.DrainTimeout.String())
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	tracker.Track(cmd.Process.Pid) // reaped by the tracker, as are the generations it adopts
+	current := cmd.Process.Pid
+	defer func() {
+		// Stop the newest generation (it drains like an old one), then
+		// make sure that no generation outlives the run.
+		if pid, err := readPID(pidFile); err == nil {
+			current = pid
+		}
+		if p, err := os.FindProcess(current); err == nil {
+			p.Signal(syscall.SIGTERM)
+		}
+		wctx, wcancel := context.WithTimeout(context.Background(), cfg.DrainTimeout+5*time.Second)
+		defer wcancel()
+		for _, pid := range tracker.Live() {
+			if _, err := tracker.WaitExit(wctx, pid); err != nil {
+				if p, err := os.FindProcess(pid); err == nil {
+					p.Kill()
+				}
+			}
+		}
+	}()
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = waitPeer(sctx, tracker, pidFile, logPath, 0, 0)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("%s peer did not start: %w", cfg.Peer, err)
+	}
+	say("%s peer serving on http://%s (pid %d)", cfg.Peer, addr, current)
+
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: cfg.Workers, MaxRequests: 5_000_000})
+	if err != nil {
+		return nil, err
+	}
+	defer load.Stop()
+	time.Sleep(500 * time.Millisecond)
+
+	res := &Result{}
+	type pending struct {
+		up       Upgrade
+		handover time.Time
+	}
+	var ups []pending
+	tick := time.NewTicker(cfg.Interval)
+	defer tick.Stop()
+	for len(ups) < cfg.Upgrades && res.Triggers < 6*cfg.Upgrades {
+		<-tick.C
+		version := []string{"v2", "v1"}[len(ups)%2]
+		if err := copyFile(bins["peer-"+version], installed); err != nil {
+			return nil, err
+		}
+		st, err := os.Stat(logPath)
+		if err != nil {
+			return nil, err
+		}
+		p, err := os.FindProcess(current)
+		if err != nil {
+			return nil, err
+		}
+		triggered := time.Now()
+		if err := p.Signal(syscall.SIGHUP); err != nil {
+			return nil, fmt.Errorf("SIGHUP to pid %d: %w", current, err)
+		}
+		res.Triggers++
+		wctx, wcancel := context.WithTimeout(ctx, 70*time.Second) // tableflip's upgrade timeout is 1 minute
+		out, err := waitPeer(wctx, tracker, pidFile, logPath, current, st.Size())
+		wcancel()
+		if err != nil {
+			return nil, fmt.Errorf("SIGHUP %d: %w", res.Triggers, err)
+		}
+		if out.refused != "" {
+			res.Refused++
+			if res.RefusedWhy == "" {
+				res.RefusedWhy = out.refused
+			}
+			say("SIGHUP %3d to pid %d refused: %s", res.Triggers, current, out.refused)
+			continue
+		}
+		tracker.Track(out.pid)
+		seen, err := load.WaitPID(ctx, out.pid)
+		if err != nil {
+			return nil, err
+		}
+		u := Upgrade{OldPID: current, NewPID: out.pid, Switch: seen.Sub(triggered)}
+		say("upgrade %2d (SIGHUP %3d): install %s, pid %d -> %d, first response from the new pid after %v",
+			len(ups)+1, res.Triggers, version, current, u.NewPID, u.Switch.Round(100*time.Microsecond))
+		ups = append(ups, pending{up: u, handover: out.at})
+		current = out.pid
+	}
+	time.Sleep(cfg.Interval)
+	res.Load = load.Stop()
+	for _, p := range ups {
+		wctx, wcancel := context.WithTimeout(ctx, cfg.DrainTimeout+5*time.Second)
+		ex, err := tracker.WaitExit(wctx, p.up.OldPID)
+		wcancel()
+		if err != nil {
+			return nil, fmt.Errorf("old generation %d did not exit: %w", p.up.OldPID, err)
+		}
+		p.up.OldExit = ex.At.Sub(p.handover)
+		if last, ok := load.LastSeen(p.up.OldPID); ok {
+			p.up.AfterLast = ex.At.Sub(last)
+		}
+		res.Upgrades = append(res.Upgrades, p.up)
+	}
+	return res, nil
+}
+
+// peerOutcome is what became of a SIGHUP: a new ready generation (pid,
+// seen in the PID file at at) or a refusal logged by the peer.
+type peerOutcome struct {
+	pid     int
+	at      time.Time
+	refused string
+}
+
+// waitPeer polls until the PID file names a pid other than old, or the
+// peer logs a refusal after offset logFrom, or the newest generation (old)
+// exits.
+func waitPeer(ctx context.Context, t *proctest.Tracker, pidFile, logPath string, old int, logFrom int64) (peerOutcome, error) {
+	for {
+		if pid, err := readPID(pidFile); err == nil && pid != old {
+			return peerOutcome{pid: pid, at: time.Now()}, nil
+		}
+		if b, err := os.ReadFile(logPath); err == nil && int64(len(b)) > logFrom {
+			if i := bytes.Index(b[logFrom:], []byte(peerRefusal)); i >= 0 {
+				line := b[logFrom+int64(i)+int64(len(peerRefusal)):]
+				if j := bytes.IndexByte(line, '\n'); j >= 0 {
+					line = line[:j]
+				}
+				return peerOutcome{refused: strings.TrimSpace(string(line))}, nil
+			}
+		}
+		if old != 0 {
+			if _, gone := t.Exited(old); gone {
+				return peerOutcome{}, fmt.Errorf("pid %d exited without a successor", old)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return peerOutcome{}, fmt.Errorf("no new pid in %s and no refusal logged: %w", pidFile, ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+func readPID(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
