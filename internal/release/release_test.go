@@ -26,8 +26,18 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	if os.Getenv("RELEASE_TEST_CHILD") == "sleep" {
-		// A process that runs (a copy of) this test binary.
+	switch os.Getenv("RELEASE_TEST_CHILD") {
+	case "sleep": // a process that runs (a copy of) this test binary
+		time.Sleep(2 * time.Minute)
+		os.Exit(0)
+	case "hang": // a smoke run that starts a child and hangs
+		exe, _ := os.Executable()
+		child := exec.Command(exe)
+		child.Env = append(os.Environ(), "RELEASE_TEST_CHILD=sleep")
+		if err := child.Start(); err != nil {
+			os.Exit(9)
+		}
+		os.WriteFile(os.Getenv("RELEASE_TEST_PIDFILE"), []byte(fmt.Sprint(child.Process.Pid)), 0o600)
 		time.Sleep(2 * time.Minute)
 		os.Exit(0)
 	}

@@ -27,11 +27,16 @@ func checkSmoke(ctx context.Context, r *Report, bin string, o CheckOptions) {
 	stdout.n, stderr.n = 2048, 2048
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.Dir = os.TempDir()
-	killGroup(cmd) // the whole process group dies on timeout
+	started, done := killGroup(cmd) // the whole group dies on timeout
+	defer done()
 	// Output pipes held by a stray grandchild must not keep us waiting.
 	cmd.WaitDelay = 2 * time.Second
 	start := time.Now()
-	err := cmd.Run()
+	err := cmd.Start()
+	if err == nil {
+		started()
+		err = cmd.Wait()
+	}
 	took := time.Since(start).Round(time.Millisecond)
 	if err == nil {
 		r.add("smoke", StatusOK, nil, "%q exited 0 in %v", o.Smoke, took)

@@ -10,10 +10,16 @@ import (
 
 // killGroup runs cmd in its own process group and kills the whole group
 // when its context ends: a smoke run that forks must not leave children.
-func killGroup(cmd *exec.Cmd) {
+// What is left of the group when the smoke command exits is killed too.
+func killGroup(cmd *exec.Cmd) (started, done func()) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error {
 		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	return func() {}, func() {
+		if cmd.Process != nil {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		}
 	}
 }
 

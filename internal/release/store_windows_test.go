@@ -3,6 +3,7 @@ package release
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -177,5 +178,30 @@ func TestCheckSelfWindows(t *testing.T) {
 	}
 	if status(rep, "format") != StatusOK || status(rep, "buildinfo") != StatusOK {
 		t.Fatalf("format/buildinfo of a Windows Go exe:\n%v", rep)
+	}
+}
+
+// TestSmokeJobWindows: a hanging smoke run is killed with the child it
+// started (job object).
+func TestSmokeJobWindows(t *testing.T) {
+	installed, candidate := selfCopies(t)
+	pidFile := filepath.Join(filepath.Dir(installed), "child.pid")
+	t.Setenv("RELEASE_TEST_CHILD", "hang")
+	t.Setenv("RELEASE_TEST_PIDFILE", pidFile)
+	rep, err := Check(context.Background(), candidate, CheckOptions{Smoke: "{bin}", SmokeTimeout: 3e9})
+	mustFail(t, rep, err, ErrSmokeRun, "smoke", "did not finish within 3s")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatalf("the smoke run never started its child: %v", err)
+	}
+	var pid uint32
+	fmt.Sscan(string(b), &pid)
+	h, err := windows.OpenProcess(windows.SYNCHRONIZE, false, pid)
+	if err != nil {
+		return // already gone
+	}
+	defer windows.CloseHandle(h)
+	if ev, _ := windows.WaitForSingleObject(h, 10000); ev != windows.WAIT_OBJECT_0 {
+		t.Fatalf("the smoke run's child (pid %d) survived its job", pid)
 	}
 }
