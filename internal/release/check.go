@@ -286,13 +286,17 @@ func checkBuildInfo(r *Report, path string, o CheckOptions) {
 		switch {
 		case err != nil:
 			detail += " (the installed binary has no Go build info to compare with)"
-		case ibi.Main.Path != bi.Main.Path || ibi.Path != bi.Path:
+		case ibi.Main.Path != bi.Main.Path:
 			if !o.Force {
 				r.add("buildinfo", StatusFailed, fmt.Errorf("%w: %s is %s (module %s), the installed binary is %s (module %s); use --force to replace one program by another",
 					ErrModule, path, bi.Path, bi.Main.Path, ibi.Path, ibi.Main.Path), "")
 				return
 			}
 			detail += fmt.Sprintf(" (forced: the installed binary is %s)", ibi.Path)
+		case ibi.Path != bi.Path:
+			// Same module, another main package: allowed (a module may
+			// build several commands), but said.
+			detail += fmt.Sprintf(" (note: program %s, the installed binary is %s)", bi.Path, ibi.Path)
 		default:
 			detail += " (same program as installed)"
 		}
