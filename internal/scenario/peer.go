@@ -22,16 +22,39 @@ import (
 // http.Server.Shutdown.
 const PeerTableflip = "tableflip"
 
-// peerDirs maps a Config.Peer to its module directory (relative to baton's
-// module root). Each peer is its own Go module so that baton does not
-// depend on it.
-var peerDirs = map[string]string{
-	PeerTableflip: filepath.Join("test", "bench", "peers", "tableflip"),
+// PeerBatonSignal is Config.Peer for examples/hello upgraded the same way
+// as the peer, by SIGHUP to the pid in its PID file (the library's upgrade
+// signal): the like-for-like comparison of switch times, without the
+// `baton upgrade` CLI's own start in the figure.
+const PeerBatonSignal = "baton-sighup"
+
+// signalApp is an app upgraded by SIGHUP.
+type signalApp struct {
+	dir     string // its module directory, relative to baton's module root
+	pkg     string // the package to build, in dir
+	refusal string // what it logs when it refuses an upgrade
+	args    func(addr, pidFile string, cfg Config) []string
 }
 
-// peerRefusal is what the peer logs when it refuses an upgrade (the wording
-// of tableflip's own example).
-const peerRefusal = "Upgrade failed:"
+// signalApps: each peer is its own Go module so that baton does not depend
+// on it.
+var signalApps = map[string]signalApp{
+	PeerTableflip: {
+		dir: filepath.Join("test", "bench", "peers", "tableflip"), pkg: ".",
+		refusal: "Upgrade failed:", // the wording of tableflip's own example
+		args: func(addr, pidFile string, cfg Config) []string {
+			return []string{"-addr", addr, "-pidfile", pidFile, "-drain-timeout", cfg.DrainTimeout.String()}
+		},
+	},
+	PeerBatonSignal: {
+		dir: ".", pkg: "./examples/hello",
+		refusal: "upgrade by signal failed",
+		args: func(addr, pidFile string, cfg Config) []string {
+			return []string{"-name", "bench-sighup", "-addr", addr, "-pidfile", pidFile, "-idle-grace", cfg.IdleGrace.String(),
+				"-drain-timeout", cfg.DrainTimeout.String(), "-startup-delay", cfg.StartupDelay.String()}
+		},
+	},
+}
 
 // runPeer is Run for cfg.Peer: the peer app serves the same load; each
 // upgrade is a SIGHUP to the pid in its PID file (the trigger time is when
@@ -42,7 +65,7 @@ const peerRefusal = "Upgrade failed:"
 // Result.Refused, and triggers go on at the same interval until
 // cfg.Upgrades upgrades are done or 6 times as many signals were sent.
 func runPeer(ctx context.Context, cfg Config, say func(string, ...any)) (*Result, error) {
-	rel, ok := peerDirs[cfg.Peer]
+	app, ok := signalApps[cfg.Peer]
 	if !ok {
 		return nil, fmt.Errorf("scenario: unknown peer %q", cfg.Peer)
 	}
@@ -55,9 +78,9 @@ func runPeer(ctx context.Context, cfg Config, say func(string, ...any)) (*Result
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	say("building the %s peer (%s, its own module) ...", cfg.Peer, filepath.ToSlash(rel))
-	bins, err := proctest.Build(filepath.Join(root, rel), dir, map[string]string{
-		"peer-v1": ".", "peer-v2": ".",
+	say("building %s (%s in %s) ...", cfg.Peer, app.pkg, filepath.ToSlash(app.dir))
+	bins, err := proctest.Build(filepath.Join(root, app.dir), dir, map[string]string{
+		"peer-v1": app.pkg, "peer-v2": app.pkg,
 	}, map[string][]string{
 		"peer-v1": {"-ldflags", "-X main.buildVersion=v1"},
 		"peer-v2": {"-ldflags", "-X main.buildVersion=v2"},
@@ -87,7 +110,8 @@ func runPeer(ctx context.Context, cfg Config, say func(string, ...any)) (*Result
 	pidFile := filepath.Join(dir, "peer.pid")
 	// tableflip re-executes os.Args[0], so the installed path is what each
 	// upgrade starts, as for hello.
-	cmd := exec.Command(installed, "-addr", addr, "-pidfile", pidFile, "-drain-timeout", cfg.DrainTimeout.String())
+	cmd := exec.Command(installed, app.args(addr, pidFile, cfg)...)
+	cmd.Env = append(os.Environ(), "BATON_RUNTIME_DIR="+filepath.Join(dir, "run")) // a control endpoint of its own
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -114,7 +138,7 @@ func runPeer(ctx context.Context, cfg Config, say func(string, ...any)) (*Result
 		}
 	}()
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err = waitPeer(sctx, tracker, pidFile, logPath, 0, 0)
+	_, err = waitPeer(sctx, tracker, pidFile, logPath, app.refusal, 0, 0)
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("%s peer did not start: %w", cfg.Peer, err)
@@ -156,7 +180,7 @@ func runPeer(ctx context.Context, cfg Config, say func(string, ...any)) (*Result
 		}
 		res.Triggers++
 		wctx, wcancel := context.WithTimeout(ctx, 70*time.Second) // tableflip's upgrade timeout is 1 minute
-		out, err := waitPeer(wctx, tracker, pidFile, logPath, current, st.Size())
+		out, err := waitPeer(wctx, tracker, pidFile, logPath, app.refusal, current, st.Size())
 		wcancel()
 		if err != nil {
 			return nil, fmt.Errorf("SIGHUP %d: %w", res.Triggers, err)
@@ -209,14 +233,14 @@ type peerOutcome struct {
 // waitPeer polls until the PID file names a pid other than old, or the
 // peer logs a refusal after offset logFrom, or the newest generation (old)
 // exits.
-func waitPeer(ctx context.Context, t *proctest.Tracker, pidFile, logPath string, old int, logFrom int64) (peerOutcome, error) {
+func waitPeer(ctx context.Context, t *proctest.Tracker, pidFile, logPath, refusal string, old int, logFrom int64) (peerOutcome, error) {
 	for {
 		if pid, err := readPID(pidFile); err == nil && pid != old {
 			return peerOutcome{pid: pid, at: time.Now()}, nil
 		}
 		if b, err := os.ReadFile(logPath); err == nil && int64(len(b)) > logFrom {
-			if i := bytes.Index(b[logFrom:], []byte(peerRefusal)); i >= 0 {
-				line := b[logFrom+int64(i)+int64(len(peerRefusal)):]
+			if i := bytes.Index(b[logFrom:], []byte(refusal)); i >= 0 {
+				line := b[logFrom+int64(i)+int64(len(refusal)):]
 				if j := bytes.IndexByte(line, '\n'); j >= 0 {
 					line = line[:j]
 				}
