@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,12 +87,10 @@ func runPeer(ctx context.Context, cfg Config, say func(string, ...any)) (*Result
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 
 	tracker := proctest.NewTracker()
 	defer tracker.Close()
@@ -127,15 +124,7 @@ func runPeer(ctx context.Context, cfg Config, say func(string, ...any)) (*Result
 		if p, err := os.FindProcess(current); err == nil {
 			p.Signal(syscall.SIGTERM)
 		}
-		wctx, wcancel := context.WithTimeout(context.Background(), cfg.DrainTimeout+5*time.Second)
-		defer wcancel()
-		for _, pid := range tracker.Live() {
-			if _, err := tracker.WaitExit(wctx, pid); err != nil {
-				if p, err := os.FindProcess(pid); err == nil {
-					p.Kill()
-				}
-			}
-		}
+		reapAll(tracker, cfg.DrainTimeout+5*time.Second)
 	}()
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	_, err = waitPeer(sctx, tracker, pidFile, logPath, app.refusal, 0, 0)
@@ -153,10 +142,6 @@ func runPeer(ctx context.Context, cfg Config, say func(string, ...any)) (*Result
 	time.Sleep(500 * time.Millisecond)
 
 	res := &Result{}
-	type pending struct {
-		up       Upgrade
-		handover time.Time
-	}
 	var ups []pending
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
@@ -206,18 +191,8 @@ func runPeer(ctx context.Context, cfg Config, say func(string, ...any)) (*Result
 	}
 	time.Sleep(cfg.Interval)
 	res.Load = load.Stop()
-	for _, p := range ups {
-		wctx, wcancel := context.WithTimeout(ctx, cfg.DrainTimeout+5*time.Second)
-		ex, err := tracker.WaitExit(wctx, p.up.OldPID)
-		wcancel()
-		if err != nil {
-			return nil, fmt.Errorf("old generation %d did not exit: %w", p.up.OldPID, err)
-		}
-		p.up.OldExit = ex.At.Sub(p.handover)
-		if last, ok := load.LastSeen(p.up.OldPID); ok {
-			p.up.AfterLast = ex.At.Sub(last)
-		}
-		res.Upgrades = append(res.Upgrades, p.up)
+	if res.Upgrades, err = settle(ctx, tracker, load, ups, cfg.DrainTimeout+5*time.Second); err != nil {
+		return nil, err
 	}
 	return res, nil
 }

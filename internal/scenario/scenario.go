@@ -110,12 +110,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 
 	tracker := proctest.NewTracker()
 	defer tracker.Close()
@@ -153,15 +151,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				p.Signal(os.Interrupt)
 			}
 		}
-		wctx, wcancel := context.WithTimeout(context.Background(), cfg.DrainTimeout+5*time.Second)
-		defer wcancel()
-		for _, pid := range tracker.Live() {
-			if _, err := tracker.WaitExit(wctx, pid); err != nil {
-				if p, err := os.FindProcess(pid); err == nil {
-					p.Kill()
-				}
-			}
-		}
+		reapAll(tracker, cfg.DrainTimeout+5*time.Second)
 	}()
 	st, err := svc.Status(ctx)
 	if err != nil {
@@ -178,10 +168,6 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	time.Sleep(500 * time.Millisecond)
 
 	res := &Result{}
-	type pending struct {
-		up       Upgrade
-		handover time.Time
-	}
 	var ups []pending
 	current := st.PID
 	tick := time.NewTicker(cfg.Interval)
@@ -235,18 +221,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	time.Sleep(cfg.Interval)
 	res.Load = load.Stop()
-	for _, p := range ups {
-		wctx, wcancel := context.WithTimeout(ctx, cfg.DrainTimeout+5*time.Second)
-		ex, err := tracker.WaitExit(wctx, p.up.OldPID)
-		wcancel()
-		if err != nil {
-			return nil, fmt.Errorf("old generation %d did not exit: %w", p.up.OldPID, err)
-		}
-		p.up.OldExit = ex.At.Sub(p.handover)
-		if last, ok := load.LastSeen(p.up.OldPID); ok {
-			p.up.AfterLast = ex.At.Sub(last)
-		}
-		res.Upgrades = append(res.Upgrades, p.up)
+	if res.Upgrades, err = settle(ctx, tracker, load, ups, cfg.DrainTimeout+5*time.Second); err != nil {
+		return nil, err
 	}
 	if cfg.Supervised {
 		idle := cfg.IdleFor
@@ -301,4 +277,54 @@ func Summarize(ups []Upgrade, f func(Upgrade) time.Duration) Stats {
 func (s Stats) String() string {
 	r := func(d time.Duration) string { return d.Round(100 * time.Microsecond).String() }
 	return fmt.Sprintf("median %-8s p90 %-8s max %-8s", r(s.Median), r(s.P90), r(s.Max))
+}
+
+// freeAddr returns a loopback TCP address that was free a moment ago.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// reapAll waits (bounded) for every tracked process to exit and kills the
+// ones that do not: nothing outlives a run.
+func reapAll(tracker *proctest.Tracker, wait time.Duration) {
+	wctx, wcancel := context.WithTimeout(context.Background(), wait)
+	defer wcancel()
+	for _, pid := range tracker.Live() {
+		if _, err := tracker.WaitExit(wctx, pid); err != nil {
+			if p, err := os.FindProcess(pid); err == nil {
+				p.Kill()
+			}
+		}
+	}
+}
+
+// pending is an upgrade whose old generation may still drain.
+type pending struct {
+	up       Upgrade
+	handover time.Time
+}
+
+// settle waits until each upgrade's old generation has exited and fills
+// in when, relative to the handover and to its last response.
+func settle(ctx context.Context, tracker *proctest.Tracker, load *loadgen.Load, ups []pending, wait time.Duration) ([]Upgrade, error) {
+	var out []Upgrade
+	for _, p := range ups {
+		wctx, wcancel := context.WithTimeout(ctx, wait)
+		ex, err := tracker.WaitExit(wctx, p.up.OldPID)
+		wcancel()
+		if err != nil {
+			return nil, fmt.Errorf("old generation %d did not exit: %w", p.up.OldPID, err)
+		}
+		p.up.OldExit = ex.At.Sub(p.handover)
+		if last, ok := load.LastSeen(p.up.OldPID); ok {
+			p.up.AfterLast = ex.At.Sub(last)
+		}
+		out = append(out, p.up)
+	}
+	return out, nil
 }
