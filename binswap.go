@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
+	"github.com/baton-go/baton/internal/atomicfile"
 	"github.com/baton-go/baton/internal/handoff"
 )
 
@@ -47,8 +47,9 @@ func (u *Upgrader) UpgradeTo(ctx context.Context, newBinary string) (UpgradeResu
 	return res, err
 }
 
-// asideSuffix marks a binary renamed aside by the process with that pid.
-const asideSuffix = ".old-"
+// asideSuffix marks a binary renamed aside by the process with that pid
+// (the same mark as the releases store's, so either removes the other's).
+const asideSuffix = atomicfile.AsideSuffix
 
 // installBinary puts a copy of src at dst and returns how to undo it.
 func installBinary(dst, src string) (restore func() error, err error) {
@@ -66,26 +67,13 @@ func installBinary(dst, src string) (restore func() error, err error) {
 		}
 		return os.Rename(aside, dst)
 	}
-	if err := copyInto(dst, src); err != nil {
+	if err := atomicfile.Copy(dst, src, 0o755); err != nil {
 		if uerr := undo(); uerr != nil {
 			err = fmt.Errorf("%v; restoring: %v", err, uerr)
 		}
 		return nil, err
 	}
 	return undo, nil
-}
-
-// copyInto installs a copy of src at dst atomically.
-func copyInto(dst, src string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	return writeFileAtomic(dst, 0o755, func(w io.Writer) error {
-		_, err := io.Copy(w, in)
-		return err
-	})
 }
 
 // removeStaleBinaries deletes copies of binary renamed aside by processes

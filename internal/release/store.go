@@ -16,6 +16,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/baton-go/baton/internal/atomicfile"
 )
 
 var (
@@ -198,36 +200,9 @@ func (s *Store) writeState(st state) error {
 	})
 }
 
-// writeAtomic writes a temporary file beside path, fsyncs it, renames it
-// over path and fsyncs the directory: after a crash at any moment path
-// holds the old or the new content, never a part.
-func writeAtomic(path string, mode os.FileMode, write func(io.Writer) error) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".new-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	err = write(tmp)
-	if err == nil {
-		err = tmp.Chmod(mode)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	cleanup, err := replaceFile(tmp.Name(), path)
-	if err != nil {
-		return err
-	}
-	defer cleanup()
-	return syncDir(dir)
-}
+// writeAtomic is atomicfile.Write: after a crash at any moment path holds
+// the old or the new content, never a part.
+var writeAtomic = atomicfile.Write
 
 var idRE = regexp.MustCompile(`^(?:([A-Za-z0-9._+-]{1,64})-)?([0-9a-f]{16})$`)
 
@@ -399,7 +374,7 @@ func (s *Store) Stage(candidate, wantSHA string) (Release, error) {
 	if err := os.Rename(tmp.Name(), r.Path); err != nil {
 		return Release{}, err
 	}
-	if err := syncDir(rdir); err != nil {
+	if err := atomicfile.SyncDir(rdir); err != nil {
 		return Release{}, err
 	}
 	meta, _ := json.MarshalIndent(r, "", "  ")
@@ -410,7 +385,7 @@ func (s *Store) Stage(candidate, wantSHA string) (Release, error) {
 	}); err != nil {
 		return Release{}, err
 	}
-	if err := syncDir(s.dir); err != nil {
+	if err := atomicfile.SyncDir(s.dir); err != nil {
 		return Release{}, err
 	}
 	s.log.Info("release staged", "id", r.ID, "sha256", sum, "from", candidate)
@@ -500,43 +475,21 @@ func (s *Store) Activate(id string) error {
 }
 
 func (s *Store) install(r Release) error {
-	dir := filepath.Dir(s.installed)
 	mode := os.FileMode(0o755)
 	if fi, err := os.Stat(s.installed); err == nil {
 		mode = fi.Mode().Perm() | 0o100
 	}
-	in, err := os.Open(r.Path)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(s.installed)+".new-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	_, err = io.Copy(tmp, in)
-	if err == nil {
-		err = tmp.Chmod(mode)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("copying release %s beside %s: %w", r.ID, s.installed, err)
-	}
-	cleanup, err := replaceFile(tmp.Name(), s.installed)
-	if err != nil {
-		if isBusy(err) {
-			return busyError(s.installed, fmt.Errorf("switching to release %s: %v", r.ID, err))
-		}
+	err := atomicfile.Copy(s.installed, r.Path, mode)
+	var le *os.LinkError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &le) && isBusy(err): // the switch itself
+		return busyError(s.installed, fmt.Errorf("switching to release %s: %v", r.ID, err))
+	case errors.As(err, &le):
 		return fmt.Errorf("switching %s to release %s: %w", s.installed, r.ID, err)
 	}
-	defer cleanup()
-	return syncDir(dir)
+	return fmt.Errorf("copying release %s beside %s: %w", r.ID, s.installed, err)
 }
 
 func remove(list []string, id string) []string {
@@ -638,5 +591,5 @@ func (s *Store) Prune() ([]string, error) {
 		}
 		s.log.Info("releases pruned", "removed", removed)
 	}
-	return removed, syncDir(s.dir)
+	return removed, atomicfile.SyncDir(s.dir)
 }

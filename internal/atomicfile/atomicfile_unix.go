@@ -1,0 +1,31 @@
+//go:build unix
+
+package atomicfile
+
+import (
+	"errors"
+	"os"
+	"syscall"
+)
+
+// SyncDir makes a rename or a new entry in dir durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return err // some file systems cannot sync a directory (EINVAL): nothing to do there
+	}
+	return nil
+}
+
+// Replace renames tmp over dst: atomic, and a running binary's text is
+// never written to. cleanup has nothing to do on Unix.
+func Replace(tmp, dst string) (cleanup func(), err error) {
+	return func() {}, os.Rename(tmp, dst)
+}
+
+// RemoveStaleAside does nothing on Unix (nothing is renamed aside).
+func RemoveStaleAside(string) {}
