@@ -34,11 +34,18 @@ var buildVersion = "dev"
 // release that crashes a while after it became ready (rollback tests).
 var buildCrashAfter = ""
 
+// buildUnhealthyAfter, set at build time, is the default of
+// -unhealthy-after: a release whose health check fails a while after it
+// became ready, while it keeps serving (probation tests).
+var buildUnhealthyAfter = ""
+
 func main() {
 	version := flag.String("version", buildVersion, "version string reported in X-Version")
 	startup := flag.Duration("startup-delay", 0, "pretend start-up work before /healthz answers 200")
 	defCrash, _ := time.ParseDuration(buildCrashAfter)
 	crashAfter := flag.Duration("crash-after", defCrash, "exit 2 this long after start (for tests)")
+	defUnhealthy, _ := time.ParseDuration(buildUnhealthyAfter)
+	unhealthyAfter := flag.Duration("unhealthy-after", defUnhealthy, "/healthz answers 503 from this long after start on (for tests)")
 	grace := flag.Duration("idle-grace", 2*time.Second, "idle keep-alive grace when draining")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("app", "plain", "pid", os.Getpid())
@@ -50,11 +57,16 @@ func main() {
 	}
 	pid := strconv.Itoa(os.Getpid())
 	readyAt := time.Now().Add(*startup)
+	sickAt := time.Now().Add(*unhealthyAfter)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Pid", pid)
 		if time.Now().Before(readyAt) {
 			http.Error(w, "starting", http.StatusServiceUnavailable)
+			return
+		}
+		if *unhealthyAfter > 0 && time.Now().After(sickAt) {
+			http.Error(w, "unhealthy (test build)", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

@@ -59,6 +59,7 @@ func run(m *testing.M) int {
 		"plain":        "./examples/plain",
 		"hello-hang":   "./examples/hello",
 		"plain-crashy": "./examples/plain",
+		"plain-sick":   "./examples/plain",
 		"badapp-exit":  "./test/e2e/testdata/badapp",
 		"badapp-hang":  "./test/e2e/testdata/badapp",
 	}, map[string][]string{
@@ -68,6 +69,7 @@ func run(m *testing.M) int {
 		"hello-broken": {"-ldflags", "-X main.brokenRelease=database_url_missing"},
 		"hello-hang":   {"-ldflags", "-X main.hangBeforeReady=1"},
 		"plain-crashy": {"-ldflags", "-X main.buildVersion=crashy -X main.buildCrashAfter=1s"},
+		"plain-sick":   {"-ldflags", "-X main.buildVersion=sick -X main.buildUnhealthyAfter=1s"},
 		"badapp-exit":  {"-ldflags", "-X main.mode=exit"},
 		"badapp-hang":  {"-ldflags", "-X main.mode=hang"},
 	})

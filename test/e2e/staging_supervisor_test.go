@@ -145,3 +145,76 @@ func TestLibraryRollbackThroughReleases(t *testing.T) {
 		t.Errorf("%d requests failed:\n%s", r.TotalFailed(), r)
 	}
 }
+
+// TestStagingProbationRollbackLosesNothing: baton install, then baton
+// upgrade; the new release passes its readiness probe but fails its health
+// probe during probation while it still serves: the supervisor starts the
+// previous release again, drains the failed one and puts the previous
+// release back at the installed path. Nothing crashed, so no request may
+// fail.
+func TestStagingProbationRollbackLosesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	dir := t.TempDir()
+	app := filepath.Join(dir, "plain")
+	installCopy(t, bins["plain"], app)
+	good := fileSHA(t, app)
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, "stsick", os.Environ(), "--listen", "tcp://"+addr,
+		"--ready-http", "http://"+addr+"/healthz", "--probation", "4s", "--", app, "-idle-grace", "300ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
+		loadgen.KeepAliveGET: 2, loadgen.KeepAlivePOST: 2, loadgen.Fresh: 2, loadgen.Slow: 1}, MaxRequests: 2_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer load.Stop()
+	if code, out, errOut := batonRun(ctx, t, "install", "--name", "stsick", bins["plain-sick"]); code != 0 {
+		t.Fatalf("baton install: exit %d\n%s%s", code, out, errOut)
+	}
+	sick := fileSHA(t, app)
+	if sick == good {
+		t.Fatal("baton install did not switch the installed binary")
+	}
+	rep, err := svc.Upgrade(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK || rep.Code != "rolled_back" || rep.ExitCode != exitFailed {
+		t.Fatalf("upgrade to a release failing its health probe in probation: %+v", rep)
+	}
+	if got := fileSHA(t, app); got != good {
+		t.Fatalf("installed binary after the probation rollback: %s, want the previous release %s (the failed one is %s)", got, good, sick)
+	}
+	code, out, _ := batonRun(ctx, t, "releases", "--name", "stsick")
+	if code != 0 {
+		t.Errorf("baton releases: exit %d\n%s", code, out)
+	}
+	t.Logf("baton releases:\n%s", out)
+	st, err := svc.Status(ctx)
+	if err != nil || st.Phase != "serving" {
+		t.Fatalf("status after the rollback: %v %+v", err, st)
+	}
+	tracker.Track(st.PID)
+	if _, err := load.WaitPID(ctx, st.PID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // the failed generation drains meanwhile
+	r := load.Stop()
+	if v := r.PIDs[st.PID].Version; v != "dev" {
+		t.Errorf("after the rollback pid %d serves %q, want the previous release", st.PID, v)
+	}
+	sawSick := false
+	for _, p := range r.PIDs {
+		sawSick = sawSick || p.Version == "sick"
+	}
+	if !sawSick {
+		t.Error("the failing release never served: the test did not test a rollback of a serving generation")
+	}
+	if r.TotalFailed() != 0 {
+		t.Errorf("%d requests failed:\n%s", r.TotalFailed(), r)
+	}
+	t.Logf("load: %d requests, 0 failed", r.TotalOK())
+}
