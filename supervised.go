@@ -1,6 +1,7 @@
 package baton
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/baton-go/baton/internal/handoff"
@@ -15,8 +16,14 @@ import (
 // and takes what the previous generation handed over.
 func (u *Upgrader) joinSupervisor() error {
 	link, handed, err := handoff.DialLink(u.opts.ReadyTimeout, u.opts.MaxStateSize)
+	if errors.Is(err, handoff.ErrLink) {
+		// No link (refused, or gone): serve anyway, without the previous
+		// generation's state; the supervisor drains us by signal then.
+		u.log.Warn("no link to the supervisor; starting without the previous generation's state and files", "err", err)
+		return nil
+	}
 	if err != nil || link == nil {
-		return err
+		return err // a state this generation cannot take: refuse, as a library child would
 	}
 	u.link = link
 	if handed.Msg.Generation > 0 {

@@ -4,7 +4,6 @@ package supervisor
 
 import (
 	"errors"
-	"os"
 
 	"github.com/baton-go/baton/internal/release"
 )
@@ -18,7 +17,7 @@ func (s *Supervisor) restoreInstalled(g *generation) {
 	if g == nil {
 		return
 	}
-	if _, err := os.Stat(release.ReleasesDir(g.binary)); err != nil {
+	if !release.Managed(g.binary) {
 		return // not installed by baton: nothing to put back
 	}
 	log := s.log.With("gen", g.n, "path", g.binary)

@@ -52,7 +52,6 @@ type generation struct {
 	ready   chan struct{} // closed on READY=1 from its notify socket
 	notify  *net.UnixConn
 	probe   *probeSocket      // http/tcp readiness: a socket only this generation holds
-	noLink  chan struct{}     // closed when no link can come any more (ready or gone)
 	link    *handoff.LinkConn // library apps: state, named files and drain (guarded by mu)
 	tail    *handoff.Tail
 	out     sync.WaitGroup // the output copiers
@@ -95,7 +94,7 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 		return nil, fmt.Errorf("%w: %v", baton.ErrBinary, err)
 	}
 	g := &generation{n: n, binary: app, state: stateStarting, exited: make(chan struct{}), ready: make(chan struct{}),
-		noLink: make(chan struct{}), tail: handoff.NewTail(2048)}
+		tail: handoff.NewTail(2048)}
 	// Keep a copy of what this generation runs, so that a rollback can run
 	// it again whatever happens to the installed file meanwhile.
 	g.saved = filepath.Join(s.runDir, fmt.Sprintf("%s.gen%d.bin", s.cfg.Name, n))
@@ -107,6 +106,11 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 	if err := saveBinary(src, g.saved); err != nil {
 		return nil, fmt.Errorf("%w: keeping a copy of %s for rollbacks: %v", baton.ErrBinary, src, err)
 	}
+	defer func() {
+		if err != nil {
+			os.Remove(g.saved)
+		}
+	}()
 	exe := g.saved
 
 	notifyPath := filepath.Join(s.runDir, fmt.Sprintf("%s.gen%d.notify", s.cfg.Name, n))
@@ -321,7 +325,6 @@ func (s *Supervisor) waitReady(ctx context.Context, g *generation) error {
 		if g.probe != nil {
 			g.probe.close() // the generation keeps its own copy
 		}
-		close(g.noLink) // a library app has linked up before its Ready
 		return nil
 	case <-g.exited:
 		return g.exitErr
@@ -400,9 +403,10 @@ func (s *Supervisor) drain(g *generation) {
 	}
 }
 
-// acceptLink waits for a library app's link (until it is ready or gone),
-// gives it what the previous generation handed over and keeps the link for
-// later requests. handed is closed here: the app has its own copies.
+// acceptLink waits for a library app's link (as long as the generation
+// runs: an app may create its Upgrader late), gives it what the previous
+// generation handed over and keeps the link for later requests. handed is
+// closed here: the app has its own copies.
 func (s *Supervisor) acceptLink(g *generation, ln *net.UnixListener, handed *handoff.Handed) {
 	defer handed.Close()
 	path := ln.Addr().String()
@@ -413,7 +417,6 @@ func (s *Supervisor) acceptLink(g *generation, ln *net.UnixListener, handed *han
 	go func() {
 		select {
 		case <-g.exited:
-		case <-g.noLink:
 		case <-ctx.Done():
 		}
 		cancel()
@@ -472,6 +475,12 @@ func (s *Supervisor) takeHandover(ctx context.Context, g *generation) (*handoff.
 	case <-g.exited:
 		return nil, nil
 	default:
+	}
+	if link.Broken() {
+		// An earlier exchange failed (and that upgrade with it): going on
+		// without the state beats never upgrading again.
+		s.log.Warn("the serving generation's link failed earlier; the next generation starts without its state", "gen", g.n, "pid", g.pid)
+		return nil, nil
 	}
 	h, err := link.Take(ctx)
 	if err != nil {

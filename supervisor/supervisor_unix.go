@@ -562,7 +562,13 @@ func (s *Supervisor) switchTo(ctx context.Context, old, prev *generation) (*gene
 	}
 	// A library app hands its state and named files to the next
 	// generation. An upgrade fails without them; a rollback goes on.
-	handed, err := s.takeHandover(ctx, old)
+	takeCtx, cancelTake := ctx, context.CancelFunc(func() {})
+	if prev != nil {
+		// A failing generation gets a short while to hand over its state.
+		takeCtx, cancelTake = context.WithTimeout(ctx, 3*time.Second)
+	}
+	handed, err := s.takeHandover(takeCtx, old)
+	cancelTake()
 	if err != nil {
 		if prev == nil {
 			s.mu.Lock()
@@ -573,6 +579,12 @@ func (s *Supervisor) switchTo(ctx context.Context, old, prev *generation) (*gene
 		s.log.Warn("rolling back without the state of the failing generation", "err", err)
 	}
 	g, err := s.newGeneration(ctx, prev, handed)
+	if err != nil && prev != nil && handed != nil && ctx.Err() == nil && !s.isStopping() {
+		// The previous binary may not take the state of a newer release:
+		// a rollback must not fail for it.
+		s.log.Warn("the rollback generation failed with the failing generation's state; starting it again without", "err", err)
+		g, err = s.newGeneration(ctx, prev, nil)
+	}
 	if err != nil {
 		s.mu.Lock()
 		s.phase = baton.PhaseServing

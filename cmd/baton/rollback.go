@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/baton-go/baton"
@@ -102,7 +101,7 @@ func rollbackRelease(ctx context.Context, name string) (ctl.Response, error) {
 	if err := sresp.Decode(&st); err != nil || st.Binary == "" {
 		return ctl.Response{}, fmt.Errorf("the service's status does not say which binary it runs (%v)", err)
 	}
-	if _, err := os.Stat(release.ReleasesDir(st.Binary)); err != nil {
+	if !release.Managed(st.Binary) {
 		return ctl.Response{}, fmt.Errorf("%s was not installed by baton install or baton upgrade --binary (no %s), so there is no previous release to go back to", st.Binary, release.ReleasesDir(st.Binary))
 	}
 	store, err := release.Open(st.Binary, release.StoreOptions{})

@@ -32,8 +32,9 @@ import (
 // supervisor link.
 const EnvLink = "BATON_LINK"
 
-// LinkVersion is the version of the link protocol. A supervisor refuses a
-// generation that speaks another one (it keeps serving it, without state).
+// LinkVersion is the version of the link protocol. A supervisor closes the
+// link of a generation that speaks another one; the library then serves
+// without the previous generation's state and is drained by signal.
 const LinkVersion = 1
 
 // Link operations.

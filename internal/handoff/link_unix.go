@@ -16,12 +16,37 @@ import (
 
 // LinkConn is one end of a supervisor link (see link.go).
 type LinkConn struct {
-	c  *net.UnixConn
-	mu sync.Mutex // one exchange at a time
+	c      *net.UnixConn
+	mu     sync.Mutex // one exchange at a time
+	broken bool       // an exchange failed half-way: the stream is out of step
 }
 
 // Close closes the link.
 func (l *LinkConn) Close() error { return l.c.Close() }
+
+// fail closes the link after a failed exchange: what is left in the stream
+// (a late answer, half a state blob) must never be read as the answer to a
+// later request.
+func (l *LinkConn) fail(err error) error {
+	l.broken = true
+	l.c.Close()
+	return err
+}
+
+// Broken reports whether an exchange failed half-way (the link is closed).
+func (l *LinkConn) Broken() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.broken
+}
+
+// usable refuses an exchange on a link that failed before.
+func (l *LinkConn) usable() error {
+	if l.broken {
+		return linkErr("closed after an earlier failed exchange")
+	}
+	return nil
+}
 
 // DialLink connects to the supervisor link named in EnvLink, says hello and
 // reads what the previous generation handed over (state and named files;
@@ -119,9 +144,15 @@ func AcceptLink(ctx context.Context, ln *net.UnixListener) (*LinkConn, LinkHello
 func (l *LinkConn) Give(h *Handed) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if err := l.usable(); err != nil {
+		return err
+	}
 	_ = l.c.SetWriteDeadline(time.Now().Add(linkTimeout))
 	defer l.c.SetWriteDeadline(time.Time{})
-	return sendHanded(l.c, h)
+	if err := sendHanded(l.c, h); err != nil {
+		return l.fail(err)
+	}
+	return nil
 }
 
 // Take asks the generation for its state and named files (supervisor
@@ -130,33 +161,43 @@ func (l *LinkConn) Give(h *Handed) error {
 func (l *LinkConn) Take(ctx context.Context) (*Handed, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if err := l.usable(); err != nil {
+		return nil, err
+	}
 	stop := l.deadline(ctx)
 	defer stop()
 	if err := writeJSON(l.c, LinkRequest{Op: LinkHandover}); err != nil {
-		return nil, linkErr("asking for the state: %v", err)
+		return nil, l.fail(linkErr("asking for the state: %v", err))
 	}
 	var rep LinkReply
 	if err := readJSON(l.c, &rep); err != nil {
-		return nil, linkErr("waiting for the state: %v", err)
+		return nil, l.fail(linkErr("waiting for the state: %v", err))
 	}
 	if !rep.OK {
-		return nil, fmt.Errorf("%w: %s", ErrNoState, rep.Error)
+		return nil, fmt.Errorf("%w: %s", ErrNoState, rep.Error) // a whole answer: the link stays usable
 	}
-	return recvHanded(l.c, MaxStateLimit)
+	h, err := recvHanded(l.c, MaxStateLimit)
+	if err != nil {
+		return nil, l.fail(err)
+	}
+	return h, nil
 }
 
 // Drain asks the generation to stop accepting and drain (supervisor side).
 func (l *LinkConn) Drain(ctx context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if err := l.usable(); err != nil {
+		return err
+	}
 	stop := l.deadline(ctx)
 	defer stop()
 	if err := writeJSON(l.c, LinkRequest{Op: LinkDrain}); err != nil {
-		return linkErr("drain: %v", err)
+		return l.fail(linkErr("drain: %v", err))
 	}
 	var rep LinkReply
 	if err := readJSON(l.c, &rep); err != nil {
-		return linkErr("drain: %v", err)
+		return l.fail(linkErr("drain: %v", err))
 	}
 	if !rep.OK {
 		return linkErr("drain refused: %s", rep.Error)

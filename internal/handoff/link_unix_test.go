@@ -110,3 +110,71 @@ func TestLinkRoundTrip(t *testing.T) {
 	}
 	<-drained
 }
+
+// A request that times out closes the link: its late answer is never read
+// as the answer to the next request.
+func TestLinkTimeoutClosesTheLink(t *testing.T) {
+	sup, gen := linkPair(t)
+	release := make(chan struct{})
+	n := 0
+	go gen.Serve(func() (*Handed, error) {
+		n++
+		if n == 1 {
+			<-release // the first answer comes late
+		}
+		return &Handed{State: []byte{byte('0' + n)}}, nil
+	}, func() {})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	_, err := sup.Take(ctx)
+	cancel()
+	if err == nil {
+		t.Fatal("Take with a StateFunc slower than its deadline succeeded")
+	}
+	close(release)
+	h, err := sup.Take(context.Background())
+	if err == nil {
+		t.Fatalf("Take after a timed-out one returned state %q (the late answer to the first request)", h.State)
+	}
+	if !sup.Broken() {
+		t.Error("the link is not marked broken")
+	}
+	if err := sup.Drain(context.Background()); err == nil {
+		t.Error("Drain over a broken link reported success")
+	}
+}
+
+// linkPair connects a supervisor end and a generation end over a real
+// unix socket.
+func linkPair(t *testing.T) (sup, gen *LinkConn) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "blink")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "g.link")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		sup, _, err = AcceptLink(context.Background(), ln)
+		if err == nil {
+			err = sup.Give(&Handed{})
+		}
+		done <- err
+	}()
+	t.Setenv(EnvLink, path)
+	gen, _, err = DialLink(5*time.Second, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sup.Close(); gen.Close() })
+	return sup, gen
+}

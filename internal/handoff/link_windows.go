@@ -24,5 +24,8 @@ func DialLink(time.Duration, int64) (*LinkConn, *Handed, error) {
 // Serve returns ErrUnsupported.
 func (l *LinkConn) Serve(func() (*Handed, error), func()) error { return ErrUnsupported }
 
+// Broken is always true: there is no link.
+func (l *LinkConn) Broken() bool { return true }
+
 // Drain returns ErrUnsupported.
 func (l *LinkConn) Drain(context.Context) error { return ErrUnsupported }

@@ -88,14 +88,9 @@ func ReleasesDir(installed string) string {
 // directory of the binary installed at installed (symlinks resolved). It
 // changes nothing else.
 func Open(installed string, o StoreOptions) (*Store, error) {
-	abs, err := filepath.Abs(installed)
+	abs, err := resolveInstalled(installed)
 	if err != nil {
 		return nil, err
-	}
-	// A symlink is followed: the file it points to is what gets replaced
-	// (replacing the link by a file would break a symlink-based layout).
-	if real, err := filepath.EvalSymlinks(abs); err == nil {
-		abs = real
 	}
 	if o.Keep <= 0 {
 		o.Keep = DefaultKeep
@@ -108,6 +103,32 @@ func Open(installed string, o StoreOptions) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// resolveInstalled makes installed absolute and follows a symlink: the
+// file it points to is what gets replaced (replacing the link by a file
+// would break a symlink-based layout).
+func resolveInstalled(installed string) (string, error) {
+	abs, err := filepath.Abs(installed)
+	if err != nil {
+		return "", err
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	return abs, nil
+}
+
+// Managed reports whether the binary installed at installed (a symlink is
+// followed, as Open does) has a releases directory: it was installed by
+// baton install or baton upgrade --binary. Nothing is created.
+func Managed(installed string) bool {
+	abs, err := resolveInstalled(installed)
+	if err != nil {
+		return false
+	}
+	fi, err := os.Stat(ReleasesDir(abs))
+	return err == nil && fi.IsDir()
 }
 
 // Installed is the installed binary's path.

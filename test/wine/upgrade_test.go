@@ -194,30 +194,38 @@ func TestFailedUpgradesOnWindows(t *testing.T) {
 		stillServing(t)
 	})
 	t.Run("handles flat across failed upgrades", func(t *testing.T) {
-		before, err := s.status(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
 		// Warm up (the first failures start runtime threads), then measure.
 		for i := 0; i < 3; i++ {
 			s.upgrade(ctx, "--binary", winPath(bins["badapp-exit"]))
 		}
-		before, err = s.status(ctx)
-		if err != nil {
-			t.Fatal(err)
+		// The fewest handles over a few samples: threads that the Go
+		// runtime starts and parks for a moment hold handles too, and come
+		// and go (seen: +0, +4, +10 over the same 16 upgrades); a leak does
+		// not go away.
+		settled := func() int {
+			least := -1
+			for i := 0; i < 5; i++ {
+				st, err := s.status(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if least < 0 || st.OpenHandles < least {
+					least = st.OpenHandles
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			return least
 		}
+		before := settled()
 		for i := 0; i < 16; i++ {
 			if rep := s.upgrade(ctx, "--binary", winPath(bins["badapp-exit"])); rep.Code != "child_exited" {
 				t.Fatalf("failed upgrade %d: %+v", i, rep)
 			}
 		}
-		after, err := s.status(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("open handles of the serving generation: %d before, %d after 16 failed upgrades", before.OpenHandles, after.OpenHandles)
-		if after.OpenHandles > before.OpenHandles+8 { // a leak per upgrade shows as 16 or more
-			t.Fatalf("handles grew from %d to %d over 16 failed upgrades", before.OpenHandles, after.OpenHandles)
+		after := settled()
+		t.Logf("open handles of the serving generation: %d before, %d after 16 failed upgrades", before, after)
+		if after > before+8 { // a leak per upgrade shows as 16 or more
+			t.Fatalf("handles grew from %d to %d over 16 failed upgrades", before, after)
 		}
 		stillServing(t)
 	})
