@@ -29,3 +29,6 @@ func Replace(tmp, dst string) (cleanup func(), err error) {
 
 // RemoveStaleAside does nothing on Unix (nothing is renamed aside).
 func RemoveStaleAside(string) {}
+
+// Recover has nothing to repair on Unix: a rename replaces dst in one step.
+func Recover(string) bool { return false }

@@ -98,6 +98,9 @@ func Open(installed string, o StoreOptions) (*Store, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if atomicfile.Recover(abs) {
+		o.Logger.Warn("the installed binary was missing (a crash during a switch); its copy renamed aside is back", "path", abs)
+	}
 	s := &Store{installed: abs, dir: ReleasesDir(abs), keep: o.Keep, log: o.Logger}
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return nil, err
