@@ -126,3 +126,12 @@ func TestRunConfigReadinessOverride(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q: the command-line readiness should win over the file's", code, stderr)
 	}
 }
+
+// With --json a report is printed on stdout whatever happened, also when
+// the upgrade is refused before any check ran.
+func TestUpgradeJSONOnEarlyRefusal(t *testing.T) {
+	code, stdout, _ := runCLI(t, "upgrade", "--name", "x", "--binary", "/nonexistent/app", "--json")
+	if code != exitUsage || !strings.Contains(stdout, `"ok": false`) || !strings.Contains(stdout, "/nonexistent/app") {
+		t.Fatalf("exit %d, stdout:\n%s", code, stdout)
+	}
+}

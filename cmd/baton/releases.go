@@ -47,15 +47,20 @@ a rollback on disk installs).
 			if err != nil {
 				return err
 			}
-			s, err := release.Open(installed, release.StoreOptions{})
-			if err != nil {
-				return &exitError{code: exitInternal, err: err}
+			rep := releasesReport{Name: name, Installed: installed, Dir: release.ReleasesDir(installed), Running: runningSHA256(st), Releases: []releaseEntry{}}
+			var list []release.Release
+			// Listing must not create a releases directory (that would make
+			// the binary look managed by baton install).
+			if release.Managed(installed) {
+				s, err := release.Open(installed, release.StoreOptions{})
+				if err != nil {
+					return &exitError{code: exitInternal, err: err}
+				}
+				rep.Dir = s.Dir()
+				if list, err = s.List(); err != nil {
+					return &exitError{code: exitInternal, err: err}
+				}
 			}
-			list, err := s.List()
-			if err != nil {
-				return &exitError{code: exitInternal, err: err}
-			}
-			rep := releasesReport{Name: name, Installed: installed, Dir: s.Dir(), Running: runningSHA256(st), Releases: []releaseEntry{}}
 			for _, r := range list {
 				rep.Releases = append(rep.Releases, releaseEntry{Release: r, Running: rep.Running != "" && r.SHA256 == rep.Running})
 			}
@@ -64,7 +69,7 @@ a rollback on disk installs).
 				printJSON(out, rep)
 				return nil
 			}
-			fmt.Fprintf(out, "releases of %s (%s)\n", installed, s.Dir())
+			fmt.Fprintf(out, "releases of %s (%s)\n", installed, rep.Dir)
 			if len(list) == 0 {
 				fmt.Fprintln(out, "  none staged yet (baton install or baton upgrade --binary stage them)")
 				return nil

@@ -92,7 +92,7 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 	var st *staged
 	if f.binary != "" {
 		if _, err := os.Stat(f.binary); err != nil {
-			return &exitError{code: exitUsage, err: fmt.Errorf("--binary: %w", err)}
+			return jsonFailure(out, f, &exitError{code: exitUsage, err: fmt.Errorf("--binary: %w", err)})
 		}
 		installed, _, err := installedPath(ctx, f.name, sf.path)
 		if err != nil {
@@ -110,7 +110,7 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 		}
 		if err != nil {
 			if ee, ok := err.(*exitError); ok {
-				return ee
+				return jsonFailure(out, f, ee)
 			}
 			rep.Code, rep.Error, rep.Took = errCode(err), err.Error(), time.Since(start)
 			ee := refusal(err)
@@ -129,12 +129,16 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 	// library and the supervisor alike.
 	resp, err := ctl.Do(ctx, f.name, ctl.Request{Op: ctl.OpUpgrade})
 	if err != nil {
-		if st != nil && !errors.Is(err, context.DeadlineExceeded) {
-			// Nothing was started: put the previous binary back. (After a
-			// timeout the service may still finish; the disk is left as is.)
+		if st != nil && ctl.NotSent(err) {
+			// The request never reached the service: nothing was started,
+			// put the previous binary back. (Once it was sent, the service
+			// may have started the new binary whatever happened to the
+			// answer: the disk is left as is, and the report says so.)
 			if prev, rerr := diskRollback(st); rerr == nil {
 				rep.DiskRollback = prev
 			}
+		} else if st != nil {
+			err = fmt.Errorf("%w\nthe new release stays installed at %s (the service may have started it): check with baton status --name %s, or baton rollback", err, rep.Installed, f.name)
 		}
 		return reportTransport(out, f, err)
 	}
@@ -207,6 +211,21 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 		msg += fmt.Sprintf("\nthe installed binary %s is release %s again", rep.Installed, rep.DiskRollback.ID)
 	}
 	return &exitError{code: code, err: fmt.Errorf("upgrade of %s failed (%s): %s", f.name, resp.Code, msg)}
+}
+
+// jsonFailure prints a failure that happened before any check ran (no
+// release store, lock busy, missing file) as JSON with --json, so that
+// scripts always get a report on stdout.
+func jsonFailure(out io.Writer, f commonFlags, ee *exitError) error {
+	if !f.json || ee.err == errReported {
+		return ee
+	}
+	code := map[int]string{exitUsage: "usage", exitUnreachable: "unreachable", exitBusy: "busy", exitInternal: "internal"}[ee.code]
+	if code == "" {
+		code = "failed"
+	}
+	printJSON(out, map[string]any{"name": f.name, "ok": false, "code": code, "error": ee.err.Error()})
+	return &exitError{code: ee.code, err: errReported}
 }
 
 // diskRollback puts the previous release back at the installed path after

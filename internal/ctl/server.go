@@ -123,7 +123,7 @@ func Do(ctx context.Context, name string, req Request) (Response, error) {
 	}
 	c, err := dial(ctx, name)
 	if err != nil {
-		return Response{}, err
+		return Response{}, notSentError{err}
 	}
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
@@ -143,6 +143,20 @@ func Do(ctx context.Context, name string, req Request) (Response, error) {
 		return resp, fmt.Errorf("%w: service speaks %d, this client speaks %d", ErrVersion, resp.Version, Version)
 	}
 	return resp, nil
+}
+
+// notSentError marks a failure to reach the service at all: the request was
+// never sent, so nothing was done.
+type notSentError struct{ error }
+
+func (e notSentError) Unwrap() error { return e.error }
+
+// NotSent reports whether err (from Do) means the request never reached the
+// service: nothing was done. Any other error leaves it open whether the
+// service acted on the request.
+func NotSent(err error) bool {
+	var ns notSentError
+	return errors.As(err, &ns)
 }
 
 // Result decodes a successful response's result into v.

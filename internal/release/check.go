@@ -85,7 +85,8 @@ type CheckOptions struct {
 	// SignatureFile is the minisign signature; default: candidate + ".minisig".
 	SignatureFile string
 	// Smoke is a command template run after every other check passed,
-	// e.g. "{bin} --version"; {bin} is replaced by the candidate's path.
+	// e.g. "{bin} --version"; {bin} is replaced by the path of the private
+	// copy that every check reads (same base name as the candidate).
 	// Fields are split on white space (no shell). It must exit 0.
 	Smoke string
 	// SmokeTimeout bounds the smoke run (default 10s); its whole process
@@ -94,6 +95,10 @@ type CheckOptions struct {
 	// Staged says the candidate is already in the releases directory
 	// (only the installed copy needs free space).
 	Staged bool
+	// WorkDir is where the checks' private copy of the candidate is made
+	// (default: the releases directory of Installed when there is one,
+	// which is on an executable file system, else the system's temp dir).
+	WorkDir string
 }
 
 // Status of one check.
@@ -197,19 +202,35 @@ func Check(ctx context.Context, candidate string, o CheckOptions) (*Report, erro
 
 	// Writers first: a file still being written is neither hashed nor run.
 	checkWriters(r, abs)
-	if sum, err := fileSHA256(abs); err != nil {
-		r.add("sha256", StatusFailed, fmt.Errorf("%w: reading %s: %v", ErrNotExecutable, abs, err), "")
-	} else {
-		r.SHA256 = sum
+	// Every other check reads one private copy, made while hashing: a file
+	// swapped between two checks (by whoever can write to its directory)
+	// cannot pass the signature check as one binary and the smoke run or
+	// the install as another. Stage compares what it copies with this
+	// hash.
+	if o.SignatureFile == "" {
+		o.SignatureFile = abs + ".minisig"
 	}
-	formatOK := checkFormat(r, abs, o.GOOS, o.GOARCH)
+	work := o.WorkDir
+	if work == "" && o.Installed != "" && Managed(o.Installed) {
+		if inst, err := resolveInstalled(o.Installed); err == nil {
+			work = ReleasesDir(inst)
+		}
+	}
+	priv, sum, cleanup, err := privateCopy(abs, work)
+	if err != nil {
+		r.add("sha256", StatusFailed, fmt.Errorf("%w: reading %s: %v", ErrNotExecutable, abs, err), "")
+		return r, r.Err()
+	}
+	defer cleanup()
+	r.SHA256 = sum
+	formatOK := checkFormat(r, priv, o.GOOS, o.GOARCH)
 	if formatOK {
-		checkBuildInfo(r, abs, o)
+		checkBuildInfo(r, priv, o)
 	} else {
 		r.add("buildinfo", StatusSkipped, nil, "not an executable for %s/%s", o.GOOS, o.GOARCH)
 	}
-	checkSHA256(r, abs, o)
-	checkSignature(r, abs, o)
+	checkSHA256(r, priv, o)
+	checkSignature(r, priv, o)
 	checkDirs(r, o)
 	checkSpace(r, o)
 	switch {
@@ -218,10 +239,65 @@ func Check(ctx context.Context, candidate string, o CheckOptions) (*Report, erro
 	case r.failed():
 		r.add("smoke", StatusSkipped, nil, "not run: an earlier check failed (an unverified binary is never run)")
 	default:
-		checkSmoke(ctx, r, abs, o)
+		checkSmoke(ctx, r, priv, o)
 	}
+	r.showPath(priv, abs)
 	return r, r.Err()
 }
+
+// privateCopy copies path into a new directory (in work, "" for the temp
+// dir) that only this user can write to, under the same base name
+// (checksums files name it), hashing it on the way.
+func privateCopy(path, work string) (priv, sum string, cleanup func(), err error) {
+	dir, err := os.MkdirTemp(work, ".check-")
+	if err != nil {
+		return "", "", nil, err
+	}
+	cleanup = func() { os.RemoveAll(dir) }
+	in, err := os.Open(path)
+	if err != nil {
+		cleanup()
+		return "", "", nil, err
+	}
+	defer in.Close()
+	priv = filepath.Join(dir, filepath.Base(path))
+	out, err := os.OpenFile(priv, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o700)
+	if err != nil {
+		cleanup()
+		return "", "", nil, err
+	}
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(out, h), in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		cleanup()
+		return "", "", nil, err
+	}
+	return priv, hex.EncodeToString(h.Sum(nil)), cleanup, nil
+}
+
+// showPath names the candidate in the report's messages, not the private
+// copy the checks read.
+func (r *Report) showPath(priv, shown string) {
+	for i, c := range r.Checks {
+		r.Checks[i].Detail = strings.ReplaceAll(c.Detail, priv, shown)
+		if c.Err != nil && strings.Contains(c.Err.Error(), priv) {
+			r.Checks[i].Err = shownError{c.Err, priv, shown}
+		}
+	}
+}
+
+// shownError is err with one path replaced in its message; errors.Is and
+// errors.As still see err.
+type shownError struct {
+	err         error
+	priv, shown string
+}
+
+func (e shownError) Error() string { return strings.ReplaceAll(e.err.Error(), e.priv, e.shown) }
+func (e shownError) Unwrap() error { return e.err }
 
 func checkWriters(r *Report, path string) {
 	hs, err := Holders(path)

@@ -46,9 +46,10 @@
 // and fd; Windows: the Restart Manager), so that a "text file busy" or
 // "access denied" becomes "pid 1234 (go) has it open for writing".
 //
-// For a supervisor that rolls back on its own (a probation that fails after
-// the CLI has returned): Open the store, Lock (or TryLock: when the lock is
-// held, the holder — a CLI still waiting for its upgrade — rolls back
-// itself), then RollbackFrom(the failed generation's sha256), which does
-// nothing when the installed binary is already another one.
+// A supervisor that rolls back on its own (a probation that fails after the
+// CLI has returned) opens the store, TryLocks it (when the lock is held, the
+// holder — a CLI still waiting for its upgrade — rolls back itself) and
+// Activates the release the serving generation runs; RollbackFrom(the
+// failed release's sha256) does nothing when another binary is installed
+// already, so two callers never toggle back.
 package release

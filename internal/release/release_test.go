@@ -398,3 +398,40 @@ func TestCode(t *testing.T) {
 		t.Fatal("Code")
 	}
 }
+
+// What the checks saw is what gets staged: every check reads one private
+// copy, a candidate changed during or after its checks (here by the smoke
+// command itself) is refused by Stage, and the report names the candidate,
+// not the private copy.
+func TestCheckedIsStaged(t *testing.T) {
+	needBins(t)
+	if runtime.GOOS == "windows" {
+		t.Skip("uses /bin/cp")
+	}
+	ctx := context.Background()
+	cand := copyTo(t, bins["app"], t.TempDir(), "app")
+	rep, err := Check(ctx, cand, CheckOptions{Smoke: "/bin/cp /dev/null " + cand})
+	if err != nil {
+		t.Fatalf("check: %v\n%s", err, rep)
+	}
+	for _, c := range rep.Checks {
+		if strings.Contains(c.Detail, ".check-") {
+			t.Errorf("check %s names the private copy: %s", c.Name, c.Detail)
+		}
+	}
+	if fi, err := os.Stat(cand); err != nil || fi.Size() != 0 {
+		t.Fatalf("the smoke command did not empty the candidate: %v", err)
+	}
+	installed := copyTo(t, bins["app"], t.TempDir(), "installed")
+	st, err := Open(installed, StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer st.Unlock()
+	if _, err := st.Stage(cand, rep.SHA256); !errors.Is(err, ErrChecksum) {
+		t.Fatalf("Stage of a candidate changed after its checks: %v, want ErrChecksum", err)
+	}
+}

@@ -425,6 +425,14 @@ func (s *Store) removeLeftovers() {
 	for _, f := range old {
 		os.Remove(f)
 	}
+	// Private copies of checks (Check, which runs without the lock) cut
+	// short: only old ones, a check may be running now.
+	checks, _ := filepath.Glob(filepath.Join(s.dir, ".check-*"))
+	for _, d := range checks {
+		if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) > 10*time.Minute {
+			os.RemoveAll(d)
+		}
+	}
 	more, _ := filepath.Glob(filepath.Join(filepath.Dir(s.installed), "."+filepath.Base(s.installed)+".new-*"))
 	for _, f := range more {
 		if fi, err := os.Stat(f); err == nil && time.Since(fi.ModTime()) > 10*time.Minute {
