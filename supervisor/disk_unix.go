@@ -11,9 +11,11 @@ import (
 // restoreInstalled puts the release that g runs back at the installed path
 // after a failed upgrade, a failed probation or `baton rollback`, when the
 // binary is managed by `baton install` (it has a releases directory) and
-// the installed file is another release now. A CLI that holds the releases
-// lock (`baton upgrade --binary` waiting for this upgrade) does it itself.
-func (s *Supervisor) restoreInstalled(g *generation) {
+// the installed file is another release now; with failed, that release is
+// marked failed (a later rollback does not go back to it). A CLI that holds
+// the releases lock (`baton upgrade --binary` waiting for this upgrade)
+// does it itself.
+func (s *Supervisor) restoreInstalled(g *generation, failed bool) {
 	if g == nil {
 		return
 	}
@@ -29,7 +31,8 @@ func (s *Supervisor) restoreInstalled(g *generation) {
 			return
 		}
 	}
-	if cur, err := release.FileSHA256(g.binary); err == nil && cur == sum {
+	cur, err := release.FileSHA256(g.binary)
+	if err == nil && cur == sum {
 		return // already installed
 	}
 	st, err := release.Open(g.binary, release.StoreOptions{Logger: s.log})
@@ -46,6 +49,11 @@ func (s *Supervisor) restoreInstalled(g *generation) {
 		return
 	}
 	defer st.Unlock()
+	if failed && cur != "" {
+		if err := st.MarkFailed(cur); err != nil {
+			log.Warn("marking the failed release", "err", err)
+		}
+	}
 	rels, err := st.List()
 	if err != nil {
 		log.Warn("listing releases", "err", err)

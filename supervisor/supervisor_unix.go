@@ -480,7 +480,7 @@ func (s *Supervisor) upgrade(ctx context.Context, start time.Time) (baton.Upgrad
 	if err != nil {
 		s.log.Error("upgrade failed; "+s.afterFailedUpgrade(), "err", err)
 		if startFailed(err) {
-			s.restoreInstalled(s.currentGen())
+			s.restoreInstalled(s.currentGen(), true)
 		}
 		return baton.UpgradeResult{}, err
 	}
@@ -497,7 +497,7 @@ func (s *Supervisor) upgrade(ctx context.Context, start time.Time) (baton.Upgrad
 		if err != nil {
 			return res, fmt.Errorf("%w: generation %d failed its probation (%v), and the rollback failed too: %v", ErrRolledBack, g.n, reason, err)
 		}
-		s.restoreInstalled(back)
+		s.restoreInstalled(back, true)
 		return res, fmt.Errorf("%w: generation %d (pid %d) failed its probation: %w; generation %d (pid %d) runs the previous binary again",
 			ErrRolledBack, g.n, g.pid, reason, back.n, back.pid)
 	}
@@ -681,7 +681,7 @@ func (s *Supervisor) Rollback(ctx context.Context) (baton.UpgradeResult, error) 
 	} else {
 		res = baton.UpgradeResult{PID: g.pid, Generation: g.n, Binary: g.binary, ReadyAfter: g.readyAfter, Took: time.Since(start), Draining: s.drainingCount()}
 		out.Result = &res
-		s.restoreInstalled(g)
+		s.restoreInstalled(g, false)
 	}
 	s.mu.Lock()
 	s.last = out

@@ -87,6 +87,9 @@ a rollback on disk installs).
 				if r.Previous {
 					marks = append(marks, "previous")
 				}
+				if r.Failed {
+					marks = append(marks, "failed (an upgrade to it was rolled back)")
+				}
 				v := r.Version
 				if v == "" || v == "(devel)" {
 					v = "-"

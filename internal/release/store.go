@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -59,6 +60,7 @@ type Release struct {
 	Installed bool `json:"installed"` // the installed path holds this release now
 	Current   bool `json:"current"`   // the state file's current release
 	Previous  bool `json:"previous"`  // what Rollback would install
+	Failed    bool `json:"failed"`    // an upgrade to it failed (RollbackFrom); Rollback skips it
 }
 
 // state is the small state file: which release is current, which one a
@@ -67,6 +69,9 @@ type state struct {
 	Current  string   `json:"current,omitempty"`
 	Previous string   `json:"previous,omitempty"`
 	History  []string `json:"history,omitempty"`
+	// Failed lists releases an upgrade to which failed: a later rollback
+	// does not go back to them. Activating one again clears its mark.
+	Failed []string `json:"failed,omitempty"`
 }
 
 // Store is the releases directory of one installed binary.
@@ -267,6 +272,7 @@ func (s *Store) List() ([]Release, error) {
 		r.Installed = r.SHA256 == installedSum
 		r.Current = r.ID == st.Current
 		r.Previous = r.ID == st.Previous
+		r.Failed = slices.Contains(st.Failed, r.ID)
 		out = append(out, r)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].StagedAt.After(out[j].StagedAt) })
@@ -497,6 +503,17 @@ func (s *Store) Activate(id string) error {
 	} else if st.Current != r.ID && st.Current != "" {
 		st.Previous = st.Current
 	}
+	st.Failed = remove(st.Failed, r.ID) // activating a release is trying it again
+	if slices.Contains(st.Failed, st.Previous) {
+		// Rolling back to a release that failed would start it again.
+		st.Previous = ""
+		for _, id := range st.History {
+			if _, err := s.release(id); err == nil && id != r.ID && !slices.Contains(st.Failed, id) {
+				st.Previous = id
+				break
+			}
+		}
+	}
 	st.Current = r.ID
 	st.History = append([]string{r.ID}, remove(st.History, r.ID)...)
 	if err := s.writeState(st); err != nil {
@@ -569,8 +586,33 @@ func (s *Store) RollbackFrom(sum string) (r Release, done bool, err error) {
 	if !strings.EqualFold(cur, sum) {
 		return Release{}, false, nil
 	}
+	if err := s.MarkFailed(sum); err != nil {
+		return Release{}, false, err
+	}
 	r, err = s.Rollback()
 	return r, err == nil, err
+}
+
+// MarkFailed records that an upgrade to the release with sha256 sum failed:
+// Rollback does not go back to it (until it is activated again). Unknown
+// releases are ignored. Needs the lock.
+func (s *Store) MarkFailed(sum string) error {
+	if err := s.locked(); err != nil {
+		return err
+	}
+	failed, ok := s.bySHA(strings.ToLower(sum))
+	if !ok {
+		return nil
+	}
+	st, err := s.readState()
+	if err != nil {
+		return err
+	}
+	st.Failed = append(remove(st.Failed, failed.ID), failed.ID)
+	if st.Previous == failed.ID {
+		st.Previous = ""
+	}
+	return s.writeState(st)
 }
 
 // Prune removes the oldest releases beyond Keep, never the current, the

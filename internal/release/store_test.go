@@ -96,14 +96,35 @@ func TestStoreStageActivateRollback(t *testing.T) {
 	if _, done, err := s.RollbackFrom(r2.SHA256); err != nil || done || sha(t, installed) != v1 {
 		t.Fatalf("second RollbackFrom: done=%v %v", done, err)
 	}
-	if p, _ := s.Previous(); p.ID != r2.ID {
-		t.Fatalf("after a rollback the previous release is %q, want %q", p.ID, r2.ID)
+	// The release that failed is not what a later rollback goes back to.
+	if p, ok := s.Previous(); ok {
+		t.Fatalf("after a failed upgrade the previous release is %q (the failed one is %q)", p.ID, r2.ID)
+	}
+	rels, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rels {
+		if r.Failed != (r.ID == r2.ID) {
+			t.Errorf("release %s: failed=%v", r.ID, r.Failed)
+		}
 	}
 	// State on disk.
 	var st state
 	b, _ := os.ReadFile(filepath.Join(s.Dir(), "state.json"))
-	if err := json.Unmarshal(b, &st); err != nil || st.Current != back.ID || st.Previous != r2.ID {
+	if err := json.Unmarshal(b, &st); err != nil || st.Current != back.ID || st.Previous != "" || len(st.Failed) != 1 || st.Failed[0] != r2.ID {
 		t.Fatalf("state.json: %s %v", b, err)
+	}
+	// Activating the failed release again is trying it again: the mark
+	// goes, and a rollback (on demand) goes back to the good one.
+	if err := s.Activate(r2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := s.Previous(); !ok || p.ID != back.ID {
+		t.Fatalf("previous after re-activating %s: %+v %v", r2.ID, p, ok)
+	}
+	if again, err := s.Rollback(); err != nil || again.ID != back.ID || sha(t, installed) != v1 {
+		t.Fatalf("rollback on demand: %+v %v", again, err)
 	}
 }
 

@@ -189,8 +189,8 @@ func TestStagingProbationRollbackLosesNothing(t *testing.T) {
 		t.Fatalf("installed binary after the probation rollback: %s, want the previous release %s (the failed one is %s)", got, good, sick)
 	}
 	code, out, _ := batonRun(ctx, t, "releases", "--name", "stsick")
-	if code != 0 {
-		t.Errorf("baton releases: exit %d\n%s", code, out)
+	if code != 0 || !strings.Contains(out, "failed (an upgrade to it was rolled back)") {
+		t.Errorf("baton releases: exit %d, the failed release is not marked:\n%s", code, out)
 	}
 	t.Logf("baton releases:\n%s", out)
 	st, err := svc.Status(ctx)
