@@ -27,6 +27,7 @@ func checkSmoke(ctx context.Context, r *Report, bin string, o CheckOptions) {
 	stdout.n, stderr.n = 2048, 2048
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.Dir = os.TempDir()
+	cmd.Env = smokeEnv(os.Environ())
 	started, done := killGroup(cmd) // the whole group dies on timeout
 	defer done()
 	// Output pipes held by a stray grandchild must not keep us waiting.
@@ -78,4 +79,19 @@ func busyError(path string, err error) error {
 		return fmt.Errorf("%w: %s: %v (no process found holding it)", ErrBusy, path, err)
 	}
 	return fmt.Errorf("%w: %s: %v: %s", ErrBusy, path, err, describeHolders(hs))
+}
+
+// smokeEnv is the CLI's environment without what would make the smoke run
+// believe it is a service generation: systemd's socket activation and
+// notify socket, baton's handoff, link and supervisor variables.
+func smokeEnv(env []string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "LISTEN_") || strings.HasPrefix(k, "BATON_") || k == "NOTIFY_SOCKET" || strings.HasPrefix(k, "WATCHDOG_") {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
 }

@@ -397,6 +397,11 @@ func (s *Store) Stage(candidate, wantSHA string) (Release, error) {
 	}
 	r.ID = releaseID(sum, r.Version)
 	rdir := filepath.Join(s.dir, r.ID)
+	if other, err := s.release(r.ID); err == nil && other.SHA256 != sum {
+		// Ids keep 64 bits of the sha256: never let another file take a
+		// kept release's place.
+		return Release{}, fmt.Errorf("release id %s is taken by another file (sha256 %s, this one %s): remove %s or rename the version", r.ID, other.SHA256, sum, rdir)
+	}
 	if err := os.MkdirAll(rdir, 0o700); err != nil {
 		return Release{}, err
 	}
