@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -245,6 +246,16 @@ func Check(ctx context.Context, candidate string, o CheckOptions) (*Report, erro
 	return r, r.Err()
 }
 
+// readBuildInfo is buildinfo.ReadFile with one read of the whole file (its
+// many small reads are slow where system calls are, e.g. under Wine).
+func readBuildInfo(path string) (*debug.BuildInfo, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return buildinfo.Read(bytes.NewReader(b))
+}
+
 // privateCopy copies path into a new directory (in work, "" for the temp
 // dir) that only this user can write to, under the same base name
 // (checksums files name it), hashing it on the way.
@@ -327,12 +338,12 @@ func checkWriters(r *Report, path string) {
 }
 
 func checkBuildInfo(r *Report, path string, o CheckOptions) {
-	bi, err := buildinfo.ReadFile(path)
+	bi, err := readBuildInfo(path)
 	if err != nil {
 		// Not a Go binary (or Go build info stripped): nothing to compare,
 		// unless the installed binary is a Go program.
 		if o.Installed != "" {
-			if ibi, ierr := buildinfo.ReadFile(o.Installed); ierr == nil && !o.Force {
+			if ibi, ierr := readBuildInfo(o.Installed); ierr == nil && !o.Force {
 				r.add("buildinfo", StatusFailed, fmt.Errorf("%w: the installed binary is a Go program of module %s, %s is not a Go binary (%v); use --force to install it anyway", ErrModule, ibi.Path, path, err), "")
 				return
 			}
@@ -358,7 +369,7 @@ func checkBuildInfo(r *Report, path string, o CheckOptions) {
 	}
 	detail := fmt.Sprintf("%s, module %s %s", bi.GoVersion, r.Module, r.Version)
 	if o.Installed != "" {
-		ibi, err := buildinfo.ReadFile(o.Installed)
+		ibi, err := readBuildInfo(o.Installed)
 		switch {
 		case err != nil:
 			detail += " (the installed binary has no Go build info to compare with)"

@@ -28,16 +28,14 @@ func checkFormat(r *Report, path, goos, goarch string) bool {
 }
 
 func inspect(path, goos, goarch string) (string, error) {
-	f, err := os.Open(path)
+	// One read of the whole file: the parsers make many small reads, each a
+	// system call (slow under Wine, and a binary is a few tens of MB).
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return "", err
-	}
-	size := fi.Size()
+	f := bytes.NewReader(b)
+	size := int64(len(b))
 	var magic [4]byte
 	if _, err := io.ReadFull(f, magic[:]); err != nil {
 		return "", fmt.Errorf("too short to be an executable (%d bytes)", size)

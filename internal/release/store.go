@@ -3,7 +3,6 @@ package release
 import (
 	"context"
 	"crypto/sha256"
-	"debug/buildinfo"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -392,7 +391,7 @@ func (s *Store) Stage(candidate, wantSHA string) (Release, error) {
 	if abs, err := filepath.Abs(candidate); err == nil {
 		r.Source = abs
 	}
-	if bi, err := buildinfo.ReadFile(tmp.Name()); err == nil {
+	if bi, err := readBuildInfo(tmp.Name()); err == nil {
 		r.Version, r.Module, r.GoVersion = bi.Main.Version, bi.Main.Path, bi.GoVersion
 	}
 	r.ID = releaseID(sum, r.Version)
