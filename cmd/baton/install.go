@@ -31,6 +31,17 @@ type staged struct {
 	release release.Release
 	pruned  []string
 	changed bool // the installed path holds another binary than before
+	// switched: Activate failed after the installed path was switched
+	// (recording the state failed): something did change.
+	switched bool
+}
+
+// failure says what a failed check-and-activate changed.
+func (s *staged) failure(what, installed string, err error) error {
+	if s != nil && s.switched {
+		return fmt.Errorf("%s: release %s IS installed at %s, but recording it failed: %w", what, s.release.ID, installed, err)
+	}
+	return fmt.Errorf("%s refused, nothing changed at %s: %w", what, installed, err)
 }
 
 // checkAndActivate takes the store lock (the caller unlocks st.store),
@@ -57,6 +68,9 @@ func checkAndActivate(ctx context.Context, f stageFlags, installed, file string)
 		return s, err
 	}
 	if err := st.Activate(s.release.ID); err != nil {
+		if now, _ := release.FileSHA256(installed); now == s.release.SHA256 && now != before {
+			s.switched = true
+		}
 		return s, err
 	}
 	s.changed = before != s.release.SHA256
@@ -138,7 +152,7 @@ checksum, signature, smoke, unsafe_dir, disk_space or busy.
 				if asJSON {
 					ee.err = errReported
 				} else {
-					ee.err = fmt.Errorf("install refused, nothing changed at %s: %w", installed, err)
+					ee.err = s.failure("install", installed, err)
 				}
 				return ee
 			}

@@ -118,7 +118,7 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 				printJSON(out, rep)
 				ee.err = errReported
 			} else {
-				ee.err = fmt.Errorf("upgrade of %s refused, nothing changed: %w\nthe running generation keeps serving", f.name, err)
+				ee.err = fmt.Errorf("%w\nthe running generation keeps serving", st.failure("upgrade of "+f.name, installed, err))
 			}
 			return ee
 		}
