@@ -59,12 +59,9 @@ func checkAndActivate(ctx context.Context, f stageFlags, installed, file string)
 		return nil, refusal(err)
 	}
 	s := &staged{store: st}
-	s.report, err = release.Check(ctx, file, f.options(installed))
-	if err != nil {
-		return s, err
-	}
 	before, _ := release.FileSHA256(installed)
-	if s.release, err = st.Stage(file, s.report.SHA256); err != nil {
+	// The release staged is the very copy the checks read.
+	if s.report, s.release, err = st.CheckAndStage(ctx, file, f.options(installed)); err != nil {
 		return s, err
 	}
 	if err := st.Activate(s.release.ID); err != nil {

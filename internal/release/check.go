@@ -181,6 +181,13 @@ func (r *Report) failed() bool { return r.FirstErr() != nil }
 // error is the joined error of the failed checks (also r.Err()); the
 // report is returned in any case but a missing candidate.
 func Check(ctx context.Context, candidate string, o CheckOptions) (*Report, error) {
+	return check(ctx, candidate, o, nil)
+}
+
+// check is Check; when every check passed, passed is called with the
+// private copy that the checks read (before it is removed), its sha256 and
+// size, and its error is the result.
+func check(ctx context.Context, candidate string, o CheckOptions, passed func(priv, sum string, size int64) error) (*Report, error) {
 	if o.GOOS == "" {
 		o.GOOS = runtime.GOOS
 	}
@@ -217,13 +224,13 @@ func Check(ctx context.Context, candidate string, o CheckOptions) (*Report, erro
 			work = ReleasesDir(inst)
 		}
 	}
-	priv, sum, cleanup, err := privateCopy(abs, work)
+	priv, sum, size, cleanup, err := privateCopy(abs, work)
 	if err != nil {
 		r.add("sha256", StatusFailed, fmt.Errorf("%w: reading %s: %v", ErrNotExecutable, abs, err), "")
 		return r, r.Err()
 	}
 	defer cleanup()
-	r.SHA256 = sum
+	r.SHA256, r.Size = sum, size
 	formatOK := checkFormat(r, priv, o.GOOS, o.GOARCH)
 	if formatOK {
 		checkBuildInfo(r, priv, o)
@@ -243,7 +250,10 @@ func Check(ctx context.Context, candidate string, o CheckOptions) (*Report, erro
 		checkSmoke(ctx, r, priv, o)
 	}
 	r.showPath(priv, abs)
-	return r, r.Err()
+	if err := r.Err(); err != nil || passed == nil {
+		return r, err
+	}
+	return r, passed(priv, sum, r.Size)
 }
 
 // readBuildInfo is buildinfo.ReadFile with one read of the whole file (its
@@ -259,34 +269,34 @@ func readBuildInfo(path string) (*debug.BuildInfo, error) {
 // privateCopy copies path into a new directory (in work, "" for the temp
 // dir) that only this user can write to, under the same base name
 // (checksums files name it), hashing it on the way.
-func privateCopy(path, work string) (priv, sum string, cleanup func(), err error) {
+func privateCopy(path, work string) (priv, sum string, size int64, cleanup func(), err error) {
 	dir, err := os.MkdirTemp(work, ".check-")
 	if err != nil {
-		return "", "", nil, err
+		return "", "", 0, nil, err
 	}
 	cleanup = func() { os.RemoveAll(dir) }
 	in, err := os.Open(path)
 	if err != nil {
 		cleanup()
-		return "", "", nil, err
+		return "", "", 0, nil, err
 	}
 	defer in.Close()
 	priv = filepath.Join(dir, filepath.Base(path))
 	out, err := os.OpenFile(priv, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o700)
 	if err != nil {
 		cleanup()
-		return "", "", nil, err
+		return "", "", 0, nil, err
 	}
 	h := sha256.New()
-	_, err = io.Copy(io.MultiWriter(out, h), in)
+	size, err = io.Copy(io.MultiWriter(out, h), in)
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		cleanup()
-		return "", "", nil, err
+		return "", "", 0, nil, err
 	}
-	return priv, hex.EncodeToString(h.Sum(nil)), cleanup, nil
+	return priv, hex.EncodeToString(h.Sum(nil)), size, cleanup, nil
 }
 
 // showPath names the candidate in the report's messages, not the private

@@ -16,10 +16,10 @@
 //
 // The API, in the order a deploy uses it:
 //
-//	rep, err := release.Check(ctx, candidate, release.CheckOptions{Installed: path, ...})
 //	st, err := release.Open(path, release.StoreOptions{Keep: 3})
 //	err = st.Lock(ctx)                   // or TryLock; Unlock when done
-//	rel, err := st.Stage(candidate, rep.SHA256)
+//	rep, rel, err := st.CheckAndStage(ctx, candidate, release.CheckOptions{...})
+//	                                     // every check, then the checked copy itself is staged
 //	err = st.Activate(rel.ID)            // the installed path now holds rel
 //	// ... the service upgrades; if it fails:
 //	prev, done, err := st.RollbackFrom(rel.SHA256)

@@ -383,15 +383,21 @@ func (s *Store) Stage(candidate, wantSHA string) (Release, error) {
 	if wantSHA != "" && !strings.EqualFold(sum, wantSHA) {
 		return Release{}, fmt.Errorf("%w: %s changed after it was checked (sha256 %s, checked %s)", ErrChecksum, candidate, sum, wantSHA)
 	}
+	return s.stageFile(tmp.Name(), sum, n, candidate)
+}
+
+// stageFile makes the synced file tmp (in the store's file system, with
+// sha256 sum and size n) a release, by renaming it into its folder.
+func (s *Store) stageFile(tmp, sum string, n int64, source string) (Release, error) {
 	if r, ok := s.bySHA(sum); ok {
 		s.log.Info("release already staged", "id", r.ID)
 		return r, nil
 	}
 	r := Release{SHA256: sum, Size: n, StagedAt: time.Now().UTC()}
-	if abs, err := filepath.Abs(candidate); err == nil {
+	if abs, err := filepath.Abs(source); err == nil {
 		r.Source = abs
 	}
-	if bi, err := readBuildInfo(tmp.Name()); err == nil {
+	if bi, err := readBuildInfo(tmp); err == nil {
 		r.Version, r.Module, r.GoVersion = bi.Main.Version, bi.Main.Path, bi.GoVersion
 	}
 	r.ID = releaseID(sum, r.Version)
@@ -405,7 +411,7 @@ func (s *Store) Stage(candidate, wantSHA string) (Release, error) {
 		return Release{}, err
 	}
 	r.Path = filepath.Join(rdir, filepath.Base(s.installed))
-	if err := os.Rename(tmp.Name(), r.Path); err != nil {
+	if err := os.Rename(tmp, r.Path); err != nil {
 		return Release{}, err
 	}
 	if err := atomicfile.SyncDir(rdir); err != nil {
@@ -422,8 +428,43 @@ func (s *Store) Stage(candidate, wantSHA string) (Release, error) {
 	if err := atomicfile.SyncDir(s.dir); err != nil {
 		return Release{}, err
 	}
-	s.log.Info("release staged", "id", r.ID, "sha256", sum, "from", candidate)
+	s.log.Info("release staged", "id", r.ID, "sha256", sum, "from", source)
 	return r, nil
+}
+
+// CheckAndStage runs every check on candidate (Check) and, when they pass,
+// stages the very copy the checks read: it is made in the store (0700)
+// while hashing, so nothing can change between what was checked and what
+// is staged, and the file is copied once instead of twice. Needs the lock.
+func (s *Store) CheckAndStage(ctx context.Context, candidate string, o CheckOptions) (*Report, Release, error) {
+	if err := s.locked(); err != nil {
+		return nil, Release{}, err
+	}
+	s.removeLeftovers()
+	o.WorkDir = s.dir
+	if o.Installed == "" {
+		o.Installed = s.installed
+	}
+	var rel Release
+	rep, err := check(ctx, candidate, o, func(priv, sum string, size int64) error {
+		f, err := os.OpenFile(priv, os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		err = f.Chmod(0o755)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		rel, err = s.stageFile(priv, sum, size, candidate)
+		return err
+	})
+	return rep, rel, err
 }
 
 // removeLeftovers deletes temporary files of stages and switches cut

@@ -250,3 +250,29 @@ func TestStoreFollowsSymlink(t *testing.T) {
 		t.Fatal("the file the symlink points to was not switched")
 	}
 }
+
+// CheckAndStage stages the very copy its checks read, and nothing when a
+// check fails.
+func TestCheckAndStage(t *testing.T) {
+	needBins(t)
+	installed := copyTo(t, bins["app"], t.TempDir(), "app")
+	s := openLocked(t, installed, 3)
+	ctx := context.Background()
+	rep, _, err := s.CheckAndStage(ctx, bins["app2"], CheckOptions{SHA256: strings.Repeat("0", 64)})
+	if !errors.Is(err, ErrChecksum) {
+		t.Fatalf("a failing check: %v\n%s", err, rep)
+	}
+	if rels, _ := s.List(); len(rels) != 0 {
+		t.Fatalf("a refused candidate was staged: %+v", rels)
+	}
+	rep, rel, err := s.CheckAndStage(ctx, bins["app2"], CheckOptions{})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, rep)
+	}
+	if rel.SHA256 != rep.SHA256 || sha(t, rel.Path) != rep.SHA256 || sha(t, bins["app2"]) != rep.SHA256 {
+		t.Fatalf("staged %s, checked %s", rel.SHA256, rep.SHA256)
+	}
+	if left, _ := filepath.Glob(filepath.Join(s.Dir(), ".check-*")); len(left) != 0 {
+		t.Errorf("private copies left in the store: %v", left)
+	}
+}
