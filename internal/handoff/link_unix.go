@@ -114,7 +114,9 @@ func (l *LinkConn) Serve(handover func() (*Handed, error), drain func()) error {
 }
 
 // AcceptLink waits until a generation connects to ln and says hello (or
-// ctx ends). A generation that speaks another link version is refused.
+// ctx ends). A generation that speaks another link version is refused, and
+// so is a peer whose pid (where the kernel tells it) is not the one it
+// says.
 func AcceptLink(ctx context.Context, ln *net.UnixListener) (*LinkConn, LinkHello, error) {
 	var hello LinkHello
 	stop := context.AfterFunc(ctx, func() { _ = ln.SetDeadline(time.Now()) })
@@ -132,6 +134,10 @@ func AcceptLink(ctx context.Context, ln *net.UnixListener) (*LinkConn, LinkHello
 		return nil, hello, linkErr("hello: %v", err)
 	}
 	_ = c.SetReadDeadline(time.Time{})
+	if pid, ok := peerPID(c); ok && pid != hello.PID {
+		c.Close()
+		return nil, hello, linkErr("the process connected (pid %d) says it is pid %d", pid, hello.PID)
+	}
 	if hello.Version != LinkVersion {
 		c.Close()
 		return nil, hello, linkErr("generation (pid %d) speaks link version %d, this supervisor %d", hello.PID, hello.Version, LinkVersion)
