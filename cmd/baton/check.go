@@ -203,11 +203,7 @@ they switch anything, print one line per check, and change nothing:
 Without --binary the installed binary itself is checked. The installed path
 comes from the running service's status (--name), or --path.
 
-A refused binary exits 1 (4 when it is still being written or another baton
-holds the releases lock); --json prints a code: not_executable, module,
-checksum, signature, smoke, unsafe_dir, disk_space or busy.
-
-` + exitCodesHelp,
+` + refusalHelp + exitCodesHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)

@@ -24,6 +24,13 @@ type installReport struct {
 	Checks    *release.Report  `json:"checks,omitempty"`
 }
 
+// refusalHelp ends the --help of the commands that check a binary.
+const refusalHelp = `A refused binary exits 1 (4 when it is still being written or another baton
+holds the releases lock); --json prints a code: not_executable, module,
+checksum, signature, smoke, unsafe_dir, disk_space or busy.
+
+`
+
 // staged is the outcome of checkAndActivate.
 type staged struct {
 	store   *release.Store
@@ -96,11 +103,7 @@ The service keeps running the binary it started with; run
 when the upgrade fails). The installed path comes from the running service's
 status (--name), or --path when it is not running.
 
-A refused binary exits 1 (4 when it is still being written or another baton
-holds the releases lock); --json prints a code: not_executable, module,
-checksum, signature, smoke, unsafe_dir, disk_space or busy.
-
-` + exitCodesHelp,
+` + refusalHelp + exitCodesHelp,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)

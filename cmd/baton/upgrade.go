@@ -68,11 +68,8 @@ If the upgrade fails (the new generation exits, never gets ready, or fails
 its probation under baton run), the installed path is switched back to the
 previous release. The releases lock is held throughout: two deploys cannot
 interleave.
-A refused binary exits 1 (4 when it is still being written or another baton
-holds the releases lock) with a JSON code: not_executable, module, checksum,
-signature, smoke, unsafe_dir, disk_space or busy.
 
-` + exitCodesHelp,
+` + refusalHelp + exitCodesHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runUpgrade(cmd.OutOrStdout(), f, sf)

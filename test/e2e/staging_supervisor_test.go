@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/baton-go/baton/internal/loadgen"
+	"github.com/baton-go/baton/internal/proctest"
 )
 
 // TestSupervisorRestoresInstalledRelease: when no CLI waits for the
@@ -77,22 +78,7 @@ func TestSupervisorRestoresInstalledRelease(t *testing.T) {
 		t.Fatalf("baton rollback: exit %d: %s", code, out)
 	}
 	waitInstalled(v1, "after baton rollback")
-	st, err := svc.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tracker.Track(st.PID)
-	if _, err := load.WaitPID(ctx, st.PID); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	r := load.Stop()
-	if v := r.PIDs[st.PID].Version; v != "v1" {
-		t.Errorf("after the rollback pid %d serves %q, want v1", st.PID, v)
-	}
-	if r.TotalFailed() != 0 {
-		t.Errorf("%d requests failed:\n%s", r.TotalFailed(), r)
-	}
+	checkServesAfterRollback(ctx, t, svc, load, "v1")
 }
 
 // TestLibraryRollbackThroughReleases: a library service (no supervisor)
@@ -128,22 +114,7 @@ func TestLibraryRollbackThroughReleases(t *testing.T) {
 	if got := fileSHA(t, app); got != v1 {
 		t.Fatalf("installed binary after rollback: %s, want v1 %s", got, v1)
 	}
-	st, err := svc.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tracker.Track(st.PID)
-	if _, err := load.WaitPID(ctx, st.PID); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	r := load.Stop()
-	if v := r.PIDs[st.PID].Version; v != "v1" {
-		t.Errorf("after the rollback pid %d serves %q, want v1", st.PID, v)
-	}
-	if r.TotalFailed() != 0 {
-		t.Errorf("%d requests failed:\n%s", r.TotalFailed(), r)
-	}
+	checkServesAfterRollback(ctx, t, svc, load, "v1")
 }
 
 // TestStagingProbationRollbackLosesNothing: baton install, then baton
@@ -217,4 +188,27 @@ func TestStagingProbationRollbackLosesNothing(t *testing.T) {
 		t.Errorf("%d requests failed:\n%s", r.TotalFailed(), r)
 	}
 	t.Logf("load: %d requests, 0 failed", r.TotalOK())
+}
+
+// checkServesAfterRollback waits until the serving generation answers the
+// load, stops the load and checks that it runs version want and that no
+// request failed.
+func checkServesAfterRollback(ctx context.Context, t *testing.T, svc *proctest.Service, load *loadgen.Load, want string) {
+	t.Helper()
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tracker.Track(st.PID)
+	if _, err := load.WaitPID(ctx, st.PID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	r := load.Stop()
+	if v := r.PIDs[st.PID].Version; v != want {
+		t.Errorf("after the rollback pid %d serves %q, want %s", st.PID, v, want)
+	}
+	if r.TotalFailed() != 0 {
+		t.Errorf("%d requests failed:\n%s", r.TotalFailed(), r)
+	}
 }
