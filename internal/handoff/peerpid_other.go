@@ -1,9 +1,9 @@
-//go:build unix && !linux
+//go:build unix && !linux && !darwin
 
 package handoff
 
 import "net"
 
-// peerPID cannot tell the peer's pid here (LOCAL_PEERPID exists on macOS
-// only); the link then trusts the pid the generation says.
+// peerPID cannot tell the peer's pid here (the BSDs' LOCAL_PEERCRED gives
+// the uid, not the pid); the link then trusts the pid the generation says.
 func peerPID(*net.UnixConn) (int, bool) { return 0, false }
