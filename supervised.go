@@ -3,6 +3,10 @@ package baton
 import (
 	"errors"
 	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
 
 	"github.com/baton-go/baton/internal/handoff"
 )
@@ -91,6 +95,35 @@ func (u *Upgrader) drainForSupervisor() {
 	u.mu.Unlock()
 	u.log.Info("the supervisor switched to a new generation; draining")
 	u.handover()
+}
+
+// envDrainSignal carries the supervisor's drain signal (its number).
+const envDrainSignal = "BATON_DRAIN_SIGNAL"
+
+// watchDrainSignal makes the supervisor's drain signal drain this
+// generation as a handover does (Exit is closed). The supervisor uses it
+// when the link is gone (refused, or closed after a failed exchange); an
+// app that waits only for Exit, as the quickstart does, must then drain,
+// not die of the signal's default action.
+func (u *Upgrader) watchDrainSignal() (stop func()) {
+	n, err := strconv.Atoi(os.Getenv(envDrainSignal))
+	if err != nil || n <= 0 {
+		return func() {}
+	}
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.Signal(n))
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-c:
+				u.drainForSupervisor()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { signal.Stop(c); close(done) }
 }
 
 // closeLink ends the supervisor link (Stop).

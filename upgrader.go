@@ -32,17 +32,18 @@ const (
 // Upgrader is one generation's handle on its sockets and on the upgrade
 // machinery. Create it with New, early in main.
 type Upgrader struct {
-	opts       Options
-	log        *slog.Logger
-	generation int
-	binary     string
-	parent     *handoff.Inherited // nil for a first generation
-	state      []byte             // from the parent
-	draining   []handoff.Proc     // older generations that may still drain
-	startedAt  time.Time
-	supervised bool              // under `baton run`
-	link       *handoff.LinkConn // to the supervisor (library apps under `baton run`)
-	acceptGate *gate             // non-nil in a new generation: Accept waits for Ready
+	opts         Options
+	log          *slog.Logger
+	generation   int
+	binary       string
+	parent       *handoff.Inherited // nil for a first generation
+	state        []byte             // from the parent
+	draining     []handoff.Proc     // older generations that may still drain
+	startedAt    time.Time
+	supervised   bool              // under `baton run`
+	link         *handoff.LinkConn // to the supervisor (library apps under `baton run`)
+	stopDrainSig func()            // undoes watchDrainSignal
+	acceptGate   *gate             // non-nil in a new generation: Accept waits for Ready
 
 	upgradeMu sync.Mutex // held for the whole of one upgrade
 
@@ -141,6 +142,9 @@ func New(opts Options) (*Upgrader, error) {
 		return nil, err
 	}
 	u.watchSignal()
+	if u.supervised {
+		u.stopDrainSig = u.watchDrainSignal()
+	}
 	u.serveSupervisor()
 	return u, nil
 }
@@ -272,6 +276,9 @@ func (u *Upgrader) Stop() {
 	}
 	if u.stopSig != nil {
 		u.stopSig()
+	}
+	if u.stopDrainSig != nil {
+		u.stopDrainSig()
 	}
 	if u.acceptGate != nil {
 		u.acceptGate.shut() // an Accept still waiting for Ready returns

@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestLastGenerationRemovesItsFiles(t *testing.T) {
@@ -57,5 +59,31 @@ func TestStaleUnixSocketIsReplaced(t *testing.T) {
 	// A live one is not stolen.
 	if _, err := newTestUpgrader(t, Options{}).Listen("unix", sock); err == nil {
 		t.Fatal("a second service took over a live unix socket")
+	}
+}
+
+// Under `baton run`, the supervisor's drain signal (its fallback when the
+// link is gone) drains the generation through Exit instead of killing it:
+// SIGUSR1 would end this test process if it were not caught.
+func TestSupervisedDrainSignalClosesExit(t *testing.T) {
+	t.Setenv(envSupervisor, "test")
+	t.Setenv(envDrainSignal, strconv.Itoa(int(syscall.SIGUSR1)))
+	u := newTestUpgrader(t, Options{})
+	defer u.Stop()
+	ln, err := u.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGUSR1)
+	select {
+	case <-u.Exit():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the drain signal did not close Exit")
+	}
+	if _, err := ln.Accept(); err == nil {
+		t.Error("still accepting after the drain signal")
 	}
 }

@@ -155,6 +155,7 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 		"LISTEN_FDNAMES="+strings.Join(names, ":"),
 		"NOTIFY_SOCKET="+notifyPath,
 		handoff.EnvLink+"="+linkPath,
+		"BATON_DRAIN_SIGNAL="+strconv.Itoa(int(s.cfg.DrainSignal)),
 		"BATON_SUPERVISOR="+s.cfg.Name,
 		"BATON_GENERATION="+strconv.Itoa(n),
 	)
@@ -230,7 +231,7 @@ func childEnv(env []string) []string {
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", handoff.EnvChannel, handoff.EnvLink, "BATON_SUPERVISOR", "BATON_GENERATION", "WATCHDOG_USEC", "WATCHDOG_PID":
+		case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", handoff.EnvChannel, handoff.EnvLink, "BATON_DRAIN_SIGNAL", "BATON_SUPERVISOR", "BATON_GENERATION", "WATCHDOG_USEC", "WATCHDOG_PID":
 			continue
 		}
 		out = append(out, kv)

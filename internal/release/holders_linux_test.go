@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -75,10 +76,11 @@ func TestHoldersRunning(t *testing.T) {
 	bin := copyTo(t, bins["app"], t.TempDir(), "app")
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	cmd := exec.Command(bin, "--hang", pidFile)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its --sleep child goes with it
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	defer func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() }()
 	hs, err := Holders(bin)
 	if err != nil {
 		t.Fatal(err)
