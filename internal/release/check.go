@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"syscall"
 	"time"
 
 	"aead.dev/minisign"
@@ -218,6 +219,12 @@ func check(ctx context.Context, candidate string, o CheckOptions, passed func(pr
 	if o.SignatureFile == "" {
 		o.SignatureFile = abs + ".minisig"
 	}
+	// Free space first, by the file's size: the private copy below is the
+	// copy that gets staged.
+	checkSpace(r, o)
+	if c := r.Checks[len(r.Checks)-1]; c.Name == "disk" && c.Status == StatusFailed {
+		return r, r.Err() // no room for the copy the checks read
+	}
 	work := o.WorkDir
 	if work == "" && o.Installed != "" && Managed(o.Installed) {
 		if inst, err := resolveInstalled(o.Installed); err == nil {
@@ -225,8 +232,17 @@ func check(ctx context.Context, candidate string, o CheckOptions, passed func(pr
 		}
 	}
 	priv, sum, size, cleanup, err := privateCopy(abs, work)
+	if err != nil && o.WorkDir == "" && work != "" {
+		// A releases directory we may not write to (baton check by
+		// another user than the owner): the temp dir will do for checks.
+		priv, sum, size, cleanup, err = privateCopy(abs, "")
+	}
 	if err != nil {
-		r.add("sha256", StatusFailed, fmt.Errorf("%w: reading %s: %v", ErrNotExecutable, abs, err), "")
+		if errors.Is(err, syscall.ENOSPC) {
+			r.add("disk", StatusFailed, fmt.Errorf("%w: copying %s: %v", ErrDiskSpace, abs, err), "")
+		} else {
+			r.add("sha256", StatusFailed, fmt.Errorf("reading %s: %w", abs, err), "")
+		}
 		return r, r.Err()
 	}
 	defer cleanup()
@@ -240,7 +256,6 @@ func check(ctx context.Context, candidate string, o CheckOptions, passed func(pr
 	checkSHA256(r, priv, o)
 	checkSignature(r, priv, o)
 	checkDirs(r, o)
-	checkSpace(r, o)
 	switch {
 	case o.Smoke == "":
 		r.add("smoke", StatusSkipped, nil, "no smoke command configured")
@@ -282,13 +297,21 @@ func privateCopy(path, work string) (priv, sum string, size int64, cleanup func(
 	}
 	defer in.Close()
 	priv = filepath.Join(dir, filepath.Base(path))
-	out, err := os.OpenFile(priv, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o700)
+	// Executable and synced now: the smoke run starts it, and CheckAndStage
+	// renames it into the store as it is.
+	out, err := os.OpenFile(priv, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o755)
 	if err != nil {
 		cleanup()
 		return "", "", 0, nil, err
 	}
 	h := sha256.New()
 	size, err = io.Copy(io.MultiWriter(out, h), in)
+	if err == nil {
+		err = out.Chmod(0o755) // whatever the umask
+	}
+	if err == nil {
+		err = out.Sync()
+	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
@@ -549,6 +572,15 @@ func checkSpace(r *Report, o CheckOptions) {
 	if !o.Staged {
 		need += r.Size
 	}
+	// The first install also keeps the binary installed now as a release
+	// (so that a rollback has something to go back to).
+	adoptNote := ""
+	if inst, err := resolveInstalled(o.Installed); err == nil && !hasCurrentRelease(inst) {
+		if fi, err := os.Stat(inst); err == nil {
+			need += fi.Size()
+			adoptNote = ", the binary installed now kept as a release included"
+		}
+	}
 	dir := filepath.Dir(o.Installed)
 	free, err := freeSpace(dir)
 	if err != nil {
@@ -560,10 +592,10 @@ func checkSpace(r *Report, o CheckOptions) {
 		return
 	}
 	if free < uint64(need) {
-		r.add("disk", StatusFailed, fmt.Errorf("%w: %s has %s free, the copies need %s", ErrDiskSpace, dir, human(free), human(uint64(need))), "")
+		r.add("disk", StatusFailed, fmt.Errorf("%w: %s has %s free, the copies need %s%s", ErrDiskSpace, dir, human(free), human(uint64(need)), adoptNote), "")
 		return
 	}
-	r.add("disk", StatusOK, nil, "%s free in %s, %s needed", human(free), dir, human(uint64(need)))
+	r.add("disk", StatusOK, nil, "%s free in %s, %s needed%s", human(free), dir, human(uint64(need)), adoptNote)
 }
 
 func human(n uint64) string {

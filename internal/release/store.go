@@ -202,6 +202,17 @@ func (s *Store) locked() error {
 	return nil
 }
 
+// hasCurrentRelease reports whether the binary installed at inst (resolved)
+// has a releases directory whose state names a current release.
+func hasCurrentRelease(inst string) bool {
+	b, err := os.ReadFile(filepath.Join(ReleasesDir(inst), "state.json"))
+	if err != nil {
+		return false
+	}
+	var st state
+	return json.Unmarshal(b, &st) == nil && st.Current != ""
+}
+
 func (s *Store) readState() (state, error) {
 	var st state
 	b, err := os.ReadFile(filepath.Join(s.dir, "state.json"))
@@ -447,20 +458,7 @@ func (s *Store) CheckAndStage(ctx context.Context, candidate string, o CheckOpti
 	}
 	var rel Release
 	rep, err := check(ctx, candidate, o, func(priv, sum string, size int64) error {
-		f, err := os.OpenFile(priv, os.O_RDWR, 0)
-		if err != nil {
-			return err
-		}
-		err = f.Chmod(0o755)
-		if err == nil {
-			err = f.Sync()
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
+		var err error // the private copy is executable and synced already
 		rel, err = s.stageFile(priv, sum, size, candidate)
 		return err
 	})
