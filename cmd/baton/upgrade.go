@@ -87,6 +87,9 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 	start := time.Now()
 	rep := upgradeReport{Name: f.name}
 	var st *staged
+	if err := ctl.CheckName(f.name); err != nil {
+		return jsonFailure(out, f, &exitError{code: exitUsage, err: err})
+	}
 	if f.binary != "" {
 		if _, err := os.Stat(f.binary); err != nil {
 			return jsonFailure(out, f, &exitError{code: exitUsage, err: fmt.Errorf("--binary: %w", err)})

@@ -14,9 +14,10 @@ func peerPID(c *net.UnixConn) (pid int, ok bool) {
 		return 0, false
 	}
 	var cred *unix.Ucred
+	var gerr error
 	if err := raw.Control(func(fd uintptr) {
-		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil || cred == nil {
+		cred, gerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil || gerr != nil || cred == nil {
 		return 0, false
 	}
 	return int(cred.Pid), true

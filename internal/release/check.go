@@ -274,11 +274,12 @@ func check(ctx context.Context, candidate string, o CheckOptions, passed func(pr
 // readBuildInfo is buildinfo.ReadFile with one read of the whole file (its
 // many small reads are slow where system calls are, e.g. under Wine).
 func readBuildInfo(path string) (*debug.BuildInfo, error) {
-	b, err := os.ReadFile(path)
+	r, _, closeFile, err := openForParsing(path)
 	if err != nil {
 		return nil, err
 	}
-	return buildinfo.Read(bytes.NewReader(b))
+	defer closeFile()
+	return buildinfo.Read(r)
 }
 
 // privateCopy copies path into a new directory (in work, "" for the temp

@@ -28,14 +28,11 @@ func checkFormat(r *Report, path, goos, goarch string) bool {
 }
 
 func inspect(path, goos, goarch string) (string, error) {
-	// One read of the whole file: the parsers make many small reads, each a
-	// system call (slow under Wine, and a binary is a few tens of MB).
-	b, err := os.ReadFile(path)
+	f, size, closeFile, err := openForParsing(path)
 	if err != nil {
 		return "", err
 	}
-	f := bytes.NewReader(b)
-	size := int64(len(b))
+	defer closeFile()
 	var magic [4]byte
 	if _, err := io.ReadFull(f, magic[:]); err != nil {
 		return "", fmt.Errorf("too short to be an executable (%d bytes)", size)
@@ -312,4 +309,34 @@ func checkMachO(f *macho.File, size int64, goarch string) (string, error) {
 		return desc, fmt.Errorf("%s executable, for another CPU than %s", desc, goarch)
 	}
 	return desc, nil
+}
+
+// inMemoryLimit bounds the files read whole for parsing.
+const inMemoryLimit = 512 << 20
+
+// openForParsing gives the debug/* parsers the file: read whole into
+// memory when it is of a binary's size (the parsers make many small reads,
+// each a system call, slow under Wine), else the file itself.
+func openForParsing(path string) (r interface {
+	io.Reader
+	io.ReaderAt
+}, size int64, closeFile func(), err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, nil, err
+	}
+	if fi.Size() > inMemoryLimit {
+		return f, fi.Size(), func() { f.Close() }, nil
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	return bytes.NewReader(b), int64(len(b)), func() {}, nil
 }
