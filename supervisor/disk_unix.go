@@ -11,11 +11,12 @@ import (
 // restoreInstalled puts the release that g runs back at the installed path
 // after a failed upgrade, a failed probation or `baton rollback`, when the
 // binary is managed by `baton install` (it has a releases directory) and
-// the installed file is another release now; with failed, that release is
+// the installed file is another release now. failedSHA, when not empty, is
+// what the generation that failed ran: if that is what is installed, it is
 // marked failed (a later rollback does not go back to it). A CLI that holds
 // the releases lock (`baton upgrade --binary` waiting for this upgrade)
 // does it itself.
-func (s *Supervisor) restoreInstalled(g *generation, failed bool) {
+func (s *Supervisor) restoreInstalled(g *generation, failedSHA string) {
 	if g == nil {
 		return
 	}
@@ -49,7 +50,7 @@ func (s *Supervisor) restoreInstalled(g *generation, failed bool) {
 		return
 	}
 	defer st.Unlock()
-	if failed && cur != "" {
+	if failedSHA != "" && cur == failedSHA {
 		if err := st.MarkFailed(cur); err != nil {
 			log.Warn("marking the failed release", "err", err)
 		}
@@ -71,4 +72,18 @@ func (s *Supervisor) restoreInstalled(g *generation, failed bool) {
 		return
 	}
 	log.Warn("the serving generation's binary is not among the staged releases; installed binary left as it is", "sha256", sum)
+}
+
+// ranSHA256 is the sha256 of what g runs (or ran): for a generation that
+// failed, so that the release it ran can be marked failed. Empty when the
+// binary is not managed by baton install (nothing to mark).
+func ranSHA256(g *generation) string {
+	if g == nil || !release.Managed(g.binary) {
+		return ""
+	}
+	if sum := g.binarySHA256(); sum != "" {
+		return sum
+	}
+	sum, _ := release.FileSHA256(g.saved)
+	return sum
 }

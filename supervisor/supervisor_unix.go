@@ -43,16 +43,17 @@ type Supervisor struct {
 
 	upgradeMu sync.Mutex // one upgrade (or restart) at a time
 
-	mu       sync.Mutex
-	current  *generation
-	previous *generation // the one current replaced: what a rollback runs again
-	draining []*generation
-	nextGen  int
-	last     *baton.UpgradeOutcome
-	restarts int // generations started to replace a dead one
-	crashes  int // consecutive crashes of generations that did not stay up StableAfter
-	phase    string
-	stopping bool
+	mu        sync.Mutex
+	current   *generation
+	previous  *generation // the one current replaced: what a rollback runs again
+	draining  []*generation
+	nextGen   int
+	last      *baton.UpgradeOutcome
+	restarts  int    // generations started to replace a dead one
+	crashes   int    // consecutive crashes of generations that did not stay up StableAfter
+	failedSHA string // what the last generation that failed to get ready ran (managed binaries); guarded by mu
+	phase     string
+	stopping  bool
 
 	runCtx   context.Context // cancelled by a stop request
 	stopReq  chan struct{}
@@ -429,6 +430,10 @@ func (s *Supervisor) newGeneration(ctx context.Context, from *generation, handed
 	}
 	if err := s.waitReady(ctx, g); err != nil {
 		g.kill()
+		failed := ranSHA256(g) // before its saved copy goes
+		s.mu.Lock()
+		s.failedSHA = failed
+		s.mu.Unlock()
 		g.release()
 		return nil, err
 	}
@@ -480,7 +485,10 @@ func (s *Supervisor) upgrade(ctx context.Context, start time.Time) (baton.Upgrad
 	if err != nil {
 		s.log.Error("upgrade failed; "+s.afterFailedUpgrade(), "err", err)
 		if startFailed(err) {
-			s.restoreInstalled(s.currentGen(), true)
+			s.mu.Lock()
+			failed := s.failedSHA
+			s.mu.Unlock()
+			s.restoreInstalled(s.currentGen(), failed)
 		}
 		return baton.UpgradeResult{}, err
 	}
@@ -493,11 +501,12 @@ func (s *Supervisor) upgrade(ctx context.Context, start time.Time) (baton.Upgrad
 	// while, else the previous binary is started again.
 	if reason := s.probation(ctx, g); reason != nil {
 		s.log.Error("new generation failed its probation; rolling back", "gen", g.n, "pid", g.pid, "err", reason)
+		failed := ranSHA256(g)
 		back, err := s.switchTo(ctx, g, old)
 		if err != nil {
 			return res, fmt.Errorf("%w: generation %d failed its probation (%v), and the rollback failed too: %v", ErrRolledBack, g.n, reason, err)
 		}
-		s.restoreInstalled(back, true)
+		s.restoreInstalled(back, failed)
 		return res, fmt.Errorf("%w: generation %d (pid %d) failed its probation: %w; generation %d (pid %d) runs the previous binary again",
 			ErrRolledBack, g.n, g.pid, reason, back.n, back.pid)
 	}
@@ -681,7 +690,7 @@ func (s *Supervisor) Rollback(ctx context.Context) (baton.UpgradeResult, error) 
 	} else {
 		res = baton.UpgradeResult{PID: g.pid, Generation: g.n, Binary: g.binary, ReadyAfter: g.readyAfter, Took: time.Since(start), Draining: s.drainingCount()}
 		out.Result = &res
-		s.restoreInstalled(g, false)
+		s.restoreInstalled(g, "")
 	}
 	s.mu.Lock()
 	s.last = out

@@ -123,8 +123,18 @@ func rollbackRelease(ctx context.Context, name string) (ctl.Response, error) {
 	if err == nil && resp.OK {
 		return resp, nil
 	}
-	// The previous release did not start: the one that serves goes back.
-	if _, _, rerr := store.RollbackFrom(back.SHA256); rerr != nil {
+	if err != nil && !ctl.NotSent(err) {
+		// The request was sent: the service may be running release back
+		// now, whatever happened to the answer. Leave the disk as it is.
+		return resp, fmt.Errorf("%w\nrelease %s stays installed (the service may have started it): check with baton status --name %s", err, back.ID, name)
+	}
+	// The previous release did not take over: the one that serves goes
+	// back (marked failed only if it was started and failed).
+	putBack := store.PutBack
+	if err == nil && startedAndFailed(resp.Code) {
+		putBack = store.RollbackFrom
+	}
+	if _, _, rerr := putBack(back.SHA256); rerr != nil {
 		return resp, fmt.Errorf("release %s did not take over (%v %s), and putting the installed release back failed: %v", back.ID, err, resp.Error, rerr)
 	}
 	if err != nil {

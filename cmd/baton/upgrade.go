@@ -134,7 +134,7 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 			// put the previous binary back. (Once it was sent, the service
 			// may have started the new binary whatever happened to the
 			// answer: the disk is left as is, and the report says so.)
-			if prev, rerr := diskRollback(st); rerr == nil {
+			if prev, rerr := diskRollback(st, ""); rerr == nil {
 				rep.DiskRollback = prev
 			}
 		} else if st != nil {
@@ -145,7 +145,7 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 	rep.OK, rep.Code, rep.Error, rep.Took = resp.OK, resp.Code, resp.Error, time.Since(start)
 	var rollbackErr error
 	if !resp.OK && st != nil {
-		rep.DiskRollback, rollbackErr = diskRollback(st)
+		rep.DiskRollback, rollbackErr = diskRollback(st, resp.Code)
 	}
 	if resp.OK {
 		var r baton.UpgradeResult
@@ -231,15 +231,30 @@ func jsonFailure(out io.Writer, f commonFlags, ee *exitError) error {
 // diskRollback puts the previous release back at the installed path after
 // a failed upgrade to st.release; nil, nil when the install changed
 // nothing (the same binary was installed already).
-func diskRollback(st *staged) (*release.Release, error) {
+func diskRollback(st *staged, code string) (*release.Release, error) {
 	if !st.changed {
 		return nil, nil
 	}
-	prev, done, err := st.store.RollbackFrom(st.release.SHA256)
+	putBack := st.store.PutBack // refused before it ran: not a failed release
+	if startedAndFailed(code) {
+		putBack = st.store.RollbackFrom
+	}
+	prev, done, err := putBack(st.release.SHA256)
 	if err != nil || !done {
 		return nil, err
 	}
 	return &prev, nil
+}
+
+// startedAndFailed reports whether an upgrade's error code says the new
+// binary was started and did not make it (rather than being refused before
+// it ran).
+func startedAndFailed(code string) bool {
+	switch code {
+	case ctl.CodeChildExited, ctl.CodeReadyTimeout, ctl.CodeRolledBack, ctl.CodeBinary:
+		return true
+	}
+	return false
 }
 
 // reportTransport reports a failure to talk to the service at all, as JSON

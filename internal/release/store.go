@@ -636,6 +636,24 @@ func (s *Store) RollbackFrom(sum string) (r Release, done bool, err error) {
 	return r, err == nil, err
 }
 
+// PutBack is RollbackFrom for a release that never ran (the upgrade was
+// refused before the new binary was started: busy, too many draining...):
+// the previous release goes back, and sum is not marked failed.
+func (s *Store) PutBack(sum string) (r Release, done bool, err error) {
+	if err := s.locked(); err != nil {
+		return Release{}, false, err
+	}
+	cur, err := fileSHA256(s.installed)
+	if err != nil {
+		return Release{}, false, err
+	}
+	if !strings.EqualFold(cur, sum) {
+		return Release{}, false, nil
+	}
+	r, err = s.Rollback()
+	return r, err == nil, err
+}
+
 // MarkFailed records that an upgrade to the release with sha256 sum failed:
 // Rollback does not go back to it (until it is activated again). Unknown
 // releases are ignored. Needs the lock.

@@ -63,6 +63,9 @@ func TestSupervisorRestoresInstalledRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitInstalled(v1, "after a failed upgrade by SIGHUP")
+	if code, out, _ := batonRun(ctx, t, "releases", "--name", "strestore"); code != 0 || !strings.Contains(out, "failed (an upgrade to it was rolled back)") {
+		t.Errorf("baton releases after the failed start: exit %d, the release that failed is not marked:\n%s", code, out)
+	}
 
 	// v2 through upgrade --binary, then `baton rollback`: v1 serves again
 	// and is the installed binary again.
