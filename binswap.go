@@ -2,7 +2,6 @@ package baton
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -51,21 +50,23 @@ func (u *Upgrader) UpgradeTo(ctx context.Context, newBinary string) (UpgradeResu
 // (the same mark as the releases store's, so either removes the other's).
 const asideSuffix = atomicfile.AsideSuffix
 
-// installBinary puts a copy of src at dst and returns how to undo it.
+// installBinary puts a copy of src at dst and returns how to undo it. The
+// running binary is kept aside first (a hard link on Unix, so that dst is
+// never missing; a rename on Windows, where a running .exe cannot be
+// replaced), then the copy replaces dst atomically.
 func installBinary(dst, src string) (restore func() error, err error) {
 	aside := dst + asideSuffix + strconv.Itoa(os.Getpid())
-	hadOld := true
-	if err := os.Rename(dst, aside); err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			return nil, err
-		}
-		hadOld = false
+	hadOld, err := atomicfile.KeepAside(dst, aside)
+	if err != nil {
+		return nil, err
 	}
 	undo := func() error {
 		if !hadOld {
 			return os.Remove(dst)
 		}
-		return os.Rename(aside, dst)
+		cleanup, err := atomicfile.Replace(aside, dst)
+		cleanup()
+		return err
 	}
 	if err := atomicfile.Copy(dst, src, 0o755); err != nil {
 		if uerr := undo(); uerr != nil {

@@ -32,3 +32,21 @@ func RemoveStaleAside(string) {}
 
 // Recover has nothing to repair on Unix: a rename replaces dst in one step.
 func Recover(string) bool { return false }
+
+// KeepAside keeps dst's current content at aside without ever leaving dst
+// missing: a hard link (copied where links are not supported). hadOld is
+// false when there is no dst.
+func KeepAside(dst, aside string) (hadOld bool, err error) {
+	os.Remove(aside)
+	err = os.Link(dst, aside)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, os.ErrNotExist):
+		return false, nil
+	}
+	if fi, serr := os.Stat(dst); serr == nil {
+		return true, Copy(aside, dst, fi.Mode().Perm())
+	}
+	return false, err
+}

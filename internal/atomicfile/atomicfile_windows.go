@@ -97,3 +97,16 @@ func Recover(dst string) bool {
 	}
 	return newest != "" && rename(newest, dst) == nil
 }
+
+// KeepAside keeps dst's current content at aside by renaming it: a running
+// .exe cannot be replaced, but it can be renamed (Recover puts it back if
+// nothing takes its place). hadOld is false when there is no dst.
+func KeepAside(dst, aside string) (hadOld bool, err error) {
+	if err := rename(dst, aside); err != nil {
+		if os.IsNotExist(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}

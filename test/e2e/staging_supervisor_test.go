@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/loadgen"
 	"github.com/baton-go/baton/internal/proctest"
 )
@@ -213,5 +214,36 @@ func checkServesAfterRollback(ctx context.Context, t *testing.T, svc *proctest.S
 	}
 	if r.TotalFailed() != 0 {
 		t.Errorf("%d requests failed:\n%s", r.TotalFailed(), r)
+	}
+}
+
+// The library's own UpgradeTo (a control request carrying Binary, as older
+// CLIs send): a release that fails to start is replaced by the previous
+// binary, byte for byte, and one that works stays installed.
+func TestLibraryUpgradeToPutsBinaryBack(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	_, app := startHello(t, "upgradeto", "-addr", addr)
+	before := fileSHA(t, app)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	resp, err := ctl.Do(ctx, "upgradeto", ctl.Request{Op: ctl.OpUpgrade, Binary: bins["hello-broken"]})
+	if err != nil || resp.OK || resp.Code != ctl.CodeChildExited {
+		t.Fatalf("upgrade to a broken binary: %v %+v", err, resp)
+	}
+	if got := fileSHA(t, app); got != before {
+		t.Fatalf("the previous binary was not put back: %s, want %s", got, before)
+	}
+	if left, _ := filepath.Glob(app + ".old-*"); len(left) != 0 {
+		t.Errorf("copies left aside after the restore: %v", left)
+	}
+	resp, err = ctl.Do(ctx, "upgradeto", ctl.Request{Op: ctl.OpUpgrade, Binary: bins["hello-v2"]})
+	if err != nil || !resp.OK {
+		t.Fatalf("upgrade to v2: %v %+v", err, resp)
+	}
+	if got, want := fileSHA(t, app), fileSHA(t, bins["hello-v2"]); got != want {
+		t.Fatalf("v2 not installed: %s, want %s", got, want)
 	}
 }
