@@ -102,9 +102,6 @@ func Open(installed string, o StoreOptions) (*Store, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	if atomicfile.Recover(abs) {
-		o.Logger.Warn("the installed binary was missing (a crash during a switch); its copy renamed aside is back", "path", abs)
-	}
 	s := &Store{installed: abs, dir: ReleasesDir(abs), keep: o.Keep, log: o.Logger}
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return nil, err
@@ -179,6 +176,10 @@ func (s *Store) TryLock() error {
 		return err
 	}
 	s.lockFile = f
+	// Under the lock, so as not to race a switch between its two renames.
+	if atomicfile.Recover(s.installed) {
+		s.log.Warn("the installed binary was missing (a crash during a switch); its copy renamed aside is back", "path", s.installed)
+	}
 	return nil
 }
 
