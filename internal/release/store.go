@@ -620,27 +620,19 @@ func (s *Store) Rollback() (Release, error) {
 // back. done is false when the installed binary was another one already.
 // Needs the lock.
 func (s *Store) RollbackFrom(sum string) (r Release, done bool, err error) {
-	if err := s.locked(); err != nil {
-		return Release{}, false, err
-	}
-	cur, err := fileSHA256(s.installed)
-	if err != nil {
-		return Release{}, false, err
-	}
-	if !strings.EqualFold(cur, sum) {
-		return Release{}, false, nil
-	}
-	if err := s.MarkFailed(sum); err != nil {
-		return Release{}, false, err
-	}
-	r, err = s.Rollback()
-	return r, err == nil, err
+	return s.rollbackIfInstalled(sum, true)
 }
 
 // PutBack is RollbackFrom for a release that never ran (the upgrade was
 // refused before the new binary was started: busy, too many draining...):
 // the previous release goes back, and sum is not marked failed.
 func (s *Store) PutBack(sum string) (r Release, done bool, err error) {
+	return s.rollbackIfInstalled(sum, false)
+}
+
+// rollbackIfInstalled rolls back when the installed binary has sha256 sum,
+// marking that release failed first if markFailed.
+func (s *Store) rollbackIfInstalled(sum string, markFailed bool) (r Release, done bool, err error) {
 	if err := s.locked(); err != nil {
 		return Release{}, false, err
 	}
@@ -650,6 +642,11 @@ func (s *Store) PutBack(sum string) (r Release, done bool, err error) {
 	}
 	if !strings.EqualFold(cur, sum) {
 		return Release{}, false, nil
+	}
+	if markFailed {
+		if err := s.MarkFailed(sum); err != nil {
+			return Release{}, false, err
+		}
 	}
 	r, err = s.Rollback()
 	return r, err == nil, err
