@@ -5,8 +5,6 @@ package supervisor
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +22,7 @@ import (
 
 	"github.com/baton-go/baton"
 	"github.com/baton-go/baton/internal/handoff"
+	"github.com/baton-go/baton/internal/release"
 )
 
 // Generation states, as reported by status.
@@ -553,16 +552,10 @@ func saveBinary(src, dst string) error {
 // hashBinary computes the sha256 of what g runs, for status. It runs once
 // g is ready: hashing a large binary would add to every switch.
 func (g *generation) hashBinary() {
-	f, err := os.Open(g.saved)
+	sum, err := release.FileSHA256(g.saved)
 	if err != nil {
 		return
 	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return
-	}
-	sum := hex.EncodeToString(h.Sum(nil))
 	g.mu.Lock()
 	g.sha256 = sum
 	g.mu.Unlock()

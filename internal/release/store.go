@@ -2,8 +2,6 @@ package release
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -206,17 +204,16 @@ func (s *Store) locked() error {
 // hasCurrentRelease reports whether the binary installed at inst (resolved)
 // has a releases directory whose state names a current release.
 func hasCurrentRelease(inst string) bool {
-	b, err := os.ReadFile(filepath.Join(ReleasesDir(inst), "state.json"))
-	if err != nil {
-		return false
-	}
-	var st state
-	return json.Unmarshal(b, &st) == nil && st.Current != ""
+	st, err := readStateFile(ReleasesDir(inst))
+	return err == nil && st.Current != ""
 }
 
-func (s *Store) readState() (state, error) {
+func (s *Store) readState() (state, error) { return readStateFile(s.dir) }
+
+// readStateFile reads dir's state.json (an empty state when there is none).
+func readStateFile(dir string) (state, error) {
 	var st state
-	b, err := os.ReadFile(filepath.Join(s.dir, "state.json"))
+	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
 	if errors.Is(err, os.ErrNotExist) {
 		return st, nil
 	}
@@ -224,7 +221,7 @@ func (s *Store) readState() (state, error) {
 		return st, err
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
-		return st, fmt.Errorf("%s: %w", filepath.Join(s.dir, "state.json"), err)
+		return st, fmt.Errorf("%s: %w", filepath.Join(dir, "state.json"), err)
 	}
 	return st, nil
 }
@@ -365,37 +362,17 @@ func (s *Store) Stage(candidate, wantSHA string) (Release, error) {
 			return r, nil
 		}
 	}
-	in, err := os.Open(candidate)
-	if err != nil {
-		return Release{}, err
-	}
-	defer in.Close()
-	// Copy to a temporary file in the store while hashing: what is staged
-	// is exactly what was hashed, whatever happens to candidate meanwhile.
-	tmp, err := os.CreateTemp(s.dir, ".stage-*")
-	if err != nil {
-		return Release{}, err
-	}
-	defer os.Remove(tmp.Name())
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), in)
-	if err == nil {
-		err = tmp.Chmod(0o755)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
+	// Copied into the store while hashing (as for the checks): what is
+	// staged is exactly what was hashed, whatever happens to candidate.
+	tmp, sum, n, cleanup, err := privateCopy(candidate, s.dir)
 	if err != nil {
 		return Release{}, fmt.Errorf("staging %s: %w", candidate, err)
 	}
-	sum := hex.EncodeToString(h.Sum(nil))
+	defer cleanup()
 	if wantSHA != "" && !strings.EqualFold(sum, wantSHA) {
 		return Release{}, fmt.Errorf("%w: %s changed after it was checked (sha256 %s, checked %s)", ErrChecksum, candidate, sum, wantSHA)
 	}
-	return s.stageFile(tmp.Name(), sum, n, candidate)
+	return s.stageFile(tmp, sum, n, candidate)
 }
 
 // stageFile makes the synced file tmp (in the store's file system, with
@@ -471,12 +448,13 @@ func (s *Store) CheckAndStage(ctx context.Context, candidate string, o CheckOpti
 // minutes: the baton library writes the same names when it installs a
 // binary itself (Upgrader.UpgradeTo), without our lock.
 func (s *Store) removeLeftovers() {
+	// Temporary files of stages by earlier versions of baton.
 	old, _ := filepath.Glob(filepath.Join(s.dir, ".stage-*"))
 	for _, f := range old {
 		os.Remove(f)
 	}
-	// Private copies of checks (Check, which runs without the lock) cut
-	// short: only old ones, a check may be running now.
+	// Private copies of checks and stages cut short: only old ones, a
+	// check (which runs without the lock) may be running now.
 	checks, _ := filepath.Glob(filepath.Join(s.dir, ".check-*"))
 	for _, d := range checks {
 		if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) > 10*time.Minute {
