@@ -27,7 +27,7 @@ func (l *gatedListener) Accept() (net.Conn, error) {
 	return nil, &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: net.ErrClosed}
 }
 
-// Close never blocks (see notes/drain.md): it wakes a waiting Accept.
+// Close never blocks (see docs/drain.md, point 4): it wakes a waiting Accept.
 func (l *gatedListener) Close() error {
 	l.once.Do(func() { close(l.done) })
 	return l.Listener.Close()

@@ -13,7 +13,7 @@ import (
 // On Windows nothing is inherited: listening sockets are created by baton's
 // own winsock.Listener (never on an I/O completion port, SO_EXCLUSIVEADDRUSE)
 // and duplicated for the child with WSADuplicateSocket; the child rebuilds
-// them from the protocol info in FileDesc.Data. See notes/windows.md.
+// them from the protocol info in FileDesc.Data. See docs/windows.md.
 
 func newListener(network, addr string) (net.Listener, handoff.Item, error) {
 	if network == "unix" {
