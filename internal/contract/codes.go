@@ -19,9 +19,9 @@ const (
 	CodeGaveUp       = "gave_up"       // the supervisor gave up on an app that keeps failing
 
 	// Busy: retry later.
-	CodeBusy         = "busy"              // another upgrade is running (or, for a binary, the file or the releases lock is busy)
-	CodeTooMany      = "too_many_draining" // too many old generations still drain
-	CodeStopped      = "stopped"           // the generation reached is starting, draining or stopping
+	CodeBusy    = "busy"              // another upgrade is running (or, for a binary, the file or the releases lock is busy)
+	CodeTooMany = "too_many_draining" // too many old generations still drain
+	CodeStopped = "stopped"           // the generation reached is starting, draining or stopping
 
 	// The request does not apply.
 	CodeUnsupported = "unsupported" // not available on this platform or for this kind of service
