@@ -1,0 +1,847 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/baton-go/baton/internal/contract"
+)
+
+// Config tunes an Engine. Zero values take the defaults shown.
+type Config struct {
+	// ReadyTimeout bounds a new generation's start-up (30s).
+	ReadyTimeout time.Duration
+	// DrainTimeout: a replaced generation still alive this long after it
+	// was told to drain is killed (30s; negative: never).
+	DrainTimeout time.Duration
+	// MaxDraining refuses a switch while this many replaced generations
+	// still drain (8).
+	MaxDraining int
+	// ExternalDraining counts draining generations the engine did not
+	// start itself (a library generation's ancestors); may be nil.
+	ExternalDraining func() int
+	// Probation: a new generation that exits (or, with a Prober, fails
+	// ProbeFailures probes in a row) within this time is replaced by the
+	// previous generation's binary (0: no probation).
+	Probation     time.Duration
+	ProbeInterval time.Duration // 200ms
+	ProbeFailures int           // 3
+	// MaxRestarts: how many quick crashes (or failed starts) in a row are
+	// restarted before Run gives up (5; negative: never restart).
+	MaxRestarts int
+	RestartMin  time.Duration // first back-off (100ms)
+	RestartMax  time.Duration // longest back-off (10s)
+	// StableAfter: a generation that served this long before it died
+	// starts a new crash count (10s).
+	StableAfter time.Duration
+	// Notify, when set, is called for every notice (synchronously: keep
+	// it short).
+	Notify func(Notice)
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.ReadyTimeout, 30*time.Second)
+	def(&c.DrainTimeout, 30*time.Second)
+	def(&c.ProbeInterval, 200*time.Millisecond)
+	def(&c.RestartMin, 100*time.Millisecond)
+	def(&c.RestartMax, 10*time.Second)
+	def(&c.StableAfter, 10*time.Second)
+	if c.MaxDraining <= 0 {
+		c.MaxDraining = 8
+	}
+	if c.ProbeFailures <= 0 {
+		c.ProbeFailures = 3
+	}
+	if c.MaxRestarts == 0 {
+		c.MaxRestarts = 5
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Result describes a generation that took over.
+type Result struct {
+	N          int
+	PID        int
+	Binary     string
+	ReadyAfter time.Duration // from its start to its ready
+	AppStartup time.Duration // the app's own part of ReadyAfter, where known
+	Took       time.Duration // from the request to the switch
+	Draining   int           // replaced generations still draining after the switch
+}
+
+// Op names an operation of the engine.
+type Op string
+
+const (
+	OpUpgrade  Op = "upgrade"
+	OpRollback Op = "rollback"
+	OpRestart  Op = "restart"
+)
+
+// Outcome records the last upgrade or rollback.
+type Outcome struct {
+	At     time.Time
+	Op     Op
+	Result *Result // the generation that serves after it, if one took over
+	Err    error   // nil: it succeeded
+}
+
+// Engine runs the generations of one service.
+type Engine struct {
+	plat Platform
+	cfg  Config
+	log  *slog.Logger
+
+	opMu sync.Mutex // one upgrade, rollback or restart at a time
+
+	mu         sync.Mutex
+	current    *Generation
+	previous   *Generation // what a rollback runs again
+	starting   *Generation // being started by the operation under way
+	committing *Generation // being handed over to
+	draining   []*Generation
+	next       int
+	phase      Phase
+	stopping   bool
+	last       *Outcome
+	restarts   int
+	changed    chan struct{} // closed and replaced when current changes
+	probation  *probation    // the upgrade on probation, if any
+	drains     sync.WaitGroup
+
+	ctx    context.Context // ended by Halt or Stop: everything waiting gives up
+	cancel context.CancelFunc
+}
+
+// New returns an engine with no generation yet.
+func New(plat Platform, cfg Config) *Engine {
+	cfg.setDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Engine{plat: plat, cfg: cfg, log: cfg.Logger, phase: PhaseStarting, changed: make(chan struct{}), ctx: ctx, cancel: cancel}
+}
+
+// Adopt makes p, started by someone else (the library's own process, or a
+// parent generation), the engine's current generation number n, in state
+// Starting until MarkServing.
+func (e *Engine) Adopt(p Proc, n int) *Generation {
+	g := &Generation{N: n, Proc: p, Reason: ReasonStart, Started: time.Now(), state: Starting}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.next = max(e.next, n)
+	e.setCurrentLocked(g)
+	return g
+}
+
+// MarkServing records that the adopted generation g got ready and serves.
+func (e *Engine) MarkServing(g *Generation) {
+	g.apply(EvCommit, e.log)
+	g.servingAt(time.Now())
+	e.mu.Lock()
+	if e.current == g && !e.stopping {
+		e.phase = PhaseServing
+	}
+	e.mu.Unlock()
+	e.notify(Notice{Kind: NoticeServing, Gen: g.view()})
+}
+
+// Run starts the first generation (with the crash back-off if it fails)
+// and keeps one serving: a generation that dies while it serves is
+// replaced, by the binary it ran, after a back-off that grows with quick
+// crashes in a row. It returns nil after a stop (ctx ended, or Stop), or
+// an error wrapping contract.ErrGaveUp when the app keeps failing. Every
+// generation is gone when it returns.
+func (e *Engine) Run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, e.Halt)
+	defer stop()
+	if err := e.restart(ReasonStart, nil, 0); err != nil {
+		halted := e.ctx.Err() != nil
+		e.Stop()
+		if halted {
+			return nil // a stop while starting is a stop
+		}
+		return err
+	}
+	crashes := 0
+	for {
+		cur, changed := e.currentAndChanged()
+		select {
+		case <-e.ctx.Done():
+			e.Stop()
+			return nil
+		case <-changed:
+			continue // an upgrade or rollback switched generations: watch the new one
+		case <-cur.Proc.Exited():
+		}
+		if e.isStopping() || e.Current() != cur {
+			continue
+		}
+		cur.apply(EvExit, e.log)
+		if cur.servedFor() >= e.cfg.StableAfter {
+			crashes = 0
+		}
+		crashes++
+		brief := exitBrief(cur.Proc.Err())
+		if e.cfg.MaxRestarts < 0 || crashes > e.cfg.MaxRestarts {
+			var err error
+			if e.cfg.MaxRestarts < 0 {
+				err = fmt.Errorf("%w: generation %d (pid %d) died (%s) and restarts are off", contract.ErrGaveUp, cur.N, cur.Proc.PID(), brief)
+			} else {
+				err = fmt.Errorf("%w: generation %d crashed %d times in a row, each within %v; last: %s", contract.ErrGaveUp, cur.N, crashes, e.cfg.StableAfter, brief)
+			}
+			e.log.Error("the serving generation died; not restarting it", "gen", cur.N, "pid", cur.Proc.PID(), "exit", brief, "crashes_in_a_row", crashes)
+			e.notify(Notice{Kind: NoticeGaveUp, Gen: cur.view(), Err: err})
+			e.Stop()
+			return err
+		}
+		e.log.Error("the serving generation died; restarting it", "gen", cur.N, "pid", cur.Proc.PID(), "exit", brief, "crashes_in_a_row", crashes)
+		e.notify(Notice{Kind: NoticeCrashed, Gen: cur.view(), Err: cur.Proc.Err()})
+		if err := e.restart(ReasonRestart, cur, crashes); err != nil {
+			halted := e.ctx.Err() != nil
+			e.Stop()
+			if halted {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// restart starts a generation to replace dead (nil: the first one), with
+// exponential back-off between failed attempts.
+func (e *Engine) restart(reason Reason, dead *Generation, crashes int) error {
+	e.opMu.Lock()
+	defer e.opMu.Unlock()
+	e.mu.Lock()
+	if e.current != dead {
+		e.mu.Unlock()
+		return nil // replaced meanwhile (a switch after the crash)
+	}
+	if dead != nil {
+		e.phase = PhaseRestarting
+	}
+	e.mu.Unlock()
+	delay := e.cfg.RestartMin
+	for i := 1; i < crashes; i++ {
+		delay = min(2*delay, e.cfg.RestartMax)
+	}
+	var runAgain Proc
+	if dead != nil {
+		runAgain = dead.Proc // what crashed runs again (the installed file may be a rejected release)
+	}
+	for failures := 0; ; {
+		if crashes > 0 || failures > 0 {
+			e.mu.Lock()
+			e.restarts++
+			e.mu.Unlock()
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-e.ctx.Done():
+				t.Stop()
+				return fmt.Errorf("%w: stopped while restarting", contract.ErrCanceled)
+			}
+			delay = min(2*delay, e.cfg.RestartMax)
+		}
+		g, err := e.startReady(e.ctx, StartRequest{N: e.nextN(), Reason: reason, RunAgain: runAgain})
+		if err == nil {
+			err = e.commit(g)
+		}
+		if err == nil {
+			e.mu.Lock()
+			if dead != nil && dead != e.previous {
+				dead.Proc.Release()
+			}
+			e.setCurrentLocked(g)
+			e.phase = PhaseServing
+			e.mu.Unlock()
+			e.log.Info("generation serving", "gen", g.N, "pid", g.Proc.PID(), "ready_after", g.readyAfter.Round(time.Millisecond), "why", string(reason))
+			e.notify(Notice{Kind: NoticeServing, Gen: g.view()})
+			return nil
+		}
+		if e.ctx.Err() != nil {
+			return err
+		}
+		failures++
+		e.log.Error("generation failed to start", "why", string(reason), "failures", failures, "err", err)
+		if failures >= e.cfg.MaxRestarts {
+			return fmt.Errorf("%w: %d failed starts in a row; last: %w", contract.ErrGaveUp, failures, err)
+		}
+		reason = ReasonRestart
+	}
+}
+
+// Upgrade starts the installed binary as the next generation, waits until
+// it is ready, switches to it and drains the one it replaces. With a
+// probation, a new generation that fails it is replaced by the previous
+// binary and the error wraps contract.ErrRolledBack. On any other failure
+// the new process is killed and the serving generation stays.
+func (e *Engine) Upgrade(ctx context.Context) (Result, error) {
+	if !e.opMu.TryLock() {
+		return Result{}, e.busy()
+	}
+	defer e.opMu.Unlock()
+	start := time.Now()
+	res, err := e.upgrade(ctx, start)
+	e.record(OpUpgrade, start, res, err)
+	return res, err
+}
+
+func (e *Engine) upgrade(ctx context.Context, start time.Time) (Result, error) {
+	ctx, cancel := e.opContext(ctx)
+	defer cancel()
+	old, err := e.begin(PhaseUpgrading)
+	if err != nil {
+		return Result{}, err
+	}
+	e.notify(Notice{Kind: NoticeUpgrading, Gen: old.view()})
+	g, err := e.switchTo(ctx, ReasonUpgrade, old, nil)
+	if err != nil {
+		e.log.Error("upgrade failed; "+e.afterFailure(), "err", err)
+		e.notify(Notice{Kind: NoticeFailed, Err: err})
+		return Result{}, err
+	}
+	res := e.result(g, start)
+	if e.cfg.Probation <= 0 || old == nil {
+		return res, nil
+	}
+	return e.probate(ctx, g, old, res, start)
+}
+
+// probate watches g through its probation and rolls back to old's binary
+// if it fails (or a rollback is asked for meanwhile).
+func (e *Engine) probate(ctx context.Context, g, old *Generation, res Result, start time.Time) (Result, error) {
+	p := &probation{rollback: make(chan struct{}), done: make(chan struct{})}
+	e.mu.Lock()
+	e.phase = PhaseProbation
+	e.probation = p
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		e.probation = nil
+		if e.phase == PhaseProbation || e.phase == PhaseRollingBack {
+			e.phase = PhaseServing
+		}
+		e.mu.Unlock()
+		close(p.done)
+	}()
+	reason := e.watchProbation(ctx, g, p)
+	if reason == nil {
+		e.log.Info("probation passed", "gen", g.N, "pid", g.Proc.PID(), "probation", e.cfg.Probation)
+		e.notify(Notice{Kind: NoticeProbationPassed, Gen: g.view()})
+		return res, nil
+	}
+	if errors.Is(reason, contract.ErrCanceled) || ctx.Err() != nil && !errors.Is(reason, errRollbackAsked) {
+		return res, reason // stopping: nothing to roll back to
+	}
+	e.log.Error("new generation failed its probation; rolling back", "gen", g.N, "pid", g.Proc.PID(), "err", reason)
+	e.notify(Notice{Kind: NoticeProbationFailed, Gen: g.view(), Err: reason})
+	e.mu.Lock()
+	e.phase = PhaseRollingBack
+	e.mu.Unlock()
+	back, err := e.switchTo(ctx, ReasonRollback, g, old)
+	if err != nil {
+		err = fmt.Errorf("%w: generation %d failed its probation (%v), and the rollback failed too: %w", contract.ErrRolledBack, g.N, reason, err)
+		p.result, p.err = Result{}, err
+		return res, err
+	}
+	// The failed generation is no rollback target.
+	e.mu.Lock()
+	if e.previous == g {
+		e.previous = nil
+	}
+	e.mu.Unlock()
+	g.Proc.Release()
+	p.result = e.result(back, start)
+	e.notify(Notice{Kind: NoticeRolledBack, Gen: back.view(), Err: reason})
+	return res, fmt.Errorf("%w: generation %d (pid %d) failed its probation: %w; generation %d (pid %d) runs the previous binary again",
+		contract.ErrRolledBack, g.N, g.Proc.PID(), reason, back.N, back.Proc.PID())
+}
+
+var errRollbackAsked = errors.New("a rollback was asked for during the probation")
+
+func (e *Engine) watchProbation(ctx context.Context, g *Generation, p *probation) error {
+	end := time.NewTimer(e.cfg.Probation)
+	defer end.Stop()
+	prober, _ := e.plat.(Prober)
+	var tick <-chan time.Time
+	if prober != nil {
+		t := time.NewTicker(e.cfg.ProbeInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	exited := func() error {
+		if err := g.Proc.Err(); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: pid %d exited", contract.ErrChildExited, g.Proc.PID())
+	}
+	failures := 0
+	for {
+		select {
+		case <-g.Proc.Exited():
+			return exited()
+		case <-end.C:
+			// An exit wins over the end of probation when both are there.
+			select {
+			case <-g.Proc.Exited():
+				return exited()
+			default:
+			}
+			return nil
+		case <-p.rollback:
+			return errRollbackAsked
+		case <-ctx.Done():
+			return fmt.Errorf("%w: stopped during the probation", contract.ErrCanceled)
+		case <-tick:
+			if prober.Healthy(ctx, g.Proc) {
+				failures = 0
+			} else if failures++; failures >= e.cfg.ProbeFailures {
+				return fmt.Errorf("health probe failed %d times in a row", failures)
+			}
+		}
+	}
+}
+
+// Rollback runs the previous generation's binary again as a new
+// generation and switches to it. Asked during a probation, it ends the
+// probation at once with that rollback.
+func (e *Engine) Rollback(ctx context.Context) (Result, error) {
+	if !e.opMu.TryLock() {
+		e.mu.Lock()
+		p := e.probation
+		e.mu.Unlock()
+		if p == nil {
+			return Result{}, e.busy()
+		}
+		p.ask()
+		select {
+		case <-p.done:
+			return p.result, p.err
+		case <-ctx.Done():
+			return Result{}, fmt.Errorf("%w: %v", contract.ErrCanceled, ctx.Err())
+		}
+	}
+	defer e.opMu.Unlock()
+	start := time.Now()
+	res, err := e.rollback(ctx, start)
+	e.record(OpRollback, start, res, err)
+	return res, err
+}
+
+func (e *Engine) rollback(ctx context.Context, start time.Time) (Result, error) {
+	ctx, cancel := e.opContext(ctx)
+	defer cancel()
+	e.mu.Lock()
+	prev := e.previous
+	e.mu.Unlock()
+	if prev == nil {
+		return Result{}, fmt.Errorf("%w: nothing to roll back to: no previous generation in this supervisor's life", contract.ErrNoPrevious)
+	}
+	cur, err := e.begin(PhaseRollingBack)
+	if err != nil {
+		return Result{}, err
+	}
+	g, err := e.switchTo(ctx, ReasonRollback, cur, prev)
+	if err != nil {
+		e.log.Error("rollback failed; "+e.afterFailure(), "err", err)
+		e.notify(Notice{Kind: NoticeFailed, Err: err})
+		return Result{}, err
+	}
+	e.notify(Notice{Kind: NoticeRolledBack, Gen: g.view()})
+	return e.result(g, start), nil
+}
+
+// begin checks that a switch may start and sets the phase; it returns the
+// serving generation.
+func (e *Engine) begin(phase Phase) (*Generation, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopping {
+		return nil, contract.ErrStopped
+	}
+	cur := e.current
+	if cur == nil || cur.State() != Serving {
+		return nil, contract.ErrNotReady
+	}
+	if n := e.drainingLocked(); n >= e.cfg.MaxDraining {
+		return nil, fmt.Errorf("%w: %d older generations are still draining (max %d); retry when one has exited", contract.ErrTooManyDraining, n, e.cfg.MaxDraining)
+	}
+	e.phase = phase
+	return cur, nil
+}
+
+// switchTo starts a generation (running runAgain's binary when set),
+// waits until it is ready, commits it as the current generation and
+// drains serving. On failure nothing changes.
+func (e *Engine) switchTo(ctx context.Context, reason Reason, serving, runAgain *Generation) (*Generation, error) {
+	defer func() {
+		e.mu.Lock()
+		if e.phase == PhaseUpgrading || (e.phase == PhaseRollingBack && e.probation == nil) {
+			e.phase = PhaseServing
+		}
+		e.mu.Unlock()
+	}()
+	req := StartRequest{N: e.nextN(), Reason: reason, Serving: procOf(serving), RunAgain: procOf(runAgain)}
+	g, err := e.startReady(ctx, req)
+	if err != nil && reason == ReasonRollback && ctx.Err() == nil && !e.isStopping() && !errors.Is(err, contract.ErrBinary) {
+		// An older binary may refuse a newer generation's state: a
+		// rollback must not fail for it.
+		e.log.Warn("the rollback generation failed with the serving generation's state; starting it again without", "err", err)
+		req.N, req.WithoutState = e.nextN(), true
+		g, err = e.startReady(ctx, req)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := e.commit(g); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	e.setCurrentLocked(g)
+	if p := e.previous; p != nil && p != serving && p != g {
+		p.Proc.Release() // only the previous generation's binary can be needed again
+	}
+	e.previous = serving
+	e.phase = PhaseServing
+	if serving != nil {
+		e.draining = append(e.draining, serving)
+	}
+	e.mu.Unlock()
+	if serving != nil {
+		e.drain(serving)
+	}
+	e.log.Info("switched", "gen", g.N, "pid", g.Proc.PID(), "ready_after", g.readyAfter.Round(time.Millisecond), "why", string(reason))
+	e.notify(Notice{Kind: NoticeSwitched, Gen: g.view()})
+	return g, nil
+}
+
+// startReady starts a generation and waits until it is ready; on failure
+// it is aborted.
+func (e *Engine) startReady(ctx context.Context, req StartRequest) (*Generation, error) {
+	started := time.Now()
+	p, err := e.plat.Start(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	g := &Generation{N: req.N, Proc: p, Reason: req.Reason, Started: started, state: Starting}
+	e.mu.Lock()
+	e.starting = g
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		e.starting = nil
+		e.mu.Unlock()
+	}()
+	e.notify(Notice{Kind: NoticeStarted, Gen: g.view()})
+	rctx, cancel := context.WithTimeout(ctx, e.cfg.ReadyTimeout)
+	info, err := p.WaitReady(rctx)
+	if err == nil {
+		// A probe may have been answered by the generation it replaces:
+		// it must still be alive to count as ready.
+		select {
+		case <-p.Exited():
+			err = p.Err()
+			if err == nil {
+				err = fmt.Errorf("%w: pid %d", contract.ErrChildExited, p.PID())
+			}
+		default:
+		}
+	}
+	if err != nil {
+		switch {
+		case errors.Is(err, contract.ErrChildExited), errors.Is(err, contract.ErrReadyTimeout), errors.Is(err, contract.ErrCanceled),
+			errors.Is(err, contract.ErrRefused), errors.Is(err, contract.ErrVersion), errors.Is(err, contract.ErrStateCorrupt),
+			errors.Is(err, contract.ErrStateTooLarge):
+		case ctx.Err() != nil:
+			err = fmt.Errorf("%w while waiting for pid %d to get ready; it was killed: %v", contract.ErrCanceled, p.PID(), err)
+		case rctx.Err() != nil:
+			err = fmt.Errorf("%w (pid %d, %v): %v", contract.ErrReadyTimeout, p.PID(), e.cfg.ReadyTimeout, err)
+		}
+	}
+	cancel()
+	if err != nil {
+		p.Abort(err.Error())
+		g.apply(EvFail, e.log)
+		e.notify(Notice{Kind: NoticeStartFailed, Gen: g.view(), Err: err})
+		return nil, err
+	}
+	g.apply(EvReady, e.log)
+	g.mu.Lock()
+	g.readyAfter = time.Since(started)
+	g.appStartup = info.AppStartup
+	g.mu.Unlock()
+	e.notify(Notice{Kind: NoticeReady, Gen: g.view()})
+	return g, nil
+}
+
+// commit hands over to g, unless the engine is stopping (decided under the
+// lock, so that a stop either cancels the switch or sees it done).
+func (e *Engine) commit(g *Generation) error {
+	e.mu.Lock()
+	if e.stopping {
+		e.mu.Unlock()
+		g.Proc.Abort("the service is stopping")
+		g.apply(EvFail, e.log)
+		return fmt.Errorf("%w: the service was stopped during the switch; pid %d was killed", contract.ErrCanceled, g.Proc.PID())
+	}
+	e.committing = g
+	e.mu.Unlock()
+	err := g.Proc.Commit()
+	e.mu.Lock()
+	e.committing = nil
+	e.mu.Unlock()
+	if err != nil {
+		g.Proc.Abort("go-ahead not delivered")
+		g.apply(EvFail, e.log)
+		e.log.Error("new generation vanished before the handover", "gen", g.N, "pid", g.Proc.PID(), "err", err)
+		if !errors.Is(err, contract.ErrRefused) {
+			err = fmt.Errorf("%w: go-ahead not delivered: %v", contract.ErrRefused, err)
+		}
+		return err
+	}
+	g.apply(EvCommit, e.log)
+	g.servingAt(time.Now())
+	return nil
+}
+
+// drain tells g to drain and kills it at the drain deadline.
+func (e *Engine) drain(g *Generation) {
+	g.apply(EvDrain, e.log)
+	e.drains.Add(1)
+	go func() {
+		defer e.drains.Done()
+		g.Proc.Drain()
+		var deadline <-chan time.Time
+		if e.cfg.DrainTimeout > 0 {
+			t := time.NewTimer(e.cfg.DrainTimeout)
+			defer t.Stop()
+			deadline = t.C
+		}
+		select {
+		case <-g.Proc.Exited():
+		case <-deadline:
+			e.log.Warn("generation still running at the drain deadline; killing it", "gen", g.N, "pid", g.Proc.PID(), "deadline", e.cfg.DrainTimeout)
+			e.notify(Notice{Kind: NoticeKilled, Gen: g.view()})
+			g.Proc.Kill()
+			<-g.Proc.Exited()
+		}
+		g.apply(EvExit, e.log)
+		e.mu.Lock()
+		for i, d := range e.draining {
+			if d == g {
+				e.draining = append(e.draining[:i:i], e.draining[i+1:]...)
+				break
+			}
+		}
+		e.mu.Unlock()
+		e.notify(Notice{Kind: NoticeDrained, Gen: g.view()})
+	}()
+}
+
+// Halt ends every wait of the engine (an upgrade under way is called off,
+// a back-off ends) and refuses new operations; it does not wait. Stop
+// does the rest.
+func (e *Engine) Halt() {
+	e.mu.Lock()
+	if !e.stopping {
+		e.stopping = true
+		e.phase = PhaseStopping
+	}
+	e.mu.Unlock()
+	e.cancel()
+}
+
+// Stop halts the engine, waits for the operation under way to give up,
+// drains every generation (each killed at the drain deadline) and returns
+// when all are gone.
+func (e *Engine) Stop() {
+	e.Halt()
+	e.opMu.Lock()
+	defer e.opMu.Unlock()
+	e.mu.Lock()
+	cur := e.current
+	e.mu.Unlock()
+	if cur != nil && cur.State() == Serving {
+		e.notify(Notice{Kind: NoticeStopping, Gen: cur.view()})
+		e.mu.Lock()
+		e.draining = append(e.draining, cur)
+		e.mu.Unlock()
+		e.drain(cur)
+	}
+	e.drains.Wait()
+	e.mu.Lock()
+	prev := e.previous
+	e.previous = nil
+	e.phase = PhaseStopped
+	e.mu.Unlock()
+	if prev != nil {
+		prev.Proc.Release()
+	}
+	if cur != nil {
+		cur.Proc.Release()
+	}
+}
+
+// Stopping reports whether Halt or Stop was called.
+func (e *Engine) Stopping() bool { return e.isStopping() }
+
+// HandingOver reports whether a switch is being committed or was: the
+// generation adopted by the library has handed over (or is handing over)
+// once this is true.
+func (e *Engine) HandingOver(self *Generation) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.committing != nil || (e.current != nil && e.current != self)
+}
+
+// Current returns the serving generation (nil before the first).
+func (e *Engine) Current() *Generation {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.current
+}
+
+// Changed returns a channel closed when the current generation changes.
+func (e *Engine) Changed() <-chan struct{} {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.changed
+}
+
+func (e *Engine) currentAndChanged() (*Generation, <-chan struct{}) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.current, e.changed
+}
+
+func (e *Engine) setCurrentLocked(g *Generation) {
+	e.current = g
+	close(e.changed)
+	e.changed = make(chan struct{})
+}
+
+func (e *Engine) isStopping() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.stopping
+}
+
+func (e *Engine) nextN() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.next++
+	return e.next
+}
+
+// drainingLocked counts replaced generations still alive.
+func (e *Engine) drainingLocked() int {
+	n := 0
+	for _, g := range e.draining {
+		select {
+		case <-g.Proc.Exited():
+		default:
+			n++
+		}
+	}
+	if e.cfg.ExternalDraining != nil {
+		n += e.cfg.ExternalDraining()
+	}
+	return n
+}
+
+func (e *Engine) busy() error {
+	if e.isStopping() {
+		return contract.ErrStopped
+	}
+	return contract.ErrBusy
+}
+
+// opContext is ctx, also ended by Halt.
+func (e *Engine) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(e.ctx, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+func (e *Engine) result(g *Generation, start time.Time) Result {
+	g.mu.Lock()
+	ready, app := g.readyAfter, g.appStartup
+	g.mu.Unlock()
+	e.mu.Lock()
+	draining := e.drainingLocked()
+	e.mu.Unlock()
+	return Result{N: g.N, PID: g.Proc.PID(), Binary: g.Proc.Binary(), ReadyAfter: ready, AppStartup: app, Took: time.Since(start), Draining: draining}
+}
+
+func (e *Engine) record(op Op, at time.Time, res Result, err error) {
+	out := &Outcome{At: at, Op: op, Err: err}
+	if err == nil || errors.Is(err, contract.ErrRolledBack) {
+		r := res
+		out.Result = &r
+	}
+	e.mu.Lock()
+	e.last = out
+	e.mu.Unlock()
+}
+
+// afterFailure says what serves after a failed switch.
+func (e *Engine) afterFailure() string {
+	cur := e.Current()
+	if cur == nil {
+		return "no generation serves yet"
+	}
+	select {
+	case <-cur.Proc.Exited():
+		return fmt.Sprintf("the current generation (pid %d) has exited too; it is being restarted", cur.Proc.PID())
+	default:
+		return fmt.Sprintf("the current generation (pid %d) keeps serving", cur.Proc.PID())
+	}
+}
+
+func (e *Engine) notify(n Notice) {
+	if e.cfg.Notify != nil {
+		n.At = time.Now()
+		e.cfg.Notify(n)
+	}
+}
+
+// probation is an upgrade whose new generation is on probation.
+type probation struct {
+	once     sync.Once
+	rollback chan struct{} // closed: a rollback was asked for
+	done     chan struct{} // closed when the upgrade (and its rollback) ended
+	result   Result        // of the rollback, for the one who asked
+	err      error
+}
+
+func (p *probation) ask() { p.once.Do(func() { close(p.rollback) }) }
+
+func procOf(g *Generation) Proc {
+	if g == nil {
+		return nil
+	}
+	return g.Proc
+}
+
+func exitBrief(err error) string {
+	var b interface{ Brief() string }
+	if errors.As(err, &b) {
+		return b.Brief()
+	}
+	if err == nil {
+		return "exited"
+	}
+	return err.Error()
+}
