@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"time"
+
+	"github.com/baton-go/baton/internal/contract"
 )
 
 // processStart is taken when the handoff package initialises, as early in
@@ -45,21 +47,14 @@ func Receive(timeout time.Duration, maxState int64) (*Inherited, error) {
 	h, state, err := ReadHandoff(conn, maxState)
 	_ = conn.SetReadDeadline(time.Time{})
 	if err != nil {
-		code := "protocol"
-		switch {
-		case errors.Is(err, ErrStateTooLarge):
-			code = "state_too_large"
-		case errors.Is(err, ErrStateCorrupt):
-			code = "state"
-		}
-		_ = writeJSON(conn, Reply{Type: "refused", PID: os.Getpid(), Code: code, Reason: err.Error()})
+		_ = writeJSON(conn, Reply{Type: "refused", PID: os.Getpid(), Code: contract.RefusalCode(err), Reason: err.Error()})
 		conn.Close()
 		return nil, err
 	}
 	in := &Inherited{Msg: h, State: state, conn: conn, unguard: unguard}
 	in.Files, in.stderr, err = inheritedFiles(h)
 	if err != nil {
-		_ = writeJSON(conn, Reply{Type: "refused", PID: os.Getpid(), Code: "protocol", Reason: err.Error()})
+		_ = writeJSON(conn, Reply{Type: "refused", PID: os.Getpid(), Code: contract.RefuseProtocol, Reason: err.Error()})
 		conn.Close()
 		return nil, err
 	}

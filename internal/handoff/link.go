@@ -1,9 +1,10 @@
 package handoff
 
 import (
-	"errors"
 	"fmt"
 	"time"
+
+	"github.com/baton-go/baton/internal/contract"
 )
 
 // The supervisor link: under `baton run`, a generation that uses the baton
@@ -30,43 +31,27 @@ import (
 
 // EnvLink names the variable that holds the path of a generation's
 // supervisor link.
-const EnvLink = "BATON_LINK"
+const EnvLink = contract.EnvLink
 
-// LinkVersion is the version of the link protocol. A supervisor closes the
-// link of a generation that speaks another one; the library then serves
-// without the previous generation's state and is drained by signal.
-const LinkVersion = 1
-
-// Link operations.
+// The link's frames and version are defined in internal/contract.
 const (
-	LinkHandover = "handover" // send your state and named files
-	LinkDrain    = "drain"    // stop accepting and drain (close Exit)
+	LinkVersion  = contract.LinkVersion
+	LinkHandover = contract.LinkHandover // send your state and named files
+	LinkDrain    = contract.LinkDrain    // stop accepting and drain (close Exit)
 )
 
 // ErrLink reports a failure on the supervisor link; ErrNoState, an app
 // whose StateFunc failed when the supervisor asked for its state.
 var (
-	ErrLink    = errors.New("supervisor link")
-	ErrNoState = errors.New("the serving generation could not hand over its state")
+	ErrLink    = contract.ErrLink
+	ErrNoState = contract.ErrNoState
 )
 
-// LinkHello is a generation's first frame on its link.
-type LinkHello struct {
-	Version int `json:"v"`
-	PID     int `json:"pid"`
-}
-
-// LinkRequest is the supervisor's request.
-type LinkRequest struct {
-	Op string `json:"op"`
-}
-
-// LinkReply answers a LinkRequest.
-type LinkReply struct {
-	OK    bool   `json:"ok"`
-	Code  string `json:"code,omitempty"` // "state" when the state could not be made
-	Error string `json:"error,omitempty"`
-}
+type (
+	LinkHello   = contract.LinkHello   // a generation's first frame on its link
+	LinkRequest = contract.LinkRequest // the supervisor's request
+	LinkReply   = contract.LinkReply   // the answer to a LinkRequest
+)
 
 // Handed is what one generation hands to the next through the supervisor.
 type Handed struct {

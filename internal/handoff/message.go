@@ -20,10 +20,11 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/baton-go/baton/internal/contract"
 )
 
 // Version is the handoff protocol version. A child refuses a message with a
@@ -32,7 +33,7 @@ const Version = 1
 
 // EnvChannel names the environment variable through which a child learns
 // where its handoff channel is (a file descriptor number on Unix).
-const EnvChannel = "BATON_HANDOFF"
+const EnvChannel = contract.EnvHandoff
 
 const (
 	maxFrame = 1 << 20 // bound for a JSON frame
@@ -41,19 +42,20 @@ const (
 	MaxStateLimit = 1 << 30
 )
 
-// Sentinel errors; the baton package re-exports them.
+// Sentinel errors: those of internal/contract, which the baton package
+// re-exports.
 var (
-	ErrVersion       = errors.New("handoff protocol version not supported")
-	ErrStateTooLarge = errors.New("state blob too large")
-	ErrStateCorrupt  = errors.New("state blob corrupt")
-	ErrChildExited   = errors.New("new generation exited before it was ready")
-	ErrReadyTimeout  = errors.New("new generation did not become ready in time")
-	ErrRefused       = errors.New("new generation refused the handoff")
-	ErrAborted       = errors.New("upgrade aborted by the parent")
-	ErrCanceled      = errors.New("upgrade canceled")
-	ErrParentGone    = errors.New("parent generation vanished during the handoff")
-	ErrBinary        = errors.New("binary cannot be started")
-	ErrUnsupported   = errors.New("not supported on this platform")
+	ErrVersion       = contract.ErrVersion
+	ErrStateTooLarge = contract.ErrStateTooLarge
+	ErrStateCorrupt  = contract.ErrStateCorrupt
+	ErrChildExited   = contract.ErrChildExited
+	ErrReadyTimeout  = contract.ErrReadyTimeout
+	ErrRefused       = contract.ErrRefused
+	ErrAborted       = contract.ErrAborted
+	ErrCanceled      = contract.ErrCanceled
+	ErrParentGone    = contract.ErrParentGone
+	ErrBinary        = contract.ErrBinary
+	ErrUnsupported   = contract.ErrUnsupported
 )
 
 // Kind says what an inherited file is.
@@ -223,57 +225,10 @@ func ReadHandoff(r io.Reader, maxState int64) (Handoff, []byte, error) {
 
 // ExitError reports a new generation that exited before it was ready. It
 // matches ErrChildExited with errors.Is.
-type ExitError struct {
-	PID        int    `json:"pid"`
-	ExitCode   int    `json:"exit_code"`        // -1 when killed by a signal
-	Signal     string `json:"signal,omitempty"` // the signal that killed it, if any
-	StderrTail string `json:"stderr_tail,omitempty"`
-}
+type ExitError = contract.ExitError
 
-func (e *ExitError) Error() string {
-	how := fmt.Sprintf("exit code %d", e.ExitCode)
-	if e.Signal != "" {
-		how = "killed by " + e.Signal
-	}
-	msg := fmt.Sprintf("new generation (pid %d) exited before it was ready: %s", e.PID, how)
-	if e.StderrTail != "" {
-		msg += "; last stderr:\n" + e.StderrTail
-	}
-	return msg
-}
-
-// Brief says how the process ended, in a few words (for a process that
-// was serving: "exit code 2", "killed by killed").
-func (e *ExitError) Brief() string {
-	if e.Signal != "" {
-		return "killed by signal: " + e.Signal
-	}
-	return fmt.Sprintf("exit code %d", e.ExitCode)
-}
-
-// Is makes errors.Is(err, ErrChildExited) true.
-func (e *ExitError) Is(target error) bool { return target == ErrChildExited }
-
-// Code maps an error of this package to the control protocol's error code.
-func Code(err error) string {
-	switch {
-	case errors.Is(err, ErrChildExited):
-		return "child_exited"
-	case errors.Is(err, ErrReadyTimeout):
-		return "ready_timeout"
-	case errors.Is(err, ErrVersion), errors.Is(err, ErrRefused):
-		return "protocol"
-	case errors.Is(err, ErrStateTooLarge), errors.Is(err, ErrStateCorrupt):
-		return "state"
-	case errors.Is(err, ErrBinary):
-		return "binary"
-	case errors.Is(err, ErrUnsupported):
-		return "unsupported"
-	case errors.Is(err, ErrCanceled):
-		return "canceled"
-	}
-	return "internal"
-}
+// Code maps an error to the control protocol's error code (contract.CodeOf).
+func Code(err error) string { return contract.CodeOf(err) }
 
 // ReadReply reads the child's reply frame (for tools and tests that play
 // the parent).

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/baton-go/baton/internal/contract"
 )
 
 // Item is one file handed to the child, with its description.
@@ -76,7 +78,7 @@ func cleanEnv(env []string) []string {
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case EnvChannel, "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES":
+		case EnvChannel, contract.EnvListenPID, contract.EnvListenFDs, contract.EnvListenFDNames:
 			continue
 		}
 		out = append(out, kv)
@@ -187,16 +189,7 @@ func (c *Child) checkReply(r Reply) (Reply, error) {
 	case "ready":
 		return r, nil
 	case "refused":
-		var base error = ErrRefused
-		switch r.Code {
-		case "protocol":
-			base = ErrVersion
-		case "state_too_large":
-			base = ErrStateTooLarge
-		case "state":
-			base = ErrStateCorrupt
-		}
-		return r, fmt.Errorf("%w: new generation (pid %d) refused the handoff: %s", base, c.PID, r.Reason)
+		return r, fmt.Errorf("%w: new generation (pid %d) refused the handoff: %s", contract.RefusalError(r.Code), c.PID, r.Reason)
 	}
 	return r, fmt.Errorf("%w: unexpected reply type %q", ErrRefused, r.Type)
 }
