@@ -94,7 +94,10 @@ type Options struct {
 	DrainTimeout time.Duration
 	// IdleGrace is how long, after a handover, idle keep-alive connections
 	// are left open so that their clients learn to reconnect without a
-	// race (default 2s). Pass it to httpdrain.Options; see IdleGrace.
+	// race. Zero means the default, 2s; a negative value means no grace
+	// (idle connections are closed as soon as the drain starts). Pass
+	// Upgrader.IdleGrace to httpdrain.Options.IdleGrace as it is: httpdrain
+	// reads zero and negative values the same way.
 	IdleGrace time.Duration
 	// ForceExitAfter: a generation that has handed over and is still alive
 	// this long after the handover exits with status 3, so that no old
@@ -139,7 +142,7 @@ func (o *Options) setDefaults() {
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 30 * time.Second
 	}
-	if o.IdleGrace <= 0 {
+	if o.IdleGrace == 0 { // negative (no grace) is kept for httpdrain
 		o.IdleGrace = 2 * time.Second
 	}
 	if o.ForceExitAfter == 0 {

@@ -67,7 +67,11 @@ type Options struct {
 	// after the drain starts, so that their clients can send one more
 	// request, receive "Connection: close" and move to the new process.
 	// The grace ends early as soon as no connection is left.
-	// Zero means DefaultIdleGrace; a negative value means no grace.
+	// Zero means DefaultIdleGrace; a negative value means no grace: idle
+	// connections are closed as soon as the listeners are closed and the
+	// just-accepted connections are served (Report.IdleWaited is then
+	// zero). baton's Upgrader.IdleGrace follows the same convention and can
+	// be passed as it is.
 	IdleGrace time.Duration
 
 	// NewConnWait bounds the wait for connections that were accepted but
@@ -272,10 +276,13 @@ func (s *Server) Drain(ctx context.Context) (Report, error) {
 
 	// Step 4: leave idle conns open so that their next request is served
 	// (with "Connection: close") instead of racing with their closing. Stop
-	// early when no conn is left so the process can exit right away.
-	t = time.Now()
-	s.wait(ctx, s.opts.IdleGrace, func() bool { return len(s.conns) == 0 })
-	rep.IdleWaited = time.Since(t)
+	// early when no conn is left so the process can exit right away. A
+	// negative IdleGrace skips this step.
+	if s.opts.IdleGrace >= 0 {
+		t = time.Now()
+		s.wait(ctx, s.opts.IdleGrace, func() bool { return len(s.conns) == 0 })
+		rep.IdleWaited = time.Since(t)
+	}
 
 	// Shutdown closes idle conns and sends GOAWAY on HTTP/2 conns. It
 	// polls for the others every 500 ms at most; our own tracking notices
