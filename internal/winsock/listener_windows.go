@@ -74,8 +74,23 @@ var _ net.Listener = (*Listener)(nil)
 // Listener serving it. As with net.Listen, "tcp" with a wildcard address
 // listens on both IPv6 and IPv4 when the system allows it.
 func Listen(network, addr string) (*Listener, error) {
-	fail := func(err error) (*Listener, error) {
+	s, err := listenTCP(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	l, err := newListener(s)
+	if err != nil {
+		windows.Closesocket(s)
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	return l, nil
+}
+
+// listenTCP creates the listening socket for Listen and ListenSocket; errors
+// are *net.OpError.
+func listenTCP(network, addr string) (windows.Handle, error) {
+	fail := func(err error) (windows.Handle, error) {
+		return windows.InvalidHandle, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
 	switch network {
 	case "tcp", "tcp4", "tcp6":
@@ -121,12 +136,7 @@ func Listen(network, addr string) (*Listener, error) {
 	if err != nil {
 		return fail(err)
 	}
-	l, err := newListener(s)
-	if err != nil {
-		windows.Closesocket(s)
-		return fail(err)
-	}
-	return l, nil
+	return s, nil
 }
 
 // listenSocket creates, binds and listens an overlapped, non-inheritable
