@@ -12,7 +12,8 @@
 // as during a handover between generations); Dial connects, retrying for a
 // moment while the pipe is busy or absent; ClientPID identifies the client
 // of an accepted connection; OwnerOnlySDDL is a security descriptor that
-// admits only the current user, SYSTEM and Administrators.
+// admits only the current user, SYSTEM and Administrators; ServerPID
+// identifies the server of a dialed connection.
 //
 // On the wire, the server writes one byte, a space, into every connection
 // it accepts, before anything else (the greeting); Dial consumes it. A

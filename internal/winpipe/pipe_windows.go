@@ -462,3 +462,28 @@ func (c *pipeConn) clientPID() (uint32, error) {
 	}
 	return pid, perr
 }
+
+// ServerPID returns the process id of the server of a client-side conn
+// returned by Dial (GetNamedPipeServerProcessId). It fails for any other
+// conn.
+func ServerPID(c net.Conn) (uint32, error) {
+	pc, ok := c.(*pipeConn)
+	if !ok || pc == nil {
+		return 0, fmt.Errorf("not a named pipe connection (%T)", c)
+	}
+	if pc.server {
+		return 0, errors.New("not the client end of a pipe")
+	}
+	rc, err := pc.f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var pid uint32
+	var perr error
+	if err := rc.Control(func(fd uintptr) {
+		perr = windows.GetNamedPipeServerProcessId(windows.Handle(fd), &pid)
+	}); err != nil {
+		return 0, err
+	}
+	return pid, perr
+}
