@@ -44,6 +44,22 @@ type SpawnConfig struct {
 	Message Handoff // Files is filled in from Items
 	State   []byte
 	Logger  *slog.Logger
+
+	// Supervised (Windows) starts the child for a supervisor that stays
+	// its parent for the child's whole life: the child is placed in one
+	// job object of this process, created on first use with
+	// KILL_ON_JOB_CLOSE and never released, so that every generation dies
+	// with the supervisor (TerminateProcess included); its stdout and
+	// stderr stay pipes read by this process, copied line by line to
+	// Stdout and Stderr (the stderr tail still goes into exit errors); and
+	// no stderr relay is handed over (the child's RestoreStderr does
+	// nothing). On Unix, Supervised, Stdout and Stderr are accepted and
+	// ignored: the Unix supervisor starts its generations itself.
+	Supervised bool
+	// Stdout and Stderr receive a supervised child's output, one whole
+	// line per Write (a line longer than 64 KiB is split). nil means this
+	// process's own stdout or stderr. Ignored unless Supervised.
+	Stdout, Stderr io.Writer
 }
 
 // Child is a new generation that has been started and not yet handed over.
@@ -141,6 +157,31 @@ func (c *Child) start(msg Handoff, state []byte) {
 
 // Exited is closed when the child process has exited.
 func (c *Child) Exited() <-chan struct{} { return c.exited }
+
+// ExitErr says how the child ended (exit code, and the tail of its stderr
+// where this process read it); nil until Exited is closed. It serves for a
+// generation that exits after Ack too (ExitError.Brief then says how).
+func (c *Child) ExitErr() *ExitError {
+	select {
+	case <-c.exited:
+		return c.exitErr
+	default:
+		return nil
+	}
+}
+
+// Kill kills the child at any time, before or after Ack (TerminateProcess
+// on Windows, SIGKILL on Unix), without waiting: Exited tells when it is
+// gone. Killing a child that has exited already is not an error.
+func (c *Child) Kill() error {
+	err := c.proc.Kill()
+	// ErrProcessDone: it has exited; EINVAL: it has been waited for (the
+	// handle is released).
+	if errors.Is(err, os.ErrProcessDone) || errors.Is(err, syscall.EINVAL) {
+		return nil
+	}
+	return err
+}
 
 // WaitReady waits until the child says it is ready, refuses, exits, or ctx
 // ends. It does not kill the child: the caller decides (Abort).

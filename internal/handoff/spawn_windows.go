@@ -66,6 +66,9 @@ func Spawn(ctx context.Context, cfg SpawnConfig) (*Child, error) {
 	}
 	defer ln.Close() // one client only
 
+	if cfg.Supervised {
+		return spawnSupervised(ctx, cfg, ln, path)
+	}
 	job, err := newStartupJob()
 	if err != nil && cfg.Logger != nil {
 		cfg.Logger.Warn("no job object for the new generation; it may outlive a parent that dies mid-upgrade", "err", err)
@@ -114,6 +117,23 @@ func Spawn(ctx context.Context, cfg SpawnConfig) (*Child, error) {
 	c.onExit = job.close
 	c.watch(cmd)
 
+	return handOff(ctx, cfg, ln, c, func() []uint64 {
+		relayPipe, err1 := duplicateInto(windows.Handle(pr.Fd()), c.PID)
+		realForChild, err2 := duplicateInto(windows.Handle(realStderr.Fd()), c.PID)
+		if err1 != nil || err2 != nil {
+			if cfg.Logger != nil {
+				cfg.Logger.Warn("the new generation's stderr cannot be relayed after this process exits", "err", errors.Join(err1, err2))
+			}
+			return nil
+		}
+		return []uint64{uint64(relayPipe), uint64(realForChild)}
+	})
+}
+
+// handOff waits for the started child c to connect to ln, then sends it
+// the handoff: cfg.Message with the items duplicated into it, and the
+// stderr relay that relay returns (nil for none).
+func handOff(ctx context.Context, cfg SpawnConfig, ln net.Listener, c *Child, relay func() []uint64) (*Child, error) {
 	conn, err := acceptChild(ctx, ln, c)
 	if err != nil {
 		c.Abort(err.Error())
@@ -126,13 +146,7 @@ func Spawn(ctx context.Context, cfg SpawnConfig) (*Child, error) {
 
 	msg := cfg.Message
 	msg.Files = msg.Files[:0:0]
-	relayPipe, err1 := duplicateInto(windows.Handle(pr.Fd()), c.PID)
-	realForChild, err2 := duplicateInto(windows.Handle(realStderr.Fd()), c.PID)
-	if err1 == nil && err2 == nil {
-		msg.StderrRelay = []uint64{uint64(relayPipe), uint64(realForChild)}
-	} else if cfg.Logger != nil {
-		cfg.Logger.Warn("the new generation's stderr cannot be relayed after this process exits", "err", errors.Join(err1, err2))
-	}
+	msg.StderrRelay = relay()
 	for _, it := range cfg.Items {
 		d := it.Desc
 		switch {
