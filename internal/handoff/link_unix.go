@@ -113,6 +113,26 @@ func (l *LinkConn) Serve(handover func() (*Handed, error), drain func()) error {
 	}
 }
 
+// LinkListener is the supervisor's end of one generation's link before
+// the generation connects: a unix socket here, a named pipe on Windows.
+type LinkListener = net.UnixListener
+
+// ListenLink creates the supervisor's end of a generation's link: a unix
+// socket at the path name (which must not exist; put it in a directory
+// only this user can enter), mode 0600. It returns the listener and the
+// value of EnvLink for the generation. On Windows, name names a pipe.
+func ListenLink(name string) (*LinkListener, string, error) {
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: name, Net: "unix"})
+	if err != nil {
+		return nil, "", linkErr("%v", err)
+	}
+	if err := os.Chmod(name, 0o600); err != nil {
+		ln.Close()
+		return nil, "", linkErr("%v", err)
+	}
+	return ln, name, nil
+}
+
 // AcceptLink waits until a generation connects to ln and says hello (or
 // ctx ends). A generation that speaks another link version is refused, and
 // so is a peer whose pid (where the kernel tells it) is not the one it
