@@ -33,6 +33,12 @@ func (u *Upgrader) joinSupervisor() error {
 	if handed.Msg.Generation > 0 {
 		u.generation = handed.Msg.Generation
 	}
+	if u.parent != nil {
+		// The supervisor is our handoff parent (Windows): the sockets,
+		// state and files came through the handoff; the link is for later.
+		handed.Close()
+		return nil
+	}
 	u.state = handed.State
 	for _, it := range handed.Items {
 		u.pool = append(u.pool, pooled{desc: it.Desc, file: it.File})

@@ -110,7 +110,12 @@ func New(opts Options) (*Upgrader, error) {
 		u.parent = in
 		u.generation = in.Msg.Generation
 		u.state = in.State
-		u.draining = append(append(u.draining, in.Msg.Draining...), in.Msg.Parent)
+		u.draining = append(u.draining, in.Msg.Draining...)
+		if !u.supervised {
+			// Under baton run (Windows) the parent is the supervisor, which
+			// does not drain.
+			u.draining = append(u.draining, in.Msg.Parent)
+		}
 		if u.binary == "" {
 			u.binary = in.Msg.Binary
 		}

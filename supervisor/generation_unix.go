@@ -7,10 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,20 +17,14 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/baton-go/baton"
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/handoff"
-	"github.com/baton-go/baton/internal/release"
+	"github.com/baton-go/baton/internal/lifecycle"
 )
 
-// Generation states, as reported by status.
-const (
-	stateStarting = "starting"
-	stateServing  = "serving"
-	stateDraining = "draining"
-)
-
-// generation is one run of the app.
+// generation is one run of the app: a lifecycle.Proc for the engine.
 type generation struct {
+	s          *Supervisor
 	n          int
 	pid        int
 	binary     string // the installed path it was started from
@@ -42,36 +33,17 @@ type generation struct {
 	started    time.Time
 	readyAfter time.Duration
 
-	mu    sync.Mutex
-	state string
+	mu sync.Mutex
 
 	cmd     *exec.Cmd
 	exited  chan struct{}
-	exitErr *baton.ChildExitError
+	exitErr *contract.ExitError
 	ready   chan struct{} // closed on READY=1 from its notify socket
 	notify  *net.UnixConn
 	probe   *probeSocket      // http/tcp readiness: a socket only this generation holds
 	link    *handoff.LinkConn // library apps: state, named files and drain (guarded by mu)
 	tail    *handoff.Tail
 	out     sync.WaitGroup // the output copiers
-}
-
-func (g *generation) setState(s string) {
-	g.mu.Lock()
-	g.state = s
-	g.mu.Unlock()
-}
-
-func (g *generation) binarySHA256() string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.sha256
-}
-
-func (g *generation) getState() string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.state
 }
 
 // startGeneration starts generation n of the app with the sockets as
@@ -87,12 +59,12 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 	}()
 	app, err := exec.LookPath(s.cfg.Command[0])
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", baton.ErrBinary, s.cfg.Command[0], err)
+		return nil, fmt.Errorf("%w: %s: %v", contract.ErrBinary, s.cfg.Command[0], err)
 	}
 	if app, err = filepath.Abs(app); err != nil {
-		return nil, fmt.Errorf("%w: %v", baton.ErrBinary, err)
+		return nil, fmt.Errorf("%w: %v", contract.ErrBinary, err)
 	}
-	g := &generation{n: n, binary: app, state: stateStarting, exited: make(chan struct{}), ready: make(chan struct{}),
+	g := &generation{s: s, n: n, binary: app, exited: make(chan struct{}), ready: make(chan struct{}),
 		tail: handoff.NewTail(2048)}
 	// Keep a copy of what this generation runs, so that a rollback can run
 	// it again whatever happens to the installed file meanwhile.
@@ -103,7 +75,7 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 		g.binary = from.binary
 	}
 	if err := saveBinary(src, g.saved); err != nil {
-		return nil, fmt.Errorf("%w: keeping a copy of %s for rollbacks: %v", baton.ErrBinary, src, err)
+		return nil, fmt.Errorf("%w: keeping a copy of %s for rollbacks: %v", contract.ErrBinary, src, err)
 	}
 	defer func() {
 		if err != nil {
@@ -119,21 +91,20 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 		return nil, fmt.Errorf("notify socket for generation %d: %w", n, err)
 	}
 	os.Chmod(notifyPath, 0o600)
-	linkPath := filepath.Join(s.runDir, fmt.Sprintf("%s.gen%d.link", s.cfg.Name, n))
-	os.Remove(linkPath)
-	linkLn, err := net.ListenUnix("unix", &net.UnixAddr{Name: linkPath, Net: "unix"})
+	linkName := filepath.Join(s.runDir, fmt.Sprintf("%s.gen%d.link", s.cfg.Name, n))
+	os.Remove(linkName) // a stale one from a supervisor that was killed
+	linkLn, linkPath, err := handoff.ListenLink(linkName)
 	if err != nil {
 		g.closeNotify()
 		return nil, fmt.Errorf("link socket for generation %d: %w", n, err)
 	}
-	os.Chmod(linkPath, 0o600)
 	defer func() {
 		if err != nil {
 			linkLn.Close()
 		}
 	}()
 
-	files, names := s.files, s.fdNames
+	files, names := s.host.files, s.host.fdNames
 	if s.cfg.Readiness.Mode == "http" || s.cfg.Readiness.Mode == "tcp" {
 		// All generations share the sockets, so a probe through them may be
 		// answered by the old one: probe through a socket of its own.
@@ -176,7 +147,7 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 	}
 	cmd.Stdout, cmd.Stderr = stdoutW, stderrW
 	g.cmd = cmd
-	err = s.spawn(cmd)
+	err = s.host.spawner.start(cmd)
 	stdoutW.Close()
 	stderrW.Close()
 	if err != nil {
@@ -184,11 +155,11 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 		stderr.Close()
 		g.closeNotify()
 		os.Remove(g.saved)
-		return nil, fmt.Errorf("%w: starting %s: %v", baton.ErrBinary, app, err)
+		return nil, fmt.Errorf("%w: starting %s: %v", contract.ErrBinary, app, err)
 	}
 	g.pid = cmd.Process.Pid
 	g.started = time.Now()
-	s.watchdog.add(g.pid) // its process group id (Setpgid)
+	s.host.watchdog.add(g.pid) // its process group id (Setpgid)
 	g.out.Add(2)
 	go s.copyOutput(g, stdout)
 	go s.copyOutput(g, stderr)
@@ -207,7 +178,7 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 		case <-copied:
 		case <-time.After(2 * time.Second):
 		}
-		e := &baton.ChildExitError{PID: g.pid, ExitCode: -1, StderrTail: g.tail.String()}
+		e := &contract.ExitError{PID: g.pid, ExitCode: -1, StderrTail: g.tail.String()}
 		if cmd.ProcessState != nil {
 			e.ExitCode = cmd.ProcessState.ExitCode()
 			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -218,7 +189,7 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 		}
 		g.exitErr = e
 		g.closeNotify()
-		s.watchdog.remove(g.pid)
+		s.host.watchdog.remove(g.pid)
 		close(g.exited)
 	}()
 	return g, nil
@@ -289,11 +260,9 @@ func (s *Supervisor) copyOutput(g *generation, r *os.File) {
 	}
 }
 
-// waitReady waits until g is ready by the configured means, exits, or the
-// timeout passes.
+// waitReady waits until g is ready by the configured means, exits, or ctx
+// ends (the engine's ready timeout).
 func (s *Supervisor) waitReady(ctx context.Context, g *generation) error {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReadyTimeout)
-	defer cancel()
 	probe := make(chan struct{})
 	r := s.cfg.Readiness
 	switch r.Mode {
@@ -330,9 +299,9 @@ func (s *Supervisor) waitReady(ctx context.Context, g *generation) error {
 		return g.exitErr
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.Canceled) {
-			return fmt.Errorf("%w: waiting for pid %d", baton.ErrCanceled, g.pid)
+			return fmt.Errorf("%w: waiting for pid %d", contract.ErrCanceled, g.pid)
 		}
-		return fmt.Errorf("%w (pid %d, %s readiness, %v)", baton.ErrReadyTimeout, g.pid, r.Mode, s.cfg.ReadyTimeout)
+		return fmt.Errorf("%w (pid %d, %s readiness, %v)", contract.ErrReadyTimeout, g.pid, r.Mode, s.cfg.ReadyTimeout)
 	}
 }
 
@@ -350,162 +319,71 @@ func pollUntil(ctx context.Context, done chan struct{}, ok func() bool) {
 	}
 }
 
-var probeClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+// The generation as the lifecycle engine sees it.
 
-// httpOK asks rawURL's path from the generation's probe socket at addr
-// (the Host header stays the one of rawURL).
-func httpOK(ctx context.Context, rawURL, addr string) bool {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
-	if err != nil {
-		return false
+func (g *generation) PID() int       { return g.pid }
+func (g *generation) Binary() string { return g.binary }
+
+func (g *generation) WaitReady(ctx context.Context) (lifecycle.ReadyInfo, error) {
+	if err := g.s.waitReady(ctx, g); err != nil {
+		return lifecycle.ReadyInfo{}, err
 	}
-	req.URL.Host = addr
-	req.URL.Scheme = "http"
-	resp, err := probeClient.Do(req)
-	if err != nil {
-		return false
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode >= 200 && resp.StatusCode < 300
+	go g.hashBinary() // for status; after the switch, not in its way
+	return lifecycle.ReadyInfo{}, nil
 }
 
-// drain asks g to drain (a library app through its link: its Exit
-// channel; any other with the drain signal) and kills it (its whole process
-// group) at the deadline. It returns when g is gone.
-func (s *Supervisor) drain(g *generation) {
-	g.setState(stateDraining)
+// Commit: the sockets are shared already; nothing to hand over.
+func (g *generation) Commit() error { return nil }
+
+// Abort kills a generation that did not take over.
+func (g *generation) Abort(string) {
+	g.kill()
+}
+
+// Drain asks g to drain: a library app through its link (its Exit
+// channel), any other with the drain signal.
+func (g *generation) Drain() {
+	s := g.s
 	select {
 	case <-g.exited:
 		return // nothing left to drain
 	default:
 	}
-	told := false
 	if link := g.getLink(); link != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err := link.Drain(ctx)
 		cancel()
-		if told = err == nil; !told {
-			s.log.Warn("drain request over the link failed; sending the drain signal", "gen", g.n, "pid", g.pid, "err", err)
+		if err == nil {
+			return
 		}
+		s.log.Warn("drain request over the link failed; sending the drain signal", "gen", g.n, "pid", g.pid, "err", err)
 	}
-	if !told {
-		if err := g.cmd.Process.Signal(s.cfg.DrainSignal); err != nil {
-			s.log.Warn("drain signal not delivered", "gen", g.n, "pid", g.pid, "err", err)
-		}
+	if err := g.cmd.Process.Signal(s.cfg.DrainSignal); err != nil {
+		s.log.Warn("drain signal not delivered", "gen", g.n, "pid", g.pid, "err", err)
 	}
+}
+
+// Kill ends g's whole process group at once.
+func (g *generation) Kill() { killGroup(g.pid) }
+
+func (g *generation) Exited() <-chan struct{} { return g.exited }
+
+func (g *generation) Err() error {
 	select {
 	case <-g.exited:
-	case <-time.After(s.cfg.DrainTimeout):
-		s.log.Warn("generation still running at the drain deadline; killing it", "gen", g.n, "pid", g.pid, "deadline", s.cfg.DrainTimeout)
-		killGroup(g.pid)
-		<-g.exited
-	}
-}
-
-// acceptLink waits for a library app's link (as long as the generation
-// runs: an app may create its Upgrader late), gives it what the previous
-// generation handed over and keeps the link for later requests. handed is
-// closed here: the app has its own copies.
-func (s *Supervisor) acceptLink(g *generation, ln *net.UnixListener, handed *handoff.Handed) {
-	defer handed.Close()
-	path := ln.Addr().String()
-	defer os.Remove(path)
-	defer ln.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-g.exited:
-		case <-ctx.Done():
-		}
-		cancel()
-	}()
-	link, hello, err := handoff.AcceptLink(ctx, ln)
-	if err != nil {
-		if ctx.Err() == nil {
-			s.log.Warn("generation's link refused", "gen", g.n, "pid", g.pid, "err", err)
-		}
-		return
-	}
-	if hello.PID != g.pid {
-		// Only the app itself (the activator execs it, same pid) links up.
-		s.log.Warn("link from another process refused", "gen", g.n, "pid", g.pid, "link_pid", hello.PID)
-		link.Close()
-		return
-	}
-	if handed == nil {
-		handed = &handoff.Handed{}
-	}
-	handed.Msg.Generation = g.n
-	handed.Msg.Parent = handoff.Self()
-	handed.Msg.Binary = g.binary
-	if err := link.Give(handed); err != nil {
-		s.log.Warn("handing over to the generation's link failed", "gen", g.n, "pid", g.pid, "err", err)
-		link.Close()
-		return
-	}
-	g.mu.Lock()
-	g.link = link
-	g.mu.Unlock()
-	go func() {
-		<-g.exited
-		link.Close()
-	}()
-	s.log.Debug("library generation linked", "gen", g.n, "pid", g.pid, "files", len(handed.Items), "state_bytes", len(handed.State))
-}
-
-func (g *generation) getLink() *handoff.LinkConn {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.link
-}
-
-// takeHandover asks the serving generation (a library app with a link) for
-// its state and named files, for the generation about to start.
-func (s *Supervisor) takeHandover(ctx context.Context, g *generation) (*handoff.Handed, error) {
-	if g == nil {
-		return nil, nil
-	}
-	link := g.getLink()
-	if link == nil {
-		return nil, nil
-	}
-	select {
-	case <-g.exited:
-		return nil, nil
 	default:
+		return nil
 	}
-	if link.Broken() {
-		// An earlier exchange failed (and that upgrade with it): going on
-		// without the state beats never upgrading again.
-		s.log.Warn("the serving generation's link failed earlier; the next generation starts without its state", "gen", g.n, "pid", g.pid)
-		return nil, nil
+	if g.exitErr == nil {
+		return nil
 	}
-	h, err := link.Take(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("generation %d (pid %d) did not hand over its state: %w", g.n, g.pid, err)
-	}
-	return h, nil
+	return g.exitErr
 }
 
-// release removes g's saved binary (once no rollback can need it).
-func (g *generation) release() {
-	if g.saved != "" {
-		os.Remove(g.saved)
-	}
-}
+func (g *generation) Release() { g.release() }
 
-// healthAddr is the address part of a health URL (after the switch the
-// probe socket is gone: probation checks go through the service's own
-// socket, where only the new generation accepts now).
-func healthAddr(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return ""
-	}
-	return u.Host
-}
+// handles counts g's open descriptors where the platform tells (-1 if not).
+func (g *generation) handles() int { return openFDs(g.pid) }
 
 // kill ends g at once (a failed start) and waits for it.
 func (g *generation) kill() {
@@ -519,44 +397,4 @@ func (g *generation) kill() {
 func killGroup(pid int) {
 	// Children run in their own process group (Setpgid): kill it whole.
 	syscall.Kill(-pid, syscall.SIGKILL)
-}
-
-// saveBinary keeps what a generation runs at dst: a hard link to src when
-// both are on one file system (instant, whatever the binary's size), else a
-// copy. A link stays the old file when a deploy renames a new binary into
-// place (as baton install, baton upgrade --binary and package managers do);
-// writing into the installed file in place fails with "text file busy" as
-// for any running program.
-func saveBinary(src, dst string) error {
-	os.Remove(dst)
-	if err := os.Link(src, dst); err == nil {
-		return nil
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o700)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		os.Remove(dst)
-		return err
-	}
-	return out.Close()
-}
-
-// hashBinary computes the sha256 of what g runs, for status. It runs once
-// g is ready: hashing a large binary would add to every switch.
-func (g *generation) hashBinary() {
-	sum, err := release.FileSHA256(g.saved)
-	if err != nil {
-		return
-	}
-	g.mu.Lock()
-	g.sha256 = sum
-	g.mu.Unlock()
 }

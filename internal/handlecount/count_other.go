@@ -2,7 +2,10 @@
 
 package handlecount
 
-import "os"
+import (
+	"errors"
+	"os"
+)
 
 // Count returns the number of open file descriptors.
 func Count() (int, error) {
@@ -11,4 +14,13 @@ func Count() (int, error) {
 		return 0, err
 	}
 	return len(ents) - 1, nil
+}
+
+// Of returns ErrUnsupported: without /proc another process's descriptors
+// cannot be counted cheaply.
+func Of(pid int) (int, error) {
+	if pid == os.Getpid() {
+		return Count()
+	}
+	return 0, errors.ErrUnsupported
 }

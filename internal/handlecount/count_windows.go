@@ -14,18 +14,29 @@ var procGetProcessHandleCount = windows.NewLazySystemDLL("kernel32.dll").NewProc
 // Count returns the number of open handles. Wine 8.0 answers 0 from
 // GetProcessHandleCount, so a zero falls back to counting this process's
 // entries in the system handle table.
-func Count() (int, error) {
+func Count() (int, error) { return Of(os.Getpid()) }
+
+// Of returns the number of open handles of process pid.
+func Of(pid int) (int, error) {
+	h := windows.CurrentProcess()
+	if pid != os.Getpid() {
+		var err error
+		if h, err = windows.OpenProcess(windows.PROCESS_QUERY_LIMITED_INFORMATION, false, uint32(pid)); err != nil {
+			return 0, err
+		}
+		defer windows.CloseHandle(h)
+	}
 	var n uint32
-	if r, _, err := procGetProcessHandleCount.Call(uintptr(windows.CurrentProcess()), uintptr(unsafe.Pointer(&n))); r == 0 {
+	if r, _, err := procGetProcessHandleCount.Call(uintptr(h), uintptr(unsafe.Pointer(&n))); r == 0 {
 		return 0, err
 	}
 	if n != 0 {
 		return int(n), nil
 	}
-	return countFromSystemTable()
+	return countFromSystemTable(pid)
 }
 
-func countFromSystemTable() (int, error) {
+func countFromSystemTable(forPID int) (int, error) {
 	// SYSTEM_HANDLE_TABLE_ENTRY_INFO_EX, as laid out on 64 bits.
 	type entry struct {
 		Object                uintptr
@@ -55,7 +66,7 @@ func countFromSystemTable() (int, error) {
 		return 0, errors.New("handle table larger than its buffer")
 	}
 	entries := unsafe.Slice((*entry)(unsafe.Pointer(&buf[2*unsafe.Sizeof(uintptr(0))])), total)
-	pid := uintptr(os.Getpid())
+	pid := uintptr(forPID)
 	count := 0
 	for _, e := range entries {
 		if e.UniqueProcessID == pid {

@@ -1,0 +1,188 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/baton-go/baton/internal/handoff"
+	"github.com/baton-go/baton/internal/release"
+)
+
+// What a generation does the same way on every OS: its link to a library
+// app (state, named files, drain), the copy of its binary kept for a
+// rollback, and the HTTP health probe.
+
+func (g *generation) binarySHA256() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.sha256
+}
+
+var probeClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// httpOK asks rawURL's path from the generation's probe socket at addr
+// (the Host header stays the one of rawURL).
+func httpOK(ctx context.Context, rawURL, addr string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+	if err != nil {
+		return false
+	}
+	req.URL.Host = addr
+	req.URL.Scheme = "http"
+	resp, err := probeClient.Do(req)
+	if err != nil {
+		return false
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode >= 200 && resp.StatusCode < 300
+}
+
+// acceptLink waits for a library app's link (as long as the generation
+// runs: an app may create its Upgrader late), gives it what the previous
+// generation handed over and keeps the link for later requests. handed is
+// closed here: the app has its own copies.
+func (s *Supervisor) acceptLink(g *generation, ln *handoff.LinkListener, handed *handoff.Handed) {
+	defer handed.Close()
+	path := ln.Addr().String()
+	defer os.Remove(path)
+	defer ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-g.exited:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	link, hello, err := handoff.AcceptLink(ctx, ln)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("generation's link refused", "gen", g.n, "pid", g.pid, "err", err)
+		}
+		return
+	}
+	if hello.PID != g.pid {
+		// Only the app itself (the activator execs it, same pid) links up.
+		s.log.Warn("link from another process refused", "gen", g.n, "pid", g.pid, "link_pid", hello.PID)
+		link.Close()
+		return
+	}
+	if handed == nil {
+		handed = &handoff.Handed{}
+	}
+	handed.Msg.Generation = g.n
+	handed.Msg.Parent = handoff.Self()
+	handed.Msg.Binary = g.binary
+	if err := link.Give(handed); err != nil {
+		s.log.Warn("handing over to the generation's link failed", "gen", g.n, "pid", g.pid, "err", err)
+		link.Close()
+		return
+	}
+	g.mu.Lock()
+	g.link = link
+	g.mu.Unlock()
+	go func() {
+		<-g.exited
+		link.Close()
+	}()
+	s.log.Debug("library generation linked", "gen", g.n, "pid", g.pid, "files", len(handed.Items), "state_bytes", len(handed.State))
+}
+
+func (g *generation) getLink() *handoff.LinkConn {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.link
+}
+
+// takeHandover asks the serving generation (a library app with a link) for
+// its state and named files, for the generation about to start.
+func (s *Supervisor) takeHandover(ctx context.Context, g *generation) (*handoff.Handed, error) {
+	if g == nil {
+		return nil, nil
+	}
+	link := g.getLink()
+	if link == nil {
+		return nil, nil
+	}
+	select {
+	case <-g.exited:
+		return nil, nil
+	default:
+	}
+	if link.Broken() {
+		// An earlier exchange failed (and that upgrade with it): going on
+		// without the state beats never upgrading again.
+		s.log.Warn("the serving generation's link failed earlier; the next generation starts without its state", "gen", g.n, "pid", g.pid)
+		return nil, nil
+	}
+	h, err := link.Take(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("generation %d (pid %d) did not hand over its state: %w", g.n, g.pid, err)
+	}
+	return h, nil
+}
+
+// release removes g's saved binary (once no rollback can need it).
+func (g *generation) release() {
+	if g.saved != "" {
+		os.Remove(g.saved)
+	}
+}
+
+// healthAddr is the address part of a health URL (after the switch the
+// probe socket is gone: probation checks go through the service's own
+// socket, where only the new generation accepts now).
+func healthAddr(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return ""
+	}
+	return u.Host
+}
+
+// saveBinary keeps what a generation runs at dst: a hard link to src when
+// both are on one file system (instant, whatever the binary's size), else a
+// copy. A link stays the old file when a deploy renames a new binary into
+// place (as baton install, baton upgrade --binary and package managers do);
+// writing into the installed file in place fails with "text file busy" as
+// for any running program.
+func saveBinary(src, dst string) error {
+	os.Remove(dst)
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o700)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(dst)
+		return err
+	}
+	return out.Close()
+}
+
+// hashBinary computes the sha256 of what g runs, for status. It runs once
+// g is ready: hashing a large binary would add to every switch.
+func (g *generation) hashBinary() {
+	sum, err := release.FileSHA256(g.saved)
+	if err != nil {
+		return
+	}
+	g.mu.Lock()
+	g.sha256 = sum
+	g.mu.Unlock()
+}

@@ -1,0 +1,198 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/handoff"
+	"github.com/baton-go/baton/internal/lifecycle"
+)
+
+// generation is one run of the app: a lifecycle.Proc for the engine. On
+// Windows the supervisor is the generation's handoff parent: the app (a
+// baton library program) gets the sockets, the state blob and the named
+// files through the handoff, says ready through it, and later answers the
+// supervisor's link (state for the next generation, drain).
+type generation struct {
+	s          *Supervisor
+	n          int
+	pid        int
+	binary     string // the installed path it was started from
+	saved      string // the copy it runs (kept for a rollback)
+	sha256     string // of the saved copy (guarded by mu)
+	started    time.Time
+	readyAfter time.Duration
+
+	mu     sync.Mutex
+	child  *handoff.Child
+	exited <-chan struct{}
+	link   *handoff.LinkConn // guarded by mu
+}
+
+// startGeneration starts generation n of the app as a handoff child with
+// the service's sockets, and the state and named files of handed (closed
+// in any case).
+func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Handed) (_ *generation, err error) {
+	defer handed.Close()
+	app, err := exec.LookPath(s.cfg.Command[0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", contract.ErrBinary, s.cfg.Command[0], err)
+	}
+	if app, err = filepath.Abs(app); err != nil {
+		return nil, fmt.Errorf("%w: %v", contract.ErrBinary, err)
+	}
+	g := &generation{s: s, n: n, binary: app}
+	// Keep a copy of what this generation runs, so that a rollback can run
+	// it again whatever happens to the installed file meanwhile (and so
+	// that the installed .exe is never the running image: it can be
+	// replaced). It must end in .exe for CreateProcess.
+	g.saved = filepath.Join(s.runDir, fmt.Sprintf("%s.gen%d.exe", s.cfg.Name, n))
+	src := app
+	if from != nil {
+		src = from.saved
+		g.binary = from.binary
+	}
+	if err := saveBinary(src, g.saved); err != nil {
+		return nil, fmt.Errorf("%w: keeping a copy of %s for rollbacks: %v", contract.ErrBinary, src, err)
+	}
+	defer func() {
+		if err != nil {
+			os.Remove(g.saved)
+		}
+	}()
+	linkLn, linkPath, err := handoff.ListenLink(fmt.Sprintf("%s.gen%d", s.cfg.Name, n))
+	if err != nil {
+		return nil, fmt.Errorf("link for generation %d: %w", n, err)
+	}
+	items := s.host.items()
+	var state []byte
+	if handed != nil {
+		items = append(items, handed.Items...)
+		state = handed.State
+	}
+	env := append(os.Environ(),
+		contract.EnvLink+"="+linkPath,
+		contract.EnvSupervisor+"="+s.cfg.Name,
+		contract.EnvGeneration+"="+strconv.Itoa(n),
+	)
+	out := &taggedOutput{g: g}
+	child, err := handoff.Spawn(context.Background(), handoff.SpawnConfig{
+		Binary:     g.saved,
+		Args:       s.cfg.Command[1:],
+		Env:        childEnv(env),
+		Items:      items,
+		Message:    handoff.Handoff{Generation: n, Parent: handoff.Self(), Binary: g.binary},
+		State:      state,
+		Logger:     s.log,
+		Supervised: true,
+		Stdout:     out,
+		Stderr:     out,
+	})
+	if err != nil {
+		linkLn.Close()
+		return nil, err
+	}
+	g.mu.Lock()
+	g.child, g.pid, g.exited, g.started = child, child.PID, child.Exited(), time.Now()
+	g.mu.Unlock()
+	// The link carries no state here (the handoff did): it is for the
+	// next upgrade's state and the drain.
+	go s.acceptLink(g, linkLn, nil)
+	return g, nil
+}
+
+// childEnv drops what describes the supervisor's own inheritance.
+func childEnv(env []string) []string {
+	out := env[:0:0]
+	seen := map[string]bool{}
+	for i := len(env) - 1; i >= 0; i-- { // the last value of a name wins
+		k, _, _ := strings.Cut(env[i], "=")
+		if seen[strings.ToUpper(k)] {
+			continue
+		}
+		seen[strings.ToUpper(k)] = true
+		switch k {
+		case contract.EnvHandoff, contract.EnvDrainSignal:
+			continue
+		}
+		out = append(out, env[i])
+	}
+	return out
+}
+
+// taggedOutput prefixes each line of a generation's output with its
+// generation and pid; the supervisor is the only writer of its log.
+type taggedOutput struct{ g *generation }
+
+func (t *taggedOutput) Write(p []byte) (int, error) {
+	t.g.mu.Lock()
+	pid := t.g.pid
+	t.g.mu.Unlock()
+	t.g.s.logOut.WriteLine(fmt.Sprintf("[gen %d pid %d] %s", t.g.n, pid, strings.TrimRight(string(p), "\r\n")))
+	return len(p), nil
+}
+
+// The generation as the lifecycle engine sees it.
+
+func (g *generation) PID() int       { return g.pid }
+func (g *generation) Binary() string { return g.binary }
+
+func (g *generation) WaitReady(ctx context.Context) (lifecycle.ReadyInfo, error) {
+	reply, err := g.child.WaitReady(ctx)
+	if err != nil {
+		return lifecycle.ReadyInfo{}, err
+	}
+	g.readyAfter = time.Since(g.started)
+	go g.hashBinary()
+	return lifecycle.ReadyInfo{AppStartup: reply.AppStartup}, nil
+}
+
+// Commit sends the go-ahead: the generation accepts from now on.
+func (g *generation) Commit() error { return g.child.Ack() }
+
+func (g *generation) Abort(reason string) { g.child.Abort(reason) }
+
+// Drain asks g over its link to stop accepting and finish (Exit in the
+// app). Windows has no drain signal for a console child: without a link
+// the engine kills it at the drain deadline.
+func (g *generation) Drain() {
+	select {
+	case <-g.exited:
+		return
+	default:
+	}
+	link := g.getLink()
+	if link == nil {
+		g.s.log.Warn("generation has no link to be told to drain; it is killed at the drain deadline", "gen", g.n, "pid", g.pid)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := link.Drain(ctx); err != nil {
+		g.s.log.Warn("drain request over the link failed; the generation is killed at the drain deadline", "gen", g.n, "pid", g.pid, "err", err)
+	}
+}
+
+func (g *generation) Kill() { _ = g.child.Kill() }
+
+func (g *generation) Exited() <-chan struct{} { return g.exited }
+
+func (g *generation) Err() error {
+	if e := g.child.ExitErr(); e != nil {
+		return e
+	}
+	return nil
+}
+
+func (g *generation) Release() { g.release() }
+
+// handles counts g's open handles (-1 if unknown).
+func (g *generation) handles() int { return openFDs(g.pid) }

@@ -1,0 +1,102 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+
+	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/handoff"
+)
+
+// host is what the supervisor holds on Windows: the listening sockets,
+// duplicated for every generation it starts (WSADuplicateSocket through the
+// library's handoff: Windows has no socket activation, so generations are
+// apps built on the baton library), and the job object that every
+// generation lives in (handoff.SpawnConfig.Supervised).
+type host struct {
+	cfg     *Config
+	sockets []*handoff.HeldSocket
+}
+
+func openHost(s *Supervisor) (*host, error) {
+	h := &host{cfg: &s.cfg}
+	for _, l := range s.cfg.Listen {
+		switch l.Network {
+		case "tcp", "tcp4", "tcp6":
+		default:
+			h.close()
+			return nil, fmt.Errorf("--listen %s: baton run on Windows owns tcp sockets only", l)
+		}
+		sock, err := handoff.ListenSocket(l.Network, l.Addr)
+		if err != nil {
+			h.close()
+			return nil, fmt.Errorf("--listen %s: %w", l, err)
+		}
+		h.sockets = append(h.sockets, sock)
+	}
+	return h, nil
+}
+
+// items are the sockets as the next generation gets them: matched by the
+// network and address the app asks Listen for.
+func (h *host) items() []handoff.Item {
+	var items []handoff.Item
+	for i, sock := range h.sockets {
+		l := h.cfg.Listen[i]
+		items = append(items, sock.Item(handoff.FileDesc{Kind: handoff.KindListener, Network: l.Network, Addr: l.Addr}))
+	}
+	return items
+}
+
+func (h *host) close() {
+	for _, s := range h.sockets {
+		s.Close()
+	}
+}
+
+// watchSignals: Ctrl+C (and Ctrl+Break, a console's close) stop; Windows
+// has no upgrade signal (baton upgrade, or the service's control code).
+func (s *Supervisor) watchSignals(ctx context.Context) (stop func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt)
+	go func() {
+		select {
+		case <-ctx.Done():
+		case sig := <-sigs:
+			s.log.Info("stopping", "signal", sig.String())
+			s.requestStop()
+		}
+	}()
+	return func() { signal.Stop(sigs) }
+}
+
+// fingerprint identifies the file at the app's path (size, mtime), for
+// --watch-binary.
+func fingerprint(path string) string {
+	p, err := exec.LookPath(path)
+	if err != nil {
+		return ""
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%d/%d", fi.Size(), fi.ModTime().UnixNano())
+}
+
+// runtimeDir holds the generations' binary copies: BATON_RUNTIME_DIR, else
+// baton under the user's local application data (for a service account,
+// its own profile), never a directory other users may write.
+func runtimeDir() string {
+	if d := os.Getenv(contract.EnvRuntimeDir); d != "" {
+		return d
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "baton")
+	}
+	return filepath.Join(os.TempDir(), "baton")
+}

@@ -1,0 +1,442 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/ctl"
+	"github.com/baton-go/baton/internal/handlecount"
+	"github.com/baton-go/baton/internal/handoff"
+	"github.com/baton-go/baton/internal/lifecycle"
+	"github.com/baton-go/baton/internal/sdnotify"
+	"github.com/baton-go/baton/internal/sockstat"
+	"github.com/coreos/go-systemd/v22/daemon"
+)
+
+// Errors of the supervisor (see also the baton package's).
+var (
+	// ErrGaveUp: the app kept failing to start or crashing.
+	ErrGaveUp = contract.ErrGaveUp
+	// ErrNoPrevious: `baton rollback` without a previous generation.
+	ErrNoPrevious = contract.ErrNoPrevious
+	// ErrRolledBack: the new generation failed its probation and the
+	// previous binary serves again.
+	ErrRolledBack = contract.ErrRolledBack
+)
+
+// Supervisor runs generations of one app on sockets it owns. The
+// lifecycle (upgrade, probation, rollback, crash restart, stop) is
+// internal/lifecycle's; this package starts the app's processes for it
+// (host_unix.go, host_windows.go) and answers the control endpoint.
+type Supervisor struct {
+	cfg     Config
+	log     *slog.Logger
+	logOut  *lineWriter
+	runDir  string
+	host    *host
+	engine  *lifecycle.Engine
+	started time.Time
+
+	mu        sync.Mutex
+	failedSHA string // what the last generation that failed ran (managed binaries)
+	reloading bool   // RELOADING=1 was sent for the upgrade under way
+
+	serving  chan struct{} // closed when the first generation serves
+	servOnce sync.Once
+	stopReq  chan struct{}
+	stopOnce sync.Once
+}
+
+// Run supervises the app until ctx ends, `baton stop` is asked, SIGTERM or
+// SIGINT arrive (all drain every generation and return nil), or the app
+// keeps failing (ErrGaveUp).
+func Run(ctx context.Context, cfg Config, out io.Writer) error {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if cfg.LogFile != "" {
+		rf, err := openRotating(cfg.LogFile, cfg.LogMaxSize, cfg.LogKeep)
+		if err != nil {
+			return err
+		}
+		defer rf.Close()
+		out = rf
+	}
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, logOut: newLineWriter(out), started: time.Now(),
+		serving: make(chan struct{}), stopReq: make(chan struct{})}
+	s.runDir = runtimeDir()
+	if err := os.MkdirAll(s.runDir, 0o700); err != nil {
+		return err
+	}
+	ln, err := ctl.Listen(cfg.Name)
+	if err != nil {
+		return err
+	}
+	defer ctl.Remove(cfg.Name)
+	h, err := openHost(s)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	s.host = h
+	defer h.close()
+	s.engine = lifecycle.New(platform{s}, lifecycle.Config{
+		ReadyTimeout: cfg.ReadyTimeout,
+		DrainTimeout: cfg.DrainTimeout,
+		MaxDraining:  cfg.MaxDraining,
+		Probation:    cfg.Probation,
+		MaxRestarts:  cfg.MaxRestarts,
+		RestartMin:   cfg.RestartMin,
+		RestartMax:   cfg.RestartMax,
+		StableAfter:  cfg.StableAfter,
+		Notify:       s.notice,
+		Logger:       s.log,
+	})
+
+	// A stop request (signal, baton stop, ctx) ends the engine's Run: the
+	// operation under way is called off and every generation drains.
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stopReq:
+			cancel()
+		case <-runCtx.Done():
+		}
+	}()
+	stopSignals := s.watchSignals(runCtx)
+	defer stopSignals()
+
+	done := make(chan error, 1)
+	go func() { done <- s.engine.Run(runCtx) }()
+	select {
+	case <-s.serving:
+	case err := <-done:
+		ln.Close()
+		return err
+	}
+	srv := ctl.Serve(ln, s.handle, s.log)
+	defer srv.Close()
+	daemon.SdNotify(false, fmt.Sprintf("READY=1\nSTATUS=%s", s.statusLine()))
+	if cfg.WatchBinary {
+		go s.watchBinary(runCtx)
+	}
+	return <-done
+}
+
+// platform is what the lifecycle engine starts generations through.
+type platform struct{ s *Supervisor }
+
+func (p platform) Start(ctx context.Context, req lifecycle.StartRequest) (lifecycle.Proc, error) {
+	s := p.s
+	var handed *handoff.Handed
+	if req.Serving != nil && !req.WithoutState {
+		takeCtx, cancel := ctx, context.CancelFunc(func() {})
+		if req.Reason == lifecycle.ReasonRollback {
+			// A failing generation gets a short while to hand over its state.
+			takeCtx, cancel = context.WithTimeout(ctx, 3*time.Second)
+		}
+		var err error
+		handed, err = s.takeHandover(takeCtx, req.Serving.(*generation))
+		cancel()
+		if err != nil {
+			if req.Reason != lifecycle.ReasonRollback {
+				return nil, err // an upgrade without the app's state would lose it
+			}
+			s.log.Warn("rolling back without the state of the failing generation", "err", err)
+		}
+	}
+	var from *generation
+	if req.RunAgain != nil {
+		from = req.RunAgain.(*generation)
+	}
+	g, err := s.startGeneration(req.N, from, handed)
+	if err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// Healthy probes a generation on probation (http readiness only; other
+// modes have nothing to ask, and only an exit fails them).
+func (p platform) Healthy(ctx context.Context, _ lifecycle.Proc) bool {
+	r := p.s.cfg.Readiness
+	if r.Mode != "http" {
+		return true
+	}
+	// After the switch the probe socket is gone: probation checks go
+	// through the service's own socket, where only the new generation
+	// accepts now.
+	return httpOK(ctx, r.URL, healthAddr(r.URL))
+}
+
+// notice follows the engine: systemd's notifications, the first serving
+// generation, what a failed generation ran.
+func (s *Supervisor) notice(n lifecycle.Notice) {
+	switch n.Kind {
+	case lifecycle.NoticeServing:
+		s.servOnce.Do(func() { close(s.serving) })
+		if s.isServing() {
+			daemon.SdNotify(false, "READY=1\nSTATUS="+s.statusLine())
+		}
+	case lifecycle.NoticeUpgrading:
+		s.mu.Lock()
+		s.reloading = true
+		s.mu.Unlock()
+		sdnotify.Reloading("upgrading")
+	case lifecycle.NoticeProbationFailed, lifecycle.NoticeStartFailed:
+		if g, ok := n.Gen.Proc.(*generation); ok {
+			if sum := ranSHA256(g); sum != "" {
+				s.mu.Lock()
+				s.failedSHA = sum
+				s.mu.Unlock()
+			}
+		}
+	case lifecycle.NoticeStopping:
+		daemon.SdNotify(false, "STOPPING=1")
+	}
+}
+
+func (s *Supervisor) isServing() bool {
+	select {
+	case <-s.serving:
+		return true
+	default:
+		return false
+	}
+}
+
+// requestStop asks Run to drain everything and return.
+func (s *Supervisor) requestStop() {
+	s.stopOnce.Do(func() { close(s.stopReq) })
+}
+
+// upgradeBySignal runs an upgrade for SIGHUP. Under Type=notify-reload
+// systemd waits for RELOADING=1 then READY=1 after its reload signal: a
+// refused upgrade still answers, or `systemctl reload` would hang.
+func (s *Supervisor) upgradeBySignal(ctx context.Context) {
+	_, err := s.Upgrade(ctx)
+	if err == nil {
+		return
+	}
+	s.log.Error("upgrade by signal failed", "err", err)
+	if errors.Is(err, contract.ErrBusy) || errors.Is(err, contract.ErrTooManyDraining) || errors.Is(err, contract.ErrStopped) || errors.Is(err, contract.ErrNotReady) {
+		sdnotify.Reloading("upgrade refused")
+		daemon.SdNotify(false, "READY=1\nSTATUS="+s.statusLine())
+	}
+}
+
+// watchBinary upgrades when the app's binary changes on disk (opt-in): a
+// new file (or new contents) that stays the same for one more poll.
+func (s *Supervisor) watchBinary(ctx context.Context) {
+	seen := fingerprint(s.cfg.Command[0])
+	var pending string
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := fingerprint(s.cfg.Command[0])
+		switch {
+		case now == "" || now == seen:
+			pending = ""
+		case now != pending:
+			pending = now // changed: wait until it stays put (a copy may be under way)
+		default:
+			seen, pending = now, ""
+			s.log.Info("binary changed on disk; upgrading", "binary", s.cfg.Command[0])
+			if _, err := s.Upgrade(ctx); err != nil {
+				s.log.Error("upgrade after a binary change failed", "err", err)
+			}
+		}
+	}
+}
+
+// Upgrade starts a new generation on the same sockets, waits until it is
+// ready, then drains the old one (lifecycle.Engine.Upgrade). A failed
+// start, or a failed probation, puts the serving release back on disk.
+func (s *Supervisor) Upgrade(ctx context.Context) (contract.UpgradeResult, error) {
+	res, err := s.engine.Upgrade(ctx)
+	s.mu.Lock()
+	reloading, failed := s.reloading, s.failedSHA
+	s.reloading, s.failedSHA = false, ""
+	s.mu.Unlock()
+	if reloading {
+		daemon.SdNotify(false, "READY=1\nSTATUS="+s.statusLine())
+	}
+	if err != nil {
+		if startFailed(err) || errors.Is(err, ErrRolledBack) {
+			s.restoreInstalled(s.currentGen(), failed)
+		}
+		return contract.UpgradeResult{}, err
+	}
+	return upgradeResult(res), nil
+}
+
+// Rollback starts the previous generation's binary again as a new
+// generation (`baton rollback`); during a probation it ends it with that
+// rollback.
+func (s *Supervisor) Rollback(ctx context.Context) (contract.UpgradeResult, error) {
+	res, err := s.engine.Rollback(ctx)
+	if err != nil {
+		return contract.UpgradeResult{}, err
+	}
+	s.restoreInstalled(s.currentGen(), "")
+	return upgradeResult(res), nil
+}
+
+func upgradeResult(r lifecycle.Result) contract.UpgradeResult {
+	return contract.UpgradeResult{PID: r.PID, Generation: r.N, Binary: r.Binary, ReadyAfter: r.ReadyAfter,
+		AppStartup: r.AppStartup, Took: r.Took, Draining: r.Draining}
+}
+
+// startFailed reports whether an upgrade failed because the new binary was
+// started and did not make it (rather than being refused before anything
+// was tried: busy, too many draining, stopping, no state).
+func startFailed(err error) bool {
+	return errors.Is(err, contract.ErrChildExited) || errors.Is(err, contract.ErrReadyTimeout) || errors.Is(err, contract.ErrBinary)
+}
+
+func (s *Supervisor) currentGen() *generation {
+	if cur := s.engine.Current(); cur != nil {
+		g, _ := cur.Proc.(*generation)
+		return g
+	}
+	return nil
+}
+
+// Status reports the supervisor and its generations.
+func (s *Supervisor) Status() Status {
+	snap := s.engine.Snapshot()
+	st := Status{
+		Name:        s.cfg.Name,
+		Phase:       string(snap.Phase),
+		StartedAt:   s.started,
+		Uptime:      time.Since(s.started),
+		Draining:    []int{},
+		Last:        outcome(snap.Last),
+		OpenHandles: -1,
+	}
+	for _, l := range s.cfg.Listen {
+		st.Listeners = append(st.Listeners, l.Network+" "+l.Addr)
+	}
+	sup := &Info{PID: os.Getpid(), Restarts: snap.Restarts, Command: s.cfg.Command, LogFile: s.cfg.LogFile}
+	views := append([]lifecycle.View(nil), snap.Draining...)
+	if c := snap.Current; c != nil {
+		st.PID, st.Generation, st.Binary = c.PID, c.N, c.Binary
+		st.OpenHandles = c.Proc.(*generation).handles()
+		select {
+		case <-c.Proc.Exited():
+		default:
+			views = append(views, *c)
+		}
+	}
+	for _, v := range views {
+		if snap.Current == nil || v.N != snap.Current.N {
+			st.Draining = append(st.Draining, v.PID)
+		}
+		g := v.Proc.(*generation)
+		sup.Generations = append(sup.Generations, GenInfo{Generation: v.N, PID: v.PID, Binary: v.Binary, SHA256: g.binarySHA256(),
+			StartedAt: v.Started, ReadyAfter: v.ReadyAfter, State: v.State.String()})
+	}
+	st.Supervisor = sup
+	return st
+}
+
+// outcome is the engine's last outcome as status reports it.
+func outcome(o *lifecycle.Outcome) *contract.Outcome {
+	if o == nil {
+		return nil
+	}
+	out := &contract.Outcome{At: o.At, OK: o.Err == nil}
+	if o.Err == nil && o.Result != nil {
+		r := upgradeResult(*o.Result)
+		out.Result = &r
+	}
+	if o.Err != nil {
+		out.Code, out.Error = contract.CodeOf(o.Err), o.Err.Error()
+	}
+	return out
+}
+
+// statusWithConns is Status with each generation's open connections where
+// the platform tells (a few ms per generation: not for sd_notify lines).
+func (s *Supervisor) statusWithConns() Status {
+	st := s.Status()
+	var ports []int
+	var paths []string
+	for _, l := range s.cfg.Listen {
+		switch l.Network {
+		case "tcp", "tcp4", "tcp6":
+			if _, p, err := net.SplitHostPort(l.Addr); err == nil {
+				if n, err := strconv.Atoi(p); err == nil {
+					ports = append(ports, n)
+				}
+			}
+		case "unix":
+			paths = append(paths, l.Addr)
+		}
+	}
+	for i, g := range st.Supervisor.Generations {
+		n, err := sockstat.Conns(g.PID, ports, paths)
+		if err != nil {
+			if !errors.Is(err, sockstat.ErrUnsupported) {
+				s.log.Debug("counting connections", "pid", g.PID, "err", err)
+			}
+			continue
+		}
+		st.Supervisor.Generations[i].Conns = &n
+	}
+	return st
+}
+
+func (s *Supervisor) statusLine() string {
+	st := s.Status()
+	return fmt.Sprintf("generation %d pid %d %s", st.Generation, st.PID, st.Phase)
+}
+
+func (s *Supervisor) handle(ctx context.Context, req contract.Request) contract.Response {
+	switch req.Op {
+	case ctl.OpStatus:
+		return contract.OKResponse(s.statusWithConns())
+	case ctl.OpUpgrade:
+		if req.Binary != "" {
+			return contract.Response{Code: contract.CodeBadRequest, Error: "a request with a binary is answered by the baton CLI, which stages it first: update baton, or install the new binary at " + s.cfg.Command[0] + " and run `baton upgrade`"}
+		}
+		res, err := s.Upgrade(ctx)
+		return contract.UpgradeResponse(res, err)
+	case ctl.OpRollback:
+		res, err := s.Rollback(ctx)
+		return contract.UpgradeResponse(res, err)
+	case ctl.OpLogs:
+		lines, next := s.logOut.Since(req.Since)
+		return contract.OKResponse(LogsResult{Lines: lines, Next: next})
+	case ctl.OpStop:
+		st := s.Status()
+		s.requestStop()
+		return contract.OKResponse(st)
+	}
+	return contract.Response{Code: contract.CodeBadRequest, Error: "unknown operation " + req.Op}
+}
+
+// openFDs counts the open descriptors or handles of pid (-1: unknown).
+func openFDs(pid int) int {
+	n, err := handlecount.Of(pid)
+	if err != nil {
+		return -1
+	}
+	return n
+}
