@@ -65,8 +65,15 @@ func fileItem(f *os.File) (handoff.Item, error) {
 	return handoff.Item{File: d}, err
 }
 
+// inheritFile gives the app its own duplicate of an inherited file; baton
+// keeps the inherited descriptor for the next generation, so that either
+// may be closed without the other.
 func inheritFile(p pooled) (*os.File, handoff.Item, error) {
-	return p.file, handoff.Item{File: p.file}, nil
+	app, err := handoff.DupFile(p.file, p.file.Name())
+	if err != nil {
+		return nil, handoff.Item{}, err
+	}
+	return app, handoff.Item{File: p.file}, nil
 }
 
 func removeStaleSocket(path string) { unixsock.RemoveStale(path) }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/baton-go/baton/internal/handoff"
 	"github.com/baton-go/baton/internal/winsock"
+	"golang.org/x/sys/windows"
 )
 
 // On Windows nothing is inherited: listening sockets are created by baton's
@@ -77,17 +78,49 @@ func closeUnclaimed(p pooled) {
 	}
 }
 
+// fileItem keeps baton's own duplicate of the app's file for the handoff,
+// so that either may be closed without the other.
 func fileItem(f *os.File) (handoff.Item, error) {
-	return handoff.Item{File: f}, nil
+	d, err := dupFile(f)
+	if err != nil {
+		return handoff.Item{}, err
+	}
+	return handoff.Item{File: d}, nil
 }
 
 // inheritFile takes a file handle the parent duplicated into this process
-// (the handoff package made it an *os.File).
+// (the handoff package made it an *os.File) and gives the app its own
+// duplicate; baton keeps the inherited handle for the next generation.
 func inheritFile(p pooled) (*os.File, handoff.Item, error) {
 	if p.file == nil {
 		return nil, handoff.Item{}, errors.New("no handle in the handoff message")
 	}
-	return p.file, handoff.Item{File: p.file}, nil
+	app, err := dupFile(p.file)
+	if err != nil {
+		return nil, handoff.Item{}, err
+	}
+	return app, handoff.Item{File: p.file}, nil
+}
+
+// dupFile returns a new *os.File over a DuplicateHandle copy of f's handle
+// (same file object: same access, offset and mode).
+func dupFile(f *os.File) (*os.File, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var dup windows.Handle
+	var derr error
+	if err := rc.Control(func(h uintptr) {
+		p := windows.CurrentProcess()
+		derr = windows.DuplicateHandle(p, windows.Handle(h), p, &dup, 0, false, windows.DUPLICATE_SAME_ACCESS)
+	}); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("duplicate %s: %w", f.Name(), os.NewSyscallError("DuplicateHandle", derr))
+	}
+	return os.NewFile(uintptr(dup), f.Name()), nil
 }
 
 func removeStaleSocket(path string) {}

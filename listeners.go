@@ -141,6 +141,14 @@ func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
 // File returns the named file inherited from the previous generation, or
 // calls open to create it (for example an open log file or a lock). The
 // file is handed to the next generation under the same name.
+//
+// The returned *os.File is the app's own, in every generation: baton keeps
+// an independent duplicate (another descriptor, or handle on Windows, of
+// the same open file) for the handoff. The app may close its file at any
+// time without breaking the handoff, and baton closing its duplicate (at
+// the handover or Stop) never closes the app's. Both share the open file's
+// offset and flags, as any duplicate does. In a first generation the file
+// returned is the one open returned.
 func (u *Upgrader) File(name string, open func() (*os.File, error)) (*os.File, error) {
 	if name == "" {
 		return nil, errors.New("baton: File: empty name")
