@@ -53,6 +53,28 @@ func (p pooled) close() {
 // until Ready has succeeded: until then the previous generation takes every
 // connection, so none is lost if this one is called off. Serve on the
 // listener before calling Ready, as usual.
+//
+// The listener is of one baton type (unexported) in every generation, on
+// every platform, whether the socket was created, inherited from a previous
+// generation, socket-activated by systemd or given by baton run: code that
+// type-asserts it behaves the same after an upgrade. It is not a
+// *net.TCPListener or *net.UnixListener (no File, SyscallConn or
+// AcceptTCP). What it satisfies:
+//
+//   - net.Listener; Addr is a *net.TCPAddr (tcp, tcp4, tcp6) or a
+//     *net.UnixAddr (unix);
+//   - interface{ SetDeadline(time.Time) error }: on Unix it sets the
+//     deadline of Accept, as on *net.TCPListener and *net.UnixListener, and
+//     it also bounds an Accept still waiting for Ready (the error then
+//     satisfies errors.Is(err, os.ErrDeadlineExceeded) and is a net.Error
+//     with Timeout true); on Windows it returns an error wrapping
+//     ErrUnsupported.
+//
+// After Close, Stop or the handover, Accept returns an error satisfying
+// errors.Is(err, net.ErrClosed). The connections Accept returns are
+// *net.TCPConn or *net.UnixConn on Unix in every generation; on Windows
+// they are baton's own net.Conn (with deadlines and CloseWrite) in every
+// generation.
 func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6", "unix":
@@ -89,12 +111,17 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 			e.unixPath = addr
 		}
 	}
+	// The same wrapper in every generation (see above); a first
+	// generation's gate is open from the start.
+	g := u.acceptGate
+	if g == nil {
+		g = openGate()
+	}
+	gl := newGatedListener(e.ln, g)
+	e.ln = gl
 	e.item.Desc = e.desc
 	u.entries = append(u.entries, e)
-	if u.acceptGate != nil {
-		return &gatedListener{Listener: e.ln, gate: u.acceptGate, done: make(chan struct{})}, nil
-	}
-	return e.ln, nil
+	return gl, nil
 }
 
 // ListenPacket returns a packet conn for network ("udp", "udp4", "udp6" or
@@ -102,6 +129,11 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 // reads fail with a deadline error (the datagrams go to the new
 // generation); writes keep working until Stop, so answers in progress are
 // still sent.
+//
+// Its dynamic type does not change between generations (created,
+// inherited, socket-activated or under baton run): on Unix it is a
+// *net.UDPConn (udp, udp4, udp6) or a *net.UnixConn (unixgram); on Windows
+// it is baton's own net.PacketConn (with deadlines), never a *net.UDPConn.
 func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
 	switch network {
 	case "udp", "udp4", "udp6", "unixgram":
