@@ -19,48 +19,45 @@ import (
 	"time"
 
 	"aead.dev/minisign"
+	"github.com/baton-go/baton/internal/contract"
 )
 
-// Sentinel errors: every refusal wraps one of them.
+// Sentinel errors: every refusal wraps one of them. Each carries its wire
+// code (contract.CodeOf, Code).
 var (
 	// ErrNotExecutable: not an executable for this OS and CPU, or a
 	// truncated or corrupt one.
-	ErrNotExecutable = errors.New("not an executable for this system")
+	ErrNotExecutable = contract.NewError(contract.CodeNotExecutable, "not an executable for this system")
 	// ErrModule: the Go build info is unreadable or names another main
 	// module, OS or CPU than the installed binary (see CheckOptions.Force).
-	ErrModule = errors.New("wrong Go module")
+	ErrModule = contract.NewError(contract.CodeModule, "wrong Go module")
 	// ErrChecksum: the sha256 does not match the expected one.
-	ErrChecksum = errors.New("checksum mismatch")
+	ErrChecksum = contract.NewError(contract.CodeChecksum, "checksum mismatch")
 	// ErrSignature: the minisign signature is missing or does not verify.
-	ErrSignature = errors.New("signature does not verify")
+	ErrSignature = contract.NewError(contract.CodeSignature, "signature does not verify")
 	// ErrSmokeRun: the smoke run did not exit 0 within its timeout.
-	ErrSmokeRun = errors.New("smoke run failed")
+	ErrSmokeRun = contract.NewError(contract.CodeSmoke, "smoke run failed")
 	// ErrUnsafeDir: a directory a binary is run from is writable by other
 	// users (a binary or a DLL could be planted there).
-	ErrUnsafeDir = errors.New("directory writable by other users")
+	ErrUnsafeDir = contract.NewError(contract.CodeUnsafeDir, "directory writable by other users")
 	// ErrDiskSpace: not enough free space for the copies.
-	ErrDiskSpace = errors.New("not enough free disk space")
+	ErrDiskSpace = contract.NewError(contract.CodeDiskSpace, "not enough free disk space")
 	// ErrBusy: the file is in use (being written, or locked by a running
 	// process), or another baton holds the releases lock.
-	ErrBusy = errors.New("file busy")
+	ErrBusy = contract.NewError(contract.CodeBusy, "file busy")
 	// ErrUnsupported: not available on this platform.
 	ErrUnsupported = errors.New("not supported on this platform")
 )
 
 // Code returns a short machine-readable code for err ("not_executable",
 // "module", "checksum", "signature", "smoke", "unsafe_dir", "disk_space",
-// "busy"), or "" when err wraps none of the sentinels.
+// "busy"), or "" when err wraps none of the refusal sentinels. The codes
+// are carried by the sentinels themselves (contract.NewError), so
+// contract.CodeOf gives the same answer.
 func Code(err error) string {
-	for _, c := range []struct {
-		err  error
-		code string
-	}{
-		{ErrBusy, "busy"}, {ErrNotExecutable, "not_executable"}, {ErrModule, "module"},
-		{ErrChecksum, "checksum"}, {ErrSignature, "signature"}, {ErrSmokeRun, "smoke"},
-		{ErrUnsafeDir, "unsafe_dir"}, {ErrDiskSpace, "disk_space"},
-	} {
-		if errors.Is(err, c.err) {
-			return c.code
+	for _, s := range []error{ErrBusy, ErrNotExecutable, ErrModule, ErrChecksum, ErrSignature, ErrSmokeRun, ErrUnsafeDir, ErrDiskSpace} {
+		if errors.Is(err, s) {
+			return contract.CodeOf(s)
 		}
 	}
 	return ""
