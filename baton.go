@@ -29,56 +29,56 @@
 package baton
 
 import (
-	"errors"
 	"log/slog"
 	"os"
 	"time"
 
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/handoff"
 )
 
-// Errors returned by Upgrade (and carried in the control protocol's codes).
-// Test them with errors.Is.
+// Errors returned by Upgrade (and carried in the control protocol's codes:
+// they are internal/contract's sentinels). Test them with errors.Is.
 var (
 	// ErrUpgradeInProgress: another upgrade of this generation is running.
-	ErrUpgradeInProgress = errors.New("an upgrade is already in progress")
+	ErrUpgradeInProgress = contract.ErrBusy
 	// ErrTooManyDraining: the bound on old generations still draining is reached.
-	ErrTooManyDraining = errors.New("too many generations still draining")
+	ErrTooManyDraining = contract.ErrTooManyDraining
 	// ErrNotReady: this generation has not called Ready yet.
-	ErrNotReady = errors.New("this generation is not ready yet")
+	ErrNotReady = contract.ErrNotReady
 	// ErrStopped: this generation has handed over or is stopping.
-	ErrStopped = errors.New("this generation is draining or stopped")
+	ErrStopped = contract.ErrStopped
 
 	// ErrChildExited: the new generation exited before it was ready. The
 	// error is a *ChildExitError with the exit code and the tail of stderr.
-	ErrChildExited = handoff.ErrChildExited
+	ErrChildExited = contract.ErrChildExited
 	// ErrReadyTimeout: the new generation did not call Ready in time; it was killed.
-	ErrReadyTimeout = handoff.ErrReadyTimeout
+	ErrReadyTimeout = contract.ErrReadyTimeout
 	// ErrProtocolVersion: the new binary speaks another handoff protocol version.
-	ErrProtocolVersion = handoff.ErrVersion
+	ErrProtocolVersion = contract.ErrVersion
 	// ErrRefused: the new generation refused the handoff for another reason.
-	ErrRefused = handoff.ErrRefused
+	ErrRefused = contract.ErrRefused
 	// ErrBinary: the binary on disk is missing or cannot be executed.
-	ErrBinary = handoff.ErrBinary
+	ErrBinary = contract.ErrBinary
 	// ErrStateTooLarge: the state blob exceeds the configured bound.
-	ErrStateTooLarge = handoff.ErrStateTooLarge
+	ErrStateTooLarge = contract.ErrStateTooLarge
 	// ErrStateCorrupt: the state blob did not arrive intact.
-	ErrStateCorrupt = handoff.ErrStateCorrupt
+	ErrStateCorrupt = contract.ErrStateCorrupt
 	// ErrAborted: returned by Ready in a new generation whose parent called
 	// the upgrade off (it timed out); the process should exit.
-	ErrAborted = handoff.ErrAborted
+	ErrAborted = contract.ErrAborted
 	// ErrCanceled: the upgrade's context was canceled (or this generation
 	// was stopped) before the new generation was ready; it was killed.
-	ErrCanceled = handoff.ErrCanceled
+	ErrCanceled = contract.ErrCanceled
 	// ErrSupervised: this generation runs under `baton run`, which performs
 	// upgrades itself (baton upgrade --name NAME reaches the supervisor).
-	ErrSupervised = errors.New("supervised by baton run: upgrades are run by the supervisor")
+	ErrSupervised = contract.ErrSupervised
 	// ErrUnsupported: the operation is not available on this platform yet.
-	ErrUnsupported = handoff.ErrUnsupported
+	ErrUnsupported = contract.ErrUnsupported
 )
 
 // ChildExitError describes a new generation that exited before Ready.
-type ChildExitError = handoff.ExitError
+type ChildExitError = contract.ExitError
 
 // Options configure an Upgrader. The zero value is usable.
 type Options struct {

@@ -7,9 +7,11 @@ import (
 	"os"
 	"time"
 
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/handlecount"
 	"github.com/baton-go/baton/internal/handoff"
+	"github.com/baton-go/baton/internal/lifecycle"
 )
 
 // controlDesc names the control endpoint among the handed-over files.
@@ -36,6 +38,7 @@ type Status struct {
 
 // Status reports this generation's state.
 func (u *Upgrader) Status() Status {
+	snap := u.engine.Snapshot() // not under u.mu: the engine may call back into u
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	s := Status{
@@ -49,7 +52,10 @@ func (u *Upgrader) Status() Status {
 		Listeners:   u.listenerAddrs(),
 		OpenHandles: openHandles(),
 		Draining:    []int{},
-		Last:        u.last,
+		Last:        outcomeOf(snap.Last),
+	}
+	if s.Phase == PhaseServing && snap.Phase == lifecycle.PhaseUpgrading {
+		s.Phase = PhaseUpgrading
 	}
 	if !u.readyAt.IsZero() {
 		t := u.readyAt
@@ -58,10 +64,8 @@ func (u *Upgrader) Status() Status {
 	if u.parent != nil {
 		s.ParentPID = u.parent.Msg.Parent.PID
 	}
-	for _, p := range u.draining {
-		if handoff.Alive(p) {
-			s.Draining = append(s.Draining, p.PID)
-		}
+	for _, p := range u.ancestors.list() {
+		s.Draining = append(s.Draining, p.PID)
 	}
 	return s
 }
@@ -120,15 +124,17 @@ func (u *Upgrader) stopControl() {
 func (u *Upgrader) handleControl(ctx context.Context, req ctl.Request) ctl.Response {
 	switch req.Op {
 	case ctl.OpStatus:
-		return ctl.OKResponse(u.Status())
+		return ctl.OKResponse(u.Status().wire())
 	case ctl.OpRollback:
 		return ctl.Response{Code: ctl.CodeUnsupported, Error: "rollback is run by the baton run supervisor; a library service rolls back by upgrading to the previous binary (baton upgrade --binary PREVIOUS)"}
+	case ctl.OpLogs:
+		return ctl.Response{Code: ctl.CodeUnsupported, Error: "logs are kept by the baton run supervisor; a library service writes its own"}
 	case ctl.OpStop:
 		// Answer first, then stop: the caller learns that the stop was
 		// accepted; the app then drains (Exit is closed).
 		go u.Stop() // Stop waits for this answer to be written
 
-		return ctl.OKResponse(u.Status())
+		return ctl.OKResponse(u.Status().wire())
 	case ctl.OpUpgrade:
 		var res UpgradeResult
 		var err error
@@ -137,22 +143,44 @@ func (u *Upgrader) handleControl(ctx context.Context, req ctl.Request) ctl.Respo
 		} else {
 			res, err = u.Upgrade(ctx)
 		}
-		return ctl.UpgradeOutcome(res, err, errorCode)
+		return ctl.UpgradeOutcome(res.wire(), err)
 	}
 	return ctl.Response{Code: ctl.CodeBadRequest, Error: "unknown operation " + req.Op}
 }
 
-// errorCode maps an Upgrade error to the control protocol's code.
-func errorCode(err error) string {
-	switch {
-	case errors.Is(err, ErrUpgradeInProgress):
-		return ctl.CodeBusy
-	case errors.Is(err, ErrTooManyDraining):
-		return ctl.CodeTooMany
-	case errors.Is(err, ErrStopped), errors.Is(err, ErrNotReady):
-		return ctl.CodeStopped
+// The public Status, UpgradeResult and UpgradeOutcome are converted to the
+// control protocol's documents (internal/contract) here and nowhere else.
+
+func (s Status) wire() contract.Status {
+	return contract.Status{
+		Name:        s.Name,
+		PID:         s.PID,
+		Generation:  s.Generation,
+		Phase:       s.Phase,
+		Binary:      s.Binary,
+		StartedAt:   s.StartedAt,
+		ReadyAt:     s.ReadyAt,
+		Uptime:      s.Uptime,
+		Listeners:   s.Listeners,
+		OpenHandles: s.OpenHandles,
+		Draining:    s.Draining,
+		ParentPID:   s.ParentPID,
+		Last:        s.Last.wire(),
 	}
-	return handoff.Code(err)
+}
+
+func (r UpgradeResult) wire() contract.UpgradeResult { return contract.UpgradeResult(r) }
+
+func (o *UpgradeOutcome) wire() *contract.Outcome {
+	if o == nil {
+		return nil
+	}
+	w := &contract.Outcome{At: o.At, OK: o.OK, Code: o.Code, Error: o.Error}
+	if o.Result != nil {
+		r := o.Result.wire()
+		w.Result = &r
+	}
+	return w
 }
 
 // controlEndpoint is where a generation answers control requests; how it

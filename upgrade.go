@@ -2,11 +2,15 @@ package baton
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/handoff"
+	"github.com/baton-go/baton/internal/lifecycle"
 )
 
 // UpgradeOutcome records the last upgrade attempt, for Status.
@@ -29,60 +33,80 @@ type UpgradeOutcome struct {
 // ErrReadyTimeout, ErrProtocolVersion, ErrStateTooLarge, ErrStateCorrupt,
 // ErrNotReady or ErrStopped.
 func (u *Upgrader) Upgrade(ctx context.Context) (UpgradeResult, error) {
-	if !u.upgradeMu.TryLock() {
-		return UpgradeResult{}, ErrUpgradeInProgress
-	}
-	defer u.upgradeMu.Unlock()
-	return u.runUpgrade(ctx)
-}
-
-// runUpgrade is Upgrade with upgradeMu held.
-func (u *Upgrader) runUpgrade(ctx context.Context) (UpgradeResult, error) {
-	start := time.Now()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	u.mu.Lock()
-	u.cancelUpgrade = cancel
-	u.mu.Unlock()
-	res, err := u.upgrade(ctx, start)
-	u.mu.Lock()
-	u.cancelUpgrade = nil
-	u.mu.Unlock()
-	out := &UpgradeOutcome{At: start, OK: err == nil}
-	if err == nil {
-		out.Result = &res
-	} else {
-		out.Code, out.Error = errorCode(err), err.Error()
-	}
-	u.mu.Lock()
-	u.last = out
-	u.mu.Unlock()
-	return res, err
-}
-
-func (u *Upgrader) upgrade(ctx context.Context, start time.Time) (UpgradeResult, error) {
 	if u.supervised {
 		return UpgradeResult{}, ErrSupervised
 	}
+	if u.engine.HandingOver(u.self) {
+		return UpgradeResult{}, ErrStopped // handed over: the new generation upgrades now
+	}
+	res, err := u.engine.Upgrade(ctx)
 	u.mu.Lock()
-	switch {
-	case u.stopped || u.handedOver:
-		u.mu.Unlock()
-		return UpgradeResult{}, ErrStopped
-	case u.phase == PhaseStarting:
-		u.mu.Unlock()
-		return UpgradeResult{}, ErrNotReady
-	}
-	var stillDraining []handoff.Proc
-	for _, p := range u.draining {
-		if handoff.Alive(p) {
-			stillDraining = append(stillDraining, p)
+	reloading := u.reloading
+	u.reloading = false
+	u.mu.Unlock()
+	if err != nil {
+		if reloading {
+			notifyReady(u.log, false, fmt.Sprintf("generation %d serving (pid %d); last upgrade failed", u.generation, os.Getpid()))
 		}
+		if !errors.Is(err, ErrUpgradeInProgress) {
+			u.log.Error("upgrade failed; this generation keeps serving", "err", err)
+		}
+		return UpgradeResult{}, err
 	}
-	u.draining = stillDraining
-	if len(stillDraining) >= u.opts.MaxDraining {
+	u.log.Info("upgrade: handed over", "pid", res.PID, "generation", res.N,
+		"ready_after", res.ReadyAfter.Round(time.Millisecond), "app_startup", res.AppStartup.Round(time.Millisecond))
+	return resultOf(res), nil
+}
+
+func resultOf(r lifecycle.Result) UpgradeResult {
+	return UpgradeResult{PID: r.PID, Generation: r.N, Binary: r.Binary, ReadyAfter: r.ReadyAfter,
+		AppStartup: r.AppStartup, Took: r.Took, Draining: r.Draining}
+}
+
+// outcomeOf is the engine's last outcome as Status reports it.
+func outcomeOf(o *lifecycle.Outcome) *UpgradeOutcome {
+	if o == nil {
+		return nil
+	}
+	out := &UpgradeOutcome{At: o.At, OK: o.Err == nil}
+	if o.Err == nil && o.Result != nil {
+		r := resultOf(*o.Result)
+		out.Result = &r
+	} else if o.Err != nil {
+		out.Code, out.Error = contract.CodeOf(o.Err), o.Err.Error()
+	}
+	return out
+}
+
+// newEngine puts this generation (adopted, starting until Ready) into the
+// one generation lifecycle (internal/lifecycle) that baton run also runs.
+// The library's part is the platform below: its next generation is its own
+// child, handed the sockets through the handoff; this generation drains by
+// closing its listeners (Exit), and is made to exit at ForceExitAfter.
+func (u *Upgrader) newEngine() {
+	forceExit := u.opts.ForceExitAfter
+	if forceExit < 0 {
+		forceExit = -1 // never
+	}
+	u.engine = lifecycle.New(libPlatform{u}, lifecycle.Config{
+		ReadyTimeout:     u.opts.ReadyTimeout,
+		DrainTimeout:     forceExit,
+		MaxDraining:      u.opts.MaxDraining,
+		ExternalDraining: u.ancestors.alive,
+		Logger:           u.log,
+	})
+	u.self = u.engine.Adopt(selfProc{u}, u.generation)
+}
+
+// libPlatform starts the next generation as this process's child.
+type libPlatform struct{ u *Upgrader }
+
+func (p libPlatform) Start(ctx context.Context, req lifecycle.StartRequest) (lifecycle.Proc, error) {
+	u := p.u
+	u.mu.Lock()
+	if u.stopped || u.handedOver {
 		u.mu.Unlock()
-		return UpgradeResult{}, fmt.Errorf("%w: %d older generations are still draining (MaxDraining=%d); retry when one has exited", ErrTooManyDraining, len(stillDraining), u.opts.MaxDraining)
+		return nil, ErrStopped
 	}
 	items := make([]handoff.Item, 0, len(u.entries)+1)
 	for _, e := range u.entries {
@@ -93,104 +117,118 @@ func (u *Upgrader) upgrade(ctx context.Context, start time.Time) (UpgradeResult,
 			items = append(items, it)
 		}
 	}
-	u.phase = PhaseUpgrading
+	u.reloading = true
 	u.mu.Unlock()
-
-	ok := false
-	defer func() {
-		if !ok {
-			u.mu.Lock()
-			if u.phase == PhaseUpgrading {
-				u.phase = PhaseServing
-			}
-			u.mu.Unlock()
-			notifyReady(u.log, false, fmt.Sprintf("generation %d serving (pid %d); last upgrade failed", u.generation, os.Getpid()))
-		}
-	}()
 	notifyReloading(fmt.Sprintf("upgrading generation %d", u.generation))
 
 	var state []byte
 	if u.opts.StateFunc != nil {
 		var err error
 		if state, err = u.opts.StateFunc(); err != nil {
-			return UpgradeResult{}, fmt.Errorf("state for the next generation: %w", err)
+			return nil, fmt.Errorf("state for the next generation: %w", err)
 		}
 		if int64(len(state)) > u.opts.MaxStateSize {
-			return UpgradeResult{}, fmt.Errorf("%w: %d bytes, MaxStateSize is %d", ErrStateTooLarge, len(state), u.opts.MaxStateSize)
+			return nil, fmt.Errorf("%w: %d bytes, MaxStateSize is %d", ErrStateTooLarge, len(state), u.opts.MaxStateSize)
 		}
 	}
-
 	u.log.Info("upgrade: starting next generation", "binary", u.binary)
-	spawned := time.Now()
-	rctx, cancel := context.WithTimeout(ctx, u.opts.ReadyTimeout)
+	// The handoff itself (the child connecting for its message) is bounded
+	// like the readiness that follows it.
+	sctx, cancel := context.WithTimeout(ctx, u.opts.ReadyTimeout)
 	defer cancel()
-	child, err := handoff.Spawn(rctx, handoff.SpawnConfig{
+	child, err := handoff.Spawn(sctx, handoff.SpawnConfig{
 		Binary: u.binary,
 		Args:   u.opts.Args,
 		Env:    os.Environ(),
 		Items:  items,
 		Message: handoff.Handoff{
-			Generation: u.generation + 1,
+			Generation: req.N,
 			Parent:     handoff.Self(),
 			Binary:     u.binary,
-			Draining:   stillDraining,
+			Draining:   u.ancestors.list(),
 		},
 		State:  state,
 		Logger: u.log,
 	})
 	if err != nil {
-		return UpgradeResult{}, err
+		return nil, err
 	}
-	reply, err := child.WaitReady(rctx)
-	if err != nil {
-		child.Abort(err.Error())
-		u.log.Error("upgrade failed; this generation keeps serving", "pid", child.PID, "err", err)
-		return UpgradeResult{}, err
-	}
-	readyAfter := time.Since(spawned)
+	return childProc{u: u, c: child}, nil
+}
 
-	// Decide under the lock, so that a concurrent Stop either cancels the
-	// upgrade or sees it handed over, never half of each.
-	u.mu.Lock()
-	if u.stopped {
-		u.mu.Unlock()
-		child.Abort("the old generation is stopping")
-		return UpgradeResult{}, fmt.Errorf("%w: this generation was stopped during the upgrade; pid %d was killed", ErrCanceled, child.PID)
+// childProc is the next generation, this process's child.
+type childProc struct {
+	u *Upgrader
+	c *handoff.Child
+}
+
+func (p childProc) PID() int       { return p.c.PID }
+func (p childProc) Binary() string { return p.u.binary }
+
+func (p childProc) WaitReady(ctx context.Context) (lifecycle.ReadyInfo, error) {
+	r, err := p.c.WaitReady(ctx)
+	return lifecycle.ReadyInfo{AppStartup: r.AppStartup}, err
+}
+
+// Commit hands over: the control endpoint moves first, so that a request
+// arriving now is queued for the new generation instead of being answered
+// by us; then the go-ahead. If the child died in between, we keep both.
+func (p childProc) Commit() error {
+	p.u.stopControl()
+	if err := p.c.Ack(); err != nil {
+		p.u.serveControl()
+		return fmt.Errorf("%w: go-ahead not delivered: %v", ErrRefused, err)
 	}
-	u.handedOver = true
-	u.mu.Unlock()
-	// The control endpoint moves first so that a request arriving now is
-	// queued for the new generation instead of being answered by us.
-	u.stopControl()
-	if err := child.Ack(); err != nil {
-		// The child died between its ready and our go-ahead: keep serving.
-		u.log.Error("new generation vanished before the handover; this generation keeps serving", "pid", child.PID, "err", err)
-		child.Abort("go-ahead not delivered")
-		u.mu.Lock()
-		u.handedOver = false
-		u.mu.Unlock()
-		u.serveControl()
-		return UpgradeResult{}, fmt.Errorf("%w: go-ahead not delivered: %v", handoff.ErrRefused, err)
+	return nil
+}
+
+func (p childProc) Abort(reason string) { p.c.Abort(reason) }
+func (p childProc) Drain()              {} // never replaced by this process
+func (p childProc) Kill()               { _ = p.c.Kill() }
+func (p childProc) Exited() <-chan struct{} {
+	return p.c.Exited()
+}
+func (p childProc) Err() error {
+	if e := p.c.ExitErr(); e != nil {
+		return e
 	}
-	ok = true
-	u.handover()
-	res := UpgradeResult{
-		PID:        child.PID,
-		Generation: u.generation + 1,
-		Binary:     u.binary,
-		ReadyAfter: readyAfter,
-		AppStartup: reply.AppStartup,
-		Took:       time.Since(start),
-		Draining:   len(stillDraining) + 1,
-	}
-	u.log.Info("upgrade: handed over", "pid", res.PID, "generation", res.Generation,
-		"ready_after", readyAfter.Round(time.Millisecond), "app_startup", reply.AppStartup.Round(time.Millisecond))
-	return res, nil
+	return nil
+}
+func (p childProc) Release() {}
+
+// selfProc is this generation, as the engine sees it.
+type selfProc struct{ u *Upgrader }
+
+func (p selfProc) PID() int       { return os.Getpid() }
+func (p selfProc) Binary() string { return p.u.binary }
+func (p selfProc) WaitReady(context.Context) (lifecycle.ReadyInfo, error) {
+	return lifecycle.ReadyInfo{}, nil
+}
+func (p selfProc) Commit() error { return nil }
+func (p selfProc) Abort(string)  {}
+func (p selfProc) Release()      {}
+func (p selfProc) Err() error    { return nil }
+
+// Drain: replaced by our child; stop accepting, Exit.
+func (p selfProc) Drain() { p.u.handover() }
+
+// Exited is closed by Stop: the app has drained.
+func (p selfProc) Exited() <-chan struct{} { return p.u.stoppedC }
+
+// Kill: still alive at ForceExitAfter after the handover.
+func (p selfProc) Kill() {
+	p.u.log.Error("still alive long after the handover; exiting", "after", p.u.opts.ForceExitAfter)
+	os.Exit(3)
 }
 
 // handover stops this generation accepting and tells the app to drain.
 func (u *Upgrader) handover() {
 	u.mu.Lock()
+	if u.handedOver {
+		u.mu.Unlock()
+		return
+	}
+	u.handedOver = true
 	u.phase = PhaseDraining
 	entries := append([]*entry(nil), u.entries...)
 	u.mu.Unlock()
@@ -207,13 +245,34 @@ func (u *Upgrader) handover() {
 		}
 	}
 	u.signalExit()
-	if u.opts.ForceExitAfter > 0 {
-		t := time.AfterFunc(u.opts.ForceExitAfter, func() {
-			u.log.Error("still alive long after the handover; exiting", "after", u.opts.ForceExitAfter)
-			os.Exit(3)
-		})
-		u.mu.Lock()
-		u.forceExit = t
-		u.mu.Unlock()
-	}
 }
+
+// ancestors are the older generations that may still drain (from the
+// handoff): they count against MaxDraining. Own lock: the engine asks
+// while holding its own.
+type ancestors struct {
+	mu    sync.Mutex
+	procs []handoff.Proc
+}
+
+func (a *ancestors) add(ps ...handoff.Proc) {
+	a.mu.Lock()
+	a.procs = append(a.procs, ps...)
+	a.mu.Unlock()
+}
+
+// list returns those still alive (and forgets the others).
+func (a *ancestors) list() []handoff.Proc {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var live []handoff.Proc
+	for _, p := range a.procs {
+		if handoff.Alive(p) {
+			live = append(live, p)
+		}
+	}
+	a.procs = live
+	return append([]handoff.Proc(nil), live...)
+}
+
+func (a *ancestors) alive() int { return len(a.list()) }

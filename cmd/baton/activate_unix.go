@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"strconv"
 	"syscall"
+
+	"github.com/baton-go/baton/internal/contract"
 )
 
 const activateCmd = "__activate"
@@ -32,7 +34,7 @@ func activate(args []string) {
 		fmt.Fprintln(os.Stderr, "baton:", err)
 		os.Exit(127)
 	}
-	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+	os.Setenv(contract.EnvListenPID, strconv.Itoa(os.Getpid()))
 	err = syscall.Exec(path, args[2:], os.Environ())
 	fmt.Fprintln(os.Stderr, "baton: exec", path+":", err)
 	os.Exit(126)

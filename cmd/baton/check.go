@@ -13,9 +13,9 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/release"
-	"github.com/baton-go/baton/supervisor"
 	"github.com/spf13/cobra"
 )
 
@@ -62,8 +62,8 @@ func (f *stageFlags) options(installed string) release.CheckOptions {
 }
 
 // serviceStatus asks the service for its status.
-func serviceStatus(ctx context.Context, name string) (supervisor.Status, error) {
-	var st supervisor.Status
+func serviceStatus(ctx context.Context, name string) (contract.Status, error) {
+	var st contract.Status
 	resp, err := ctl.Do(ctx, name, ctl.Request{Op: ctl.OpStatus})
 	if err != nil {
 		return st, err
@@ -76,7 +76,7 @@ func serviceStatus(ctx context.Context, name string) (supervisor.Status, error) 
 
 // installedPath is --path, or the binary path the running service
 // reports; symlinks resolved (the file they point to is replaced).
-func installedPath(ctx context.Context, name, path string) (string, *supervisor.Status, error) {
+func installedPath(ctx context.Context, name, path string) (string, *contract.Status, error) {
 	p, st, err := installedPathRaw(ctx, name, path)
 	if err == nil {
 		if real, rerr := filepath.EvalSymlinks(p); rerr == nil {
@@ -86,13 +86,13 @@ func installedPath(ctx context.Context, name, path string) (string, *supervisor.
 	return p, st, err
 }
 
-func installedPathRaw(ctx context.Context, name, path string) (string, *supervisor.Status, error) {
+func installedPathRaw(ctx context.Context, name, path string) (string, *contract.Status, error) {
 	if path != "" {
 		abs, err := filepath.Abs(path)
 		if err != nil {
-			return "", nil, &exitError{code: exitUsage, err: err}
+			return "", nil, &exitError{code: contract.CodeUsage, err: err}
 		}
-		var st *supervisor.Status
+		var st *contract.Status
 		if name != "" {
 			if s, err := serviceStatus(ctx, name); err == nil {
 				st = &s
@@ -101,23 +101,23 @@ func installedPathRaw(ctx context.Context, name, path string) (string, *supervis
 		return abs, st, nil
 	}
 	if name == "" {
-		return "", nil, &exitError{code: exitUsage, err: errors.New("--name or --path is required")}
+		return "", nil, &exitError{code: contract.CodeUsage, err: errors.New("--name or --path is required")}
 	}
 	st, err := serviceStatus(ctx, name)
 	if err != nil {
-		ee := transportError(err).(*exitError)
+		ee := transportError(err)
 		ee.err = fmt.Errorf("%w (to learn where the binary is installed; give --path when the service is not running)", ee.err)
 		return "", nil, ee
 	}
 	if st.Binary == "" {
-		return "", nil, &exitError{code: exitInternal, err: fmt.Errorf("%s does not report its binary path; give --path", name)}
+		return "", nil, &exitError{code: contract.CodeInternal, err: fmt.Errorf("%s does not report its binary path; give --path", name)}
 	}
 	return st.Binary, &st, nil
 }
 
 // runningSHA256 is the sha256 of the binary the serving generation runs:
 // from the supervisor's status, else (Linux) from /proc/PID/exe.
-func runningSHA256(st *supervisor.Status) string {
+func runningSHA256(st *contract.Status) string {
 	if st == nil {
 		return ""
 	}
@@ -140,22 +140,11 @@ func runningSHA256(st *supervisor.Status) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// refusal turns a failed check (or a store error) into an exit error.
+// refusal turns a failed check (or a store error) into an exit error: its
+// code is the refusal's (busy for a file still being written or the
+// releases lock, checksum, smoke, ...), internal for anything else.
 func refusal(err error) *exitError {
-	switch {
-	case errors.Is(err, release.ErrBusy):
-		return &exitError{code: exitBusy, err: err}
-	case release.Code(err) != "":
-		return &exitError{code: exitFailed, err: err}
-	}
-	return &exitError{code: exitInternal, err: err}
-}
-
-func errCode(err error) string {
-	if c := release.Code(err); c != "" {
-		return c
-	}
-	return "internal"
+	return &exitError{code: contract.CodeOf(err), err: err}
 }
 
 func printJSON(out io.Writer, v any) {
@@ -224,7 +213,7 @@ comes from the running service's status (--name), or --path.
 			rep, err := release.Check(ctx, cand, o)
 			cr := checkReport{Name: name, Installed: installed, OK: err == nil, Report: rep}
 			if err != nil {
-				cr.Code, cr.Error = errCode(err), err.Error()
+				cr.Code, cr.Error = contract.CodeOf(err), err.Error()
 			}
 			if asJSON {
 				printJSON(out, cr)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/release"
 	"github.com/spf13/cobra"
 )
@@ -56,11 +57,11 @@ func (s *staged) failure(what, installed string, err error) error {
 // refusal nothing is changed.
 func checkAndActivate(ctx context.Context, f stageFlags, installed, file string) (*staged, error) {
 	if _, err := os.Stat(file); err != nil {
-		return nil, &exitError{code: exitUsage, err: err}
+		return nil, &exitError{code: contract.CodeUsage, err: err}
 	}
 	st, err := release.Open(installed, release.StoreOptions{Keep: f.keep, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
-		return nil, &exitError{code: exitInternal, err: fmt.Errorf("releases directory: %w", err)}
+		return nil, &exitError{code: contract.CodeInternal, err: fmt.Errorf("releases directory: %w", err)}
 	}
 	if err := st.Lock(ctx); err != nil {
 		return nil, refusal(err)
@@ -125,7 +126,7 @@ status (--name), or --path when it is not running.
 					rep.Previous = &p
 				}
 			} else {
-				rep.Code, rep.Error = errCode(err), err.Error()
+				rep.Code, rep.Error = contract.CodeOf(err), err.Error()
 			}
 			if asJSON {
 				printJSON(out, rep)

@@ -9,8 +9,8 @@ import (
 	"os/signal"
 	"time"
 
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
-	"github.com/baton-go/baton/supervisor"
 	"github.com/spf13/cobra"
 )
 
@@ -55,15 +55,11 @@ func runLogs(out io.Writer, f commonFlags, follow bool, lines int) error {
 			return reportTransport(out, f, err)
 		}
 		if !resp.OK {
-			code := exitInternal
-			if resp.Code == ctl.CodeBadRequest {
-				code = exitUsage
-			}
-			return &exitError{code: code, err: fmt.Errorf("logs of %s: %s (is it run by baton run?)", f.name, resp.Error)}
+			return &exitError{code: resp.Code, err: fmt.Errorf("logs of %s: %s (is it run by baton run?)", f.name, resp.Error)}
 		}
-		var r supervisor.LogsResult
+		var r contract.LogsResult
 		if err := resp.Decode(&r); err != nil {
-			return &exitError{code: exitInternal, err: err}
+			return &exitError{code: contract.CodeInternal, err: err}
 		}
 		for _, l := range r.Lines {
 			if f.json {

@@ -8,7 +8,8 @@
 //
 //	0  success
 //	1  the upgrade failed; the running generation keeps serving
-//	2  usage error
+//	2  usage error, or the operation does not apply to this service (e.g.
+//	   logs of a service not run by baton run)
 //	3  the service cannot be reached (not running, wrong name, permission)
 //	4  busy: an upgrade is running, too many old generations still drain, or the
 //	   generation reached is starting or draining; retry later
@@ -20,23 +21,35 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/spf13/cobra"
 )
 
-// Exit codes; documented in the package comment and in --help.
+// Exit codes (internal/contract's); documented in the package comment and
+// in --help.
 const (
-	exitOK          = 0
-	exitFailed      = 1
-	exitUsage       = 2
-	exitUnreachable = 3
-	exitBusy        = 4
-	exitInternal    = 5
+	exitOK          = contract.ExitOK
+	exitFailed      = contract.ExitFailed
+	exitUsage       = contract.ExitUsage
+	exitUnreachable = contract.ExitUnreachable
+	exitBusy        = contract.ExitBusy
+	exitInternal    = contract.ExitInternal
 )
 
-// exitError carries an exit code to main.
+// exitError carries a failure's wire code to main, which exits with
+// contract.ExitCode(code): every exit code is decided from a code, and
+// --json reports print the same code.
 type exitError struct {
-	code int
+	code string // a contract code (contract.CodeUsage, a service's Response.Code, ...)
 	err  error
+}
+
+// exit is the process exit code for e.
+func (e *exitError) exit() int {
+	if e.code == "" {
+		return exitFailed // a failure without a code is still a failure
+	}
+	return contract.ExitCode(e.code)
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
@@ -60,7 +73,7 @@ func main() {
 		if ee.err != nil && ee.err != errReported {
 			fmt.Fprintln(os.Stderr, "baton:", ee.err)
 		}
-		os.Exit(ee.code)
+		os.Exit(ee.exit())
 	}
 	// Anything cobra itself rejected is a usage error.
 	fmt.Fprintln(os.Stderr, "baton:", err)
@@ -73,7 +86,8 @@ var errReported = errors.New("reported")
 const exitCodesHelp = `Exit codes:
   0  success
   1  the upgrade failed; the running generation keeps serving
-  2  usage error
+  2  usage error, or the operation does not apply to this service (e.g.
+     logs of a service not run by baton run)
   3  the service cannot be reached (not running, wrong name, permission)
   4  busy: an upgrade is running, too many old generations still drain, or the
      generation reached is starting or draining; retry later
@@ -95,7 +109,7 @@ serving and you are told exactly why.
 	root.AddCommand(newRunCmd(), newUpgradeCmd(), newRollbackCmd(), newStatusCmd(), newLogsCmd(), newStopCmd(),
 		newInstallCmd(), newCheckCmd(), newReleasesCmd())
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return &exitError{code: exitUsage, err: fmt.Errorf("%w\nsee '%s --help'", err, c.CommandPath())}
+		return &exitError{code: contract.CodeUsage, err: fmt.Errorf("%w\nsee '%s --help'", err, c.CommandPath())}
 	})
 	return root
 }

@@ -7,6 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/release"
 	"github.com/spf13/cobra"
 )
@@ -54,11 +55,11 @@ a rollback on disk installs).
 			if release.Managed(installed) {
 				s, err := release.Open(installed, release.StoreOptions{})
 				if err != nil {
-					return &exitError{code: exitInternal, err: err}
+					return &exitError{code: contract.CodeInternal, err: err}
 				}
 				rep.Dir = s.Dir()
 				if list, err = s.List(); err != nil {
-					return &exitError{code: exitInternal, err: err}
+					return &exitError{code: contract.CodeInternal, err: err}
 				}
 			}
 			for _, r := range list {

@@ -7,7 +7,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/baton-go/baton"
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/release"
 	"github.com/spf13/cobra"
@@ -46,15 +46,15 @@ func runRollback(out io.Writer, f commonFlags) error {
 	if err != nil {
 		return reportTransport(out, f, err)
 	}
-	if !resp.OK && resp.Code == ctl.CodeUnsupported {
+	if !resp.OK && resp.Code == contract.CodeUnsupported {
 		// A library service: roll back on disk, then upgrade.
 		r, rerr := rollbackRelease(ctx, f.name)
 		if rerr != nil {
 			if f.json {
 				_ = json.NewEncoder(out).Encode(map[string]any{"name": f.name, "ok": false, "error": rerr.Error()})
-				return &exitError{code: exitFailed, err: errReported}
+				return &exitError{code: contract.CodeFailed, err: errReported}
 			}
-			return &exitError{code: exitFailed, err: fmt.Errorf("rollback of %s: %w", f.name, rerr)}
+			return &exitError{code: contract.CodeFailed, err: fmt.Errorf("rollback of %s: %w", f.name, rerr)}
 		}
 		resp = r
 	}
@@ -64,23 +64,14 @@ func runRollback(out io.Writer, f commonFlags) error {
 		_ = enc.Encode(resp)
 	}
 	if !resp.OK {
-		code := exitFailed
-		switch resp.Code {
-		case ctl.CodeBusy, ctl.CodeTooMany, ctl.CodeStopped:
-			code = exitBusy
-		case ctl.CodeBadRequest, ctl.CodeInternal, ctl.CodeUnsupported:
-			code = exitInternal
-		case ctl.CodeForbidden:
-			code = exitUnreachable
-		}
 		if f.json {
-			return &exitError{code: code, err: errReported}
+			return &exitError{code: resp.Code, err: errReported}
 		}
-		return &exitError{code: code, err: fmt.Errorf("rollback of %s failed (%s): %s", f.name, resp.Code, resp.Error)}
+		return &exitError{code: resp.Code, err: fmt.Errorf("rollback of %s failed (%s): %s", f.name, resp.Code, resp.Error)}
 	}
-	var r baton.UpgradeResult
+	var r contract.UpgradeResult
 	if err := resp.Decode(&r); err != nil {
-		return &exitError{code: exitInternal, err: err}
+		return &exitError{code: contract.CodeInternal, err: err}
 	}
 	if !f.json {
 		fmt.Fprintf(out, "rolled back %s: generation %d, pid %d, ready after %v\n", f.name, r.Generation, r.PID, r.ReadyAfter.Round(time.Millisecond))
@@ -97,7 +88,7 @@ func rollbackRelease(ctx context.Context, name string) (ctl.Response, error) {
 	if err != nil {
 		return ctl.Response{}, err
 	}
-	var st baton.Status
+	var st contract.Status
 	if err := sresp.Decode(&st); err != nil || st.Binary == "" {
 		return ctl.Response{}, fmt.Errorf("the service's status does not say which binary it runs (%v)", err)
 	}

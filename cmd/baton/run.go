@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/supervisor"
 	"github.com/spf13/cobra"
 )
@@ -56,25 +57,25 @@ entry.
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 && cmd.ArgsLenAtDash() != 0 {
-				return &exitError{code: exitUsage, err: errors.New("put the app after --, e.g. baton run --name web --listen tcp://127.0.0.1:8080 -- ./app")}
+				return &exitError{code: contract.CodeUsage, err: errors.New("put the app after --, e.g. baton run --name web --listen tcp://127.0.0.1:8080 -- ./app")}
 			}
 			if configFile != "" {
 				command, err := applyConfigFile(cmd, configFile)
 				if err != nil {
-					return &exitError{code: exitUsage, err: err}
+					return &exitError{code: contract.CodeUsage, err: err}
 				}
 				if len(args) == 0 {
 					args = command
 				}
 			}
 			if len(args) == 0 {
-				return &exitError{code: exitUsage, err: errors.New("no app to run: give it after --, or as command = [...] in --config")}
+				return &exitError{code: contract.CodeUsage, err: errors.New("no app to run: give it after --, or as command = [...] in --config")}
 			}
 			cfg.Command = args
 			for _, l := range listens {
 				spec, err := supervisor.ParseListen(l)
 				if err != nil {
-					return &exitError{code: exitUsage, err: err}
+					return &exitError{code: contract.CodeUsage, err: err}
 				}
 				cfg.Listen = append(cfg.Listen, spec)
 			}
@@ -92,33 +93,33 @@ entry.
 				n++
 			}
 			if n > 1 {
-				return &exitError{code: exitUsage, err: errors.New("choose one of --ready-http, --ready-tcp and --ready-delay")}
+				return &exitError{code: contract.CodeUsage, err: errors.New("choose one of --ready-http, --ready-tcp and --ready-delay")}
 			}
 			sig, err := parseSignal(drainSig)
 			if err != nil {
-				return &exitError{code: exitUsage, err: err}
+				return &exitError{code: contract.CodeUsage, err: err}
 			}
 			cfg.DrainSignal = sig
 			switch {
 			case cfg.MaxDraining < 1:
-				return &exitError{code: exitUsage, err: fmt.Errorf("--max-draining %d: at least 1 old generation must be allowed to drain, or no upgrade could ever happen", cfg.MaxDraining)}
+				return &exitError{code: contract.CodeUsage, err: fmt.Errorf("--max-draining %d: at least 1 old generation must be allowed to drain, or no upgrade could ever happen", cfg.MaxDraining)}
 			case cfg.MaxRestarts < 0:
-				return &exitError{code: exitUsage, err: fmt.Errorf("--max-restarts %d: give 0 (never restart) or more", cfg.MaxRestarts)}
+				return &exitError{code: contract.CodeUsage, err: fmt.Errorf("--max-restarts %d: give 0 (never restart) or more", cfg.MaxRestarts)}
 			case cfg.MaxRestarts == 0:
 				cfg.MaxRestarts = -1 // Config's "never restart"
 			}
 			exe, err := os.Executable()
 			if err != nil {
-				return &exitError{code: exitInternal, err: err}
+				return &exitError{code: contract.CodeInternal, err: err}
 			}
 			cfg.Activator = []string{exe, activateCmd}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("supervisor", cfg.Name)
 			if err := cfg.Validate(); err != nil {
-				return &exitError{code: exitUsage, err: err}
+				return &exitError{code: contract.CodeUsage, err: err}
 			}
 			// Run handles SIGHUP, SIGTERM and SIGINT itself.
 			if err := supervisor.Run(context.Background(), cfg, os.Stdout); err != nil {
-				return &exitError{code: exitFailed, err: err}
+				return &exitError{code: contract.CodeFailed, err: err}
 			}
 			return nil
 		},

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
-	"github.com/baton-go/baton/supervisor"
 	"github.com/spf13/cobra"
 )
 
@@ -40,27 +40,22 @@ func runStatus(out io.Writer, f commonFlags) error {
 		return reportTransport(out, f, err)
 	}
 	if !resp.OK {
-		code := exitInternal
-		if resp.Code == ctl.CodeForbidden {
-			code = exitUnreachable
-		}
 		if f.json {
 			enc := json.NewEncoder(out)
 			enc.SetIndent("", "  ")
 			_ = enc.Encode(map[string]any{"name": f.name, "ok": false, "code": resp.Code, "error": resp.Error})
 		}
-		return &exitError{code: code, err: fmt.Errorf("status of %s: %s (%s)", f.name, resp.Error, resp.Code)}
+		return &exitError{code: resp.Code, err: fmt.Errorf("status of %s: %s (%s)", f.name, resp.Error, resp.Code)}
 	}
-	var full supervisor.Status // a library service's status is a subset
-	if err := resp.Decode(&full); err != nil {
-		return &exitError{code: exitInternal, err: fmt.Errorf("unreadable status: %w", err)}
+	var st contract.Status // a library service's has no Supervisor part
+	if err := resp.Decode(&st); err != nil {
+		return &exitError{code: contract.CodeInternal, err: fmt.Errorf("unreadable status: %w", err)}
 	}
 	if f.json {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
 		return enc.Encode(json.RawMessage(resp.Result))
 	}
-	st := full.Status
 	fmt.Fprintf(out, "service     %s\n", st.Name)
 	fmt.Fprintf(out, "pid         %d (generation %d, %s)\n", st.PID, st.Generation, st.Phase)
 	fmt.Fprintf(out, "binary      %s\n", st.Binary)
@@ -69,7 +64,7 @@ func runStatus(out io.Writer, f commonFlags) error {
 	if len(st.Draining) > 0 {
 		fmt.Fprintf(out, "draining    %v\n", st.Draining)
 	}
-	if sup := full.Supervisor; sup != nil {
+	if sup := st.Supervisor; sup != nil {
 		fmt.Fprintf(out, "supervisor  pid %d, %d restart(s), runs %s\n", sup.PID, sup.Restarts, strings.Join(sup.Command, " "))
 		for _, g := range sup.Generations {
 			conns := "conns ?"

@@ -8,7 +8,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/baton-go/baton"
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/spf13/cobra"
 )
@@ -39,9 +39,12 @@ func runStop(out io.Writer, f commonFlags) error {
 	if err != nil {
 		return reportTransport(out, f, err)
 	}
-	var st baton.Status
-	if !resp.OK || resp.Decode(&st) != nil {
-		return &exitError{code: exitInternal, err: fmt.Errorf("stop of %s: %s (%s)", f.name, resp.Error, resp.Code)}
+	var st contract.Status
+	if !resp.OK {
+		return &exitError{code: resp.Code, err: fmt.Errorf("stop of %s: %s (%s)", f.name, resp.Error, resp.Code)}
+	}
+	if err := resp.Decode(&st); err != nil {
+		return &exitError{code: contract.CodeInternal, err: fmt.Errorf("stop of %s: unreadable answer: %w", f.name, err)}
 	}
 	// Wait until nothing answers under the name any more.
 	for {
@@ -52,7 +55,7 @@ func runStop(out io.Writer, f commonFlags) error {
 			break
 		}
 		if ctx.Err() != nil {
-			return &exitError{code: exitFailed, err: fmt.Errorf("%s (pid %d) still answers after %v", f.name, st.PID, f.timeout)}
+			return &exitError{code: contract.CodeFailed, err: fmt.Errorf("%s (pid %d) still answers after %v", f.name, st.PID, f.timeout)}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -7,10 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
-	"github.com/baton-go/baton"
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/release"
 	"github.com/spf13/cobra"
@@ -32,13 +31,13 @@ func (f *commonFlags) add(c *cobra.Command, defTimeout time.Duration) {
 
 // upgradeReport is what `baton upgrade --json` prints.
 type upgradeReport struct {
-	Name   string                `json:"name"`
-	OK     bool                  `json:"ok"`
-	Code   string                `json:"code,omitempty"`
-	Error  string                `json:"error,omitempty"`
-	Result *baton.UpgradeResult  `json:"result,omitempty"`
-	Exit   *baton.ChildExitError `json:"child_exit,omitempty"`
-	Took   time.Duration         `json:"took_ns"`
+	Name   string                  `json:"name"`
+	OK     bool                    `json:"ok"`
+	Code   string                  `json:"code,omitempty"`
+	Error  string                  `json:"error,omitempty"`
+	Result *contract.UpgradeResult `json:"result,omitempty"`
+	Exit   *contract.ExitError     `json:"child_exit,omitempty"`
+	Took   time.Duration           `json:"took_ns"`
 	// With --binary:
 	Installed string           `json:"installed,omitempty"` // the installed path
 	Release   *release.Release `json:"release,omitempty"`   // the release installed for this upgrade
@@ -88,17 +87,17 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 	rep := upgradeReport{Name: f.name}
 	var st *staged
 	if err := ctl.CheckName(f.name); err != nil {
-		return jsonFailure(out, f, &exitError{code: exitUsage, err: err})
+		return jsonFailure(out, f, &exitError{code: contract.CodeUsage, err: err})
 	}
 	if f.binary != "" {
 		if _, err := os.Stat(f.binary); err != nil {
-			return jsonFailure(out, f, &exitError{code: exitUsage, err: fmt.Errorf("--binary: %w", err)})
+			return jsonFailure(out, f, &exitError{code: contract.CodeUsage, err: fmt.Errorf("--binary: %w", err)})
 		}
 		installed, _, err := installedPath(ctx, f.name, sf.path)
 		if err != nil {
 			if f.json {
 				ee := err.(*exitError)
-				printJSON(out, map[string]any{"name": f.name, "ok": false, "code": transportCode(ee.code), "error": ee.err.Error()})
+				printJSON(out, map[string]any{"name": f.name, "ok": false, "code": ee.code, "error": ee.err.Error()})
 			}
 			return err
 		}
@@ -112,7 +111,7 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 			if ee, ok := err.(*exitError); ok {
 				return jsonFailure(out, f, ee)
 			}
-			rep.Code, rep.Error, rep.Took = errCode(err), err.Error(), time.Since(start)
+			rep.Code, rep.Error, rep.Took = contract.CodeOf(err), err.Error(), time.Since(start)
 			ee := refusal(err)
 			if f.json {
 				printJSON(out, rep)
@@ -148,13 +147,13 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 		rep.DiskRollback, rollbackErr = diskRollback(st, resp.Code)
 	}
 	if resp.OK {
-		var r baton.UpgradeResult
+		var r contract.UpgradeResult
 		if err := resp.Decode(&r); err != nil {
-			return &exitError{code: exitInternal, err: fmt.Errorf("unreadable upgrade result: %w", err)}
+			return &exitError{code: contract.CodeInternal, err: fmt.Errorf("unreadable upgrade result: %w", err)}
 		}
 		rep.Result = &r
-	} else if resp.Code == ctl.CodeChildExited && len(resp.Result) > 0 {
-		var ce baton.ChildExitError
+	} else if resp.Code == contract.CodeChildExited && len(resp.Result) > 0 {
+		var ce contract.ExitError
 		if json.Unmarshal(resp.Result, &ce) == nil {
 			rep.Exit = &ce
 		}
@@ -178,30 +177,19 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 	if rep.OK {
 		return nil
 	}
-	code := exitFailed
-	switch resp.Code {
-	case ctl.CodeBusy, ctl.CodeTooMany, ctl.CodeStopped:
-		code = exitBusy
-	case ctl.CodeForbidden:
-		code = exitUnreachable
-	case ctl.CodeBadRequest, ctl.CodeInternal:
-		code = exitInternal
-	case ctl.CodeProtocol:
-		if strings.Contains(resp.Error, "control protocol") {
-			code = exitInternal
-		}
-	}
+	ee := &exitError{code: resp.Code}
 	if rollbackErr != nil {
-		code = exitInternal
+		ee.code = contract.CodeInternal
 	}
 	if f.json {
-		return &exitError{code: code, err: errReported}
+		ee.err = errReported
+		return ee
 	}
 	msg := resp.Error
 	switch {
-	case code == exitFailed:
+	case ee.exit() == exitFailed:
 		msg += "\nthe running generation keeps serving"
-	case resp.Code == ctl.CodeStopped:
+	case resp.Code == contract.CodeStopped:
 		msg += "\nthe request reached a generation that is starting or draining; retry in a moment"
 	}
 	switch {
@@ -210,7 +198,8 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 	case rep.DiskRollback != nil:
 		msg += fmt.Sprintf("\nthe installed binary %s is release %s again", rep.Installed, rep.DiskRollback.ID)
 	}
-	return &exitError{code: code, err: fmt.Errorf("upgrade of %s failed (%s): %s", f.name, resp.Code, msg)}
+	ee.err = fmt.Errorf("upgrade of %s failed (%s): %s", f.name, resp.Code, msg)
+	return ee
 }
 
 // jsonFailure prints a failure that happened before any check ran (no
@@ -220,9 +209,9 @@ func jsonFailure(out io.Writer, f commonFlags, ee *exitError) error {
 	if !f.json || ee.err == errReported {
 		return ee
 	}
-	code := map[int]string{exitUsage: "usage", exitUnreachable: "unreachable", exitBusy: "busy", exitInternal: "internal"}[ee.code]
+	code := ee.code
 	if code == "" {
-		code = "failed"
+		code = contract.CodeFailed
 	}
 	printJSON(out, map[string]any{"name": f.name, "ok": false, "code": code, "error": ee.err.Error()})
 	return &exitError{code: ee.code, err: errReported}
@@ -251,7 +240,7 @@ func diskRollback(st *staged, code string) (*release.Release, error) {
 // it ran).
 func startedAndFailed(code string) bool {
 	switch code {
-	case ctl.CodeChildExited, ctl.CodeReadyTimeout, ctl.CodeRolledBack, ctl.CodeBinary:
+	case contract.CodeChildExited, contract.CodeReadyTimeout, contract.CodeRolledBack, contract.CodeBinary:
 		return true
 	}
 	return false
@@ -260,38 +249,30 @@ func startedAndFailed(code string) bool {
 // reportTransport reports a failure to talk to the service at all, as JSON
 // too when --json was asked for (scripts parse stdout, whatever happened).
 func reportTransport(out io.Writer, f commonFlags, err error) error {
-	ee := transportError(err).(*exitError)
+	ee := transportError(err)
 	if f.json {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(map[string]any{"name": f.name, "ok": false, "code": transportCode(ee.code), "error": ee.err.Error()})
+		_ = enc.Encode(map[string]any{"name": f.name, "ok": false, "code": ee.code, "error": ee.err.Error()})
 	}
 	return ee
 }
 
-func transportCode(exit int) string {
-	switch exit {
-	case exitUsage:
-		return "usage"
-	case exitUnreachable:
-		return "unreachable"
-	case exitInternal:
-		return "protocol"
-	}
-	return "timeout"
-}
-
-// transportError classifies a failure to talk to the service at all.
-func transportError(err error) error {
+// transportError classifies a failure to talk to the service at all (an
+// error of ctl.Do): ctl's errors carry their codes (usage for a bad name,
+// unreachable when nothing listens, control_protocol for another protocol
+// version); a deadline is a timeout (the service may still act); anything
+// else means the service could not be reached.
+func transportError(err error) *exitError {
 	switch {
-	case errors.Is(err, ctl.ErrBadName):
-		return &exitError{code: exitUsage, err: err}
-	case errors.Is(err, ctl.ErrVersion):
-		return &exitError{code: exitInternal, err: err}
 	case errors.Is(err, context.DeadlineExceeded):
-		return &exitError{code: exitFailed, err: fmt.Errorf("%w (the service may still finish the operation; check `baton status`)", err)}
+		return &exitError{code: contract.CodeTimeout, err: fmt.Errorf("%w (the service may still finish the operation; check `baton status`)", err)}
 	case errors.Is(err, os.ErrPermission):
-		return &exitError{code: exitUnreachable, err: fmt.Errorf("%w (only the service's owner or root may steer it)", err)}
+		return &exitError{code: contract.CodeUnreachable, err: fmt.Errorf("%w (only the service's owner or root may steer it)", err)}
 	}
-	return &exitError{code: exitUnreachable, err: err}
+	switch code := contract.CodeOf(err); code {
+	case contract.CodeUsage, contract.CodeUnreachable, contract.CodeForbidden, contract.CodeControlProtocol:
+		return &exitError{code: code, err: err}
+	}
+	return &exitError{code: contract.CodeUnreachable, err: err}
 }

@@ -6,19 +6,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/baton-go/baton/internal/unixsock"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"syscall"
+
+	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/unixsock"
 )
 
 // Dir returns the directory that holds the control sockets of this user:
 // $BATON_RUNTIME_DIR when set, else $XDG_RUNTIME_DIR/baton, else /run/baton
 // for root, else a per-uid directory under the system temporary directory.
 func Dir() string {
-	if d := os.Getenv("BATON_RUNTIME_DIR"); d != "" {
+	if d := os.Getenv(contract.EnvRuntimeDir); d != "" {
 		return d
 	}
 	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
@@ -38,7 +40,7 @@ func Address(name string) (string, error) {
 	p := filepath.Join(Dir(), name+".sock")
 	// sun_path is 104 bytes on the BSDs and 108 on Linux.
 	if len(p) >= 104 {
-		return "", fmt.Errorf("control socket path %q is too long for a unix socket (max 103 bytes); set BATON_RUNTIME_DIR to a shorter directory", p)
+		return "", fmt.Errorf("control socket path %q is too long for a unix socket (max 103 bytes); set %s to a shorter directory", p, contract.EnvRuntimeDir)
 	}
 	return p, nil
 }

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/winpipe"
 )
 
@@ -28,6 +30,17 @@ func Address(name string) (string, error) {
 		return "", err
 	}
 	return `\\.\pipe\baton-` + name, nil
+}
+
+// Dir returns the directory for baton's own runtime files on Windows
+// (the supervisor's working files; control endpoints are named pipes, not
+// files): $BATON_RUNTIME_DIR when set, else a "baton" directory under this
+// user's temporary directory.
+func Dir() string {
+	if d := os.Getenv(contract.EnvRuntimeDir); d != "" {
+		return d
+	}
+	return filepath.Join(os.TempDir(), "baton")
 }
 
 // Remove is a no-op on Windows: a pipe disappears with its last handle.

@@ -12,81 +12,74 @@ package ctl
 import (
 	"bufio"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"regexp"
+
+	"github.com/baton-go/baton/internal/contract"
 )
 
 // Version is the control protocol version spoken by this build.
-const Version = 1
+const Version = contract.ControlVersion
 
 // maxLine bounds one request or response line, so a confused or hostile peer
 // cannot make the service buffer without limit.
 const maxLine = 1 << 20
 
-// Operations understood by a generation.
+// Operations understood by a service (defined in internal/contract).
 const (
-	OpUpgrade  = "upgrade"
-	OpStatus   = "status"
-	OpStop     = "stop"
-	OpRollback = "rollback"
-	OpLogs     = "logs"
+	OpUpgrade  = contract.OpUpgrade
+	OpStatus   = contract.OpStatus
+	OpStop     = contract.OpStop
+	OpRollback = contract.OpRollback
+	OpLogs     = contract.OpLogs
 )
 
-// Error codes carried in Response.Code. The CLI maps them to exit codes.
+// Error codes carried in Response.Code: contract's, named here for the
+// transport's users. contract.CodeOf maps errors to them, contract.ExitCode
+// maps them to the CLI's exit codes.
 const (
-	CodeBusy         = "busy" // another upgrade is running
-	CodeTooMany      = "too_many_draining"
-	CodeChildExited  = "child_exited"  // new generation exited before ready
-	CodeReadyTimeout = "ready_timeout" // new generation never became ready
-	CodeProtocol     = "protocol"      // handoff or control protocol mismatch
-	CodeBinary       = "binary"        // binary missing or not executable
-	CodeState        = "state"         // state blob too large or corrupt
-	CodeStopped      = "stopped"       // this generation is draining or stopping
-	CodeBadRequest   = "bad_request"   // malformed request
-	CodeUnsupported  = "unsupported"   // not available on this platform
-	CodeForbidden    = "forbidden"     // the peer may not steer this service
-	CodeCanceled     = "canceled"      // the upgrade was canceled
-	CodeRolledBack   = "rolled_back"   // the new generation failed its probation; the previous binary serves again
-	CodeInternal     = "internal"
+	CodeBusy            = contract.CodeBusy
+	CodeTooMany         = contract.CodeTooMany
+	CodeChildExited     = contract.CodeChildExited
+	CodeReadyTimeout    = contract.CodeReadyTimeout
+	CodeProtocol        = contract.CodeProtocol
+	CodeControlProtocol = contract.CodeControlProtocol
+	CodeBinary          = contract.CodeBinary
+	CodeState           = contract.CodeState
+	CodeStopped         = contract.CodeStopped
+	CodeBadRequest      = contract.CodeBadRequest
+	CodeUnsupported     = contract.CodeUnsupported
+	CodeForbidden       = contract.CodeForbidden
+	CodeCanceled        = contract.CodeCanceled
+	CodeRolledBack      = contract.CodeRolledBack
+	CodeNoPrevious      = contract.CodeNoPrevious
+	CodeInternal        = contract.CodeInternal
 )
 
+// Transport errors. Each carries its wire code (contract.CodeOf): what
+// the CLI reports and exits with when it cannot talk to a service.
 var (
 	// ErrNoEndpoint means nothing listens under that name.
-	ErrNoEndpoint = errors.New("no baton service listens under that name")
+	ErrNoEndpoint = contract.NewError(contract.CodeUnreachable, "no baton service listens under that name")
 	// ErrNameInUse means a live service already owns the endpoint name.
-	ErrNameInUse = errors.New("control endpoint name already in use by a running service")
+	ErrNameInUse = contract.NewError(contract.CodeBusy, "control endpoint name already in use by a running service")
 	// ErrBadName means the name cannot be used as an endpoint name.
-	ErrBadName = errors.New("invalid control endpoint name")
+	ErrBadName = contract.NewError(contract.CodeUsage, "invalid control endpoint name")
 	// ErrPeerRefused means the peer is not the owner of the service.
-	ErrPeerRefused = errors.New("control peer refused")
+	ErrPeerRefused = contract.NewError(contract.CodeForbidden, "control peer refused")
 	// ErrVersion means the peer speaks another protocol version.
-	ErrVersion = errors.New("control protocol version mismatch")
+	ErrVersion = contract.NewError(contract.CodeControlProtocol, "control protocol version mismatch")
 	// ErrUnsupported means the control endpoint is not implemented on this platform.
-	ErrUnsupported = errors.New("control endpoint not supported on this platform yet")
+	ErrUnsupported = contract.NewError(contract.CodeUnsupported, "control endpoint not supported on this platform yet")
 )
 
-// Request is what a client sends.
-type Request struct {
-	Version int    `json:"baton"`
-	Op      string `json:"op"`
-	// Binary (upgrade): install this file at the service's binary path
-	// first; the previous one is put back if the upgrade fails.
-	Binary string `json:"binary,omitempty"`
-	// Since (logs): the first line wanted; negative: the last -Since lines.
-	Since int64 `json:"since,omitempty"`
-}
-
-// Response is what a generation answers. Result holds an operation-specific
-// JSON document (see the baton package for its shape).
-type Response struct {
-	Version int             `json:"baton"`
-	OK      bool            `json:"ok"`
-	Code    string          `json:"code,omitempty"`
-	Error   string          `json:"error,omitempty"`
-	Result  json.RawMessage `json:"result,omitempty"`
-}
+// Request is what a client sends; Response, what a service answers
+// (defined in internal/contract).
+type (
+	Request  = contract.Request
+	Response = contract.Response
+)
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 

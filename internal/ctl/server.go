@@ -3,14 +3,14 @@ package ctl
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/baton-go/baton/internal/handoff"
 	"log/slog"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/baton-go/baton/internal/contract"
 )
 
 // Handler answers one request. It must not block for longer than the
@@ -85,7 +85,7 @@ func (s *Server) serveConn(c net.Conn) {
 	_ = c.SetReadDeadline(time.Time{})
 	var resp Response
 	if req.Version != Version {
-		resp = Response{Code: CodeProtocol, Error: fmt.Sprintf("%v: client speaks %d, service speaks %d", ErrVersion, req.Version, Version)}
+		resp = Response{Code: CodeControlProtocol, Error: fmt.Sprintf("%v: client speaks %d, service speaks %d", ErrVersion, req.Version, Version)}
 	} else {
 		resp = s.handler(s.ctx, req)
 	}
@@ -159,34 +159,13 @@ func NotSent(err error) bool {
 	return errors.As(err, &ns)
 }
 
-// Result decodes a successful response's result into v.
-func (r Response) Decode(v any) error {
-	if len(r.Result) == 0 {
-		return errors.New("control response has no result")
-	}
-	return json.Unmarshal(r.Result, v)
-}
-
 // OKResponse builds a successful response carrying v as its result.
-func OKResponse(v any) Response {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return Response{Code: CodeInternal, Error: err.Error()}
-	}
-	return Response{OK: true, Result: b}
-}
+func OKResponse(v any) Response { return contract.OKResponse(v) }
 
 // UpgradeOutcome builds the response to an upgrade or a rollback: the
-// result, or the error with its code and, when the new generation exited
-// before it was ready, its exit code and the end of its stderr.
-func UpgradeOutcome(result any, err error, code func(error) string) Response {
-	if err == nil {
-		return OKResponse(result)
-	}
-	r := Response{Code: code(err), Error: err.Error()}
-	var ce *handoff.ExitError
-	if errors.As(err, &ce) {
-		r.Result = OKResponse(ce).Result
-	}
-	return r
+// result, or the error with its code (contract.CodeOf) and, when the new
+// generation exited before it was ready, its exit code and the end of its
+// stderr.
+func UpgradeOutcome(res contract.UpgradeResult, err error) Response {
+	return contract.UpgradeResponse(res, err)
 }
