@@ -121,13 +121,13 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 	args := append(append(append([]string{}, s.cfg.Activator[1:]...), "--", exe, g.binary), s.cfg.Command[1:]...)
 	cmd := exec.Command(s.cfg.Activator[0], args...)
 	cmd.Env = append(childEnv(os.Environ()),
-		"LISTEN_FDS="+strconv.Itoa(len(files)),
-		"LISTEN_FDNAMES="+strings.Join(names, ":"),
-		"NOTIFY_SOCKET="+notifyPath,
+		contract.EnvListenFDs+"="+strconv.Itoa(len(files)),
+		contract.EnvListenFDNames+"="+strings.Join(names, ":"),
+		contract.EnvNotifySocket+"="+notifyPath,
 		handoff.EnvLink+"="+linkPath,
-		"BATON_DRAIN_SIGNAL="+strconv.Itoa(int(s.cfg.DrainSignal)),
-		"BATON_SUPERVISOR="+s.cfg.Name,
-		"BATON_GENERATION="+strconv.Itoa(n),
+		contract.EnvDrainSignal+"="+strconv.Itoa(int(s.cfg.DrainSignal)),
+		contract.EnvSupervisor+"="+s.cfg.Name,
+		contract.EnvGeneration+"="+strconv.Itoa(n),
 	)
 	cmd.ExtraFiles = files
 	cmd.SysProcAttr = childProcAttr(s.cfg.OrphanGuard)
@@ -201,7 +201,8 @@ func childEnv(env []string) []string {
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", handoff.EnvChannel, handoff.EnvLink, "BATON_DRAIN_SIGNAL", "BATON_SUPERVISOR", "BATON_GENERATION", "WATCHDOG_USEC", "WATCHDOG_PID":
+		case contract.EnvListenPID, contract.EnvListenFDs, contract.EnvListenFDNames, contract.EnvNotifySocket, contract.EnvHandoff, contract.EnvLink,
+			contract.EnvDrainSignal, contract.EnvSupervisor, contract.EnvGeneration, contract.EnvWatchdogUSec, contract.EnvWatchdogPID:
 			continue
 		}
 		out = append(out, kv)
