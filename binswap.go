@@ -20,10 +20,10 @@ import (
 // the upgrade fails, the previous binary is put back. Copies renamed aside
 // are removed by a later generation once their process has exited.
 func (u *Upgrader) UpgradeTo(ctx context.Context, newBinary string) (UpgradeResult, error) {
-	if !u.upgradeMu.TryLock() {
+	if !u.binaryMu.TryLock() {
 		return UpgradeResult{}, ErrUpgradeInProgress
 	}
-	defer u.upgradeMu.Unlock()
+	defer u.binaryMu.Unlock()
 	fi, err := os.Stat(newBinary)
 	switch {
 	case err != nil:
@@ -35,7 +35,7 @@ func (u *Upgrader) UpgradeTo(ctx context.Context, newBinary string) (UpgradeResu
 	if err != nil {
 		return UpgradeResult{}, fmt.Errorf("%w: installing %s at %s: %v", ErrBinary, newBinary, u.binary, err)
 	}
-	res, err := u.runUpgrade(ctx)
+	res, err := u.Upgrade(ctx)
 	if err != nil {
 		if rerr := restore(); rerr != nil {
 			u.log.Error("upgrade failed and the previous binary could not be put back", "path", u.binary, "err", rerr)

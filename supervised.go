@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"syscall"
 
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/handoff"
 )
 
@@ -97,14 +98,13 @@ func (u *Upgrader) drainForSupervisor() {
 		u.mu.Unlock()
 		return
 	}
-	u.handedOver = true
 	u.mu.Unlock()
 	u.log.Info("the supervisor switched to a new generation; draining")
 	u.handover()
 }
 
 // envDrainSignal carries the supervisor's drain signal (its number).
-const envDrainSignal = "BATON_DRAIN_SIGNAL"
+const envDrainSignal = contract.EnvDrainSignal
 
 // watchDrainSignal makes the supervisor's drain signal drain this
 // generation as a handover does (Exit is closed). The supervisor uses it

@@ -15,6 +15,7 @@ import (
 
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/handoff"
+	"github.com/baton-go/baton/internal/lifecycle"
 )
 
 // envSupervisor is set by `baton run` for its generations.
@@ -38,14 +39,18 @@ type Upgrader struct {
 	binary       string
 	parent       *handoff.Inherited // nil for a first generation
 	state        []byte             // from the parent
-	draining     []handoff.Proc     // older generations that may still drain
+	ancestors    ancestors          // older generations that may still drain
 	startedAt    time.Time
 	supervised   bool              // under `baton run`
 	link         *handoff.LinkConn // to the supervisor (library apps under `baton run`)
 	stopDrainSig func()            // undoes watchDrainSignal
 	acceptGate   *gate             // non-nil in a new generation: Accept waits for Ready
 
-	upgradeMu sync.Mutex // held for the whole of one upgrade
+	// The generation lifecycle (upgrade, handover, drain deadline) is
+	// internal/lifecycle's; self is this generation in it.
+	engine   *lifecycle.Engine
+	self     *lifecycle.Generation
+	binaryMu sync.Mutex // UpgradeTo: one install at a time
 
 	mu         sync.Mutex
 	entries    []*entry
@@ -54,7 +59,7 @@ type Upgrader struct {
 	readyAt    time.Time
 	handedOver bool
 	stopped    bool
-	last       *UpgradeOutcome
+	reloading  bool            // RELOADING=1 was sent for the upgrade under way
 	ctl        controlEndpoint // nil without a control endpoint
 	ctlSrv     *ctl.Server
 	ctlStopped []*ctl.Server // stopped servers that may still be answering
@@ -65,9 +70,7 @@ type Upgrader struct {
 	exitOnce  sync.Once
 	exitAt    time.Time
 	stopSig   func()
-
-	cancelUpgrade func()      // cancels the running upgrade (Stop calls it)
-	forceExit     *time.Timer // armed at the handover
+	stoppedC  chan struct{} // closed by Stop
 }
 
 // New prepares this generation: it reads the handoff from the previous
@@ -84,6 +87,7 @@ func New(opts Options) (*Upgrader, error) {
 		phase:      PhaseStarting,
 		startedAt:  time.Now(),
 		exitC:      make(chan struct{}),
+		stoppedC:   make(chan struct{}),
 	}
 	if opts.Name != "" {
 		if err := ctl.CheckName(opts.Name); err != nil {
@@ -110,11 +114,11 @@ func New(opts Options) (*Upgrader, error) {
 		u.parent = in
 		u.generation = in.Msg.Generation
 		u.state = in.State
-		u.draining = append(u.draining, in.Msg.Draining...)
+		u.ancestors.add(in.Msg.Draining...)
 		if !u.supervised {
 			// Under baton run (Windows) the parent is the supervisor, which
 			// does not drain.
-			u.draining = append(u.draining, in.Msg.Parent)
+			u.ancestors.add(in.Msg.Parent)
 		}
 		if u.binary == "" {
 			u.binary = in.Msg.Binary
@@ -142,6 +146,7 @@ func New(opts Options) (*Upgrader, error) {
 		u.acceptGate = newGate()
 	}
 	u.log = u.log.With("gen", u.generation)
+	u.newEngine()
 	if err := u.openControl(); err != nil {
 		u.closeAll()
 		return nil, err
@@ -240,6 +245,7 @@ func (u *Upgrader) ready() error {
 	}
 	u.pool = nil
 	u.mu.Unlock()
+	u.engine.MarkServing(u.self)
 
 	if u.opts.PIDFile != "" {
 		if err := writePIDFile(u.opts.PIDFile); err != nil {
@@ -265,20 +271,19 @@ func (u *Upgrader) Stop() {
 		return
 	}
 	u.stopped = true
+	u.phase = PhaseStopped
+	u.mu.Unlock()
+	// An upgrade under way is called off, unless its go-ahead is being
+	// given already (the engine decides under its lock).
+	u.engine.Halt()
+	close(u.stoppedC) // no forced exit: we are done
+	u.mu.Lock()
 	// The sockets' files, the control endpoint and the PID file belong to
 	// the generation that serves: a first generation, or a new one once it
 	// got ready. A new generation that never got ready must not remove its
 	// parent's files; one that handed over leaves them to its successor.
-	last := (u.parent == nil || !u.readyAt.IsZero()) && !u.handedOver
-	u.phase = PhaseStopped
-	cancelUpgrade, forceExit := u.cancelUpgrade, u.forceExit
+	last := (u.parent == nil || !u.readyAt.IsZero()) && !u.handedOver && !u.engine.HandingOver(u.self)
 	u.mu.Unlock()
-	if cancelUpgrade != nil {
-		cancelUpgrade()
-	}
-	if forceExit != nil {
-		forceExit.Stop()
-	}
 	if u.stopSig != nil {
 		u.stopSig()
 	}
