@@ -98,7 +98,6 @@ func (u *Upgrader) drainForSupervisor() {
 		u.mu.Unlock()
 		return
 	}
-	u.handedOver = true
 	u.mu.Unlock()
 	u.log.Info("the supervisor switched to a new generation; draining")
 	u.handover()
