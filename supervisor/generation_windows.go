@@ -2,7 +2,10 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,7 +63,7 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 		src = from.saved
 		g.binary = from.binary
 	}
-	if err := saveBinary(src, g.saved); err != nil {
+	if err := saveCopy(src, g.saved); err != nil {
 		return nil, fmt.Errorf("%w: keeping a copy of %s for rollbacks: %v", contract.ErrBinary, src, err)
 	}
 	defer func() {
@@ -84,6 +87,11 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 		contract.EnvGeneration+"="+strconv.Itoa(n),
 	)
 	out := &taggedOutput{g: g}
+	defer func() {
+		if err != nil {
+			out.setPID(0) // what it wrote before it failed, untagged by pid
+		}
+	}()
 	child, err := handoff.Spawn(context.Background(), handoff.SpawnConfig{
 		Binary:     g.saved,
 		Args:       s.cfg.Command[1:],
@@ -103,6 +111,7 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 	g.mu.Lock()
 	g.child, g.pid, g.exited, g.started = child, child.PID, child.Exited(), time.Now()
 	g.mu.Unlock()
+	out.setPID(child.PID)
 	// The link carries no state here (the handoff did): it is for the
 	// next upgrade's state and the drain.
 	go s.acceptLink(g, linkLn, nil)
@@ -129,15 +138,52 @@ func childEnv(env []string) []string {
 }
 
 // taggedOutput prefixes each line of a generation's output with its
-// generation and pid; the supervisor is the only writer of its log.
-type taggedOutput struct{ g *generation }
+// generation and pid; the supervisor is the only writer of its log. Lines
+// written before Spawn returned (the pid is known then: an app that fails
+// at once writes its reason before) wait for the pid, a bounded number;
+// they are never blocked (the child must not stall on its pipe).
+type taggedOutput struct {
+	g       *generation
+	mu      sync.Mutex
+	pid     int
+	known   bool
+	pending []string
+}
+
+const maxPendingLines = 256
 
 func (t *taggedOutput) Write(p []byte) (int, error) {
-	t.g.mu.Lock()
-	pid := t.g.pid
-	t.g.mu.Unlock()
-	t.g.s.logOut.WriteLine(fmt.Sprintf("[gen %d pid %d] %s", t.g.n, pid, strings.TrimRight(string(p), "\r\n")))
+	line := strings.TrimRight(string(p), "\r\n")
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.known && len(t.pending) < maxPendingLines {
+		t.pending = append(t.pending, line)
+		return len(p), nil
+	}
+	t.writeLocked(line)
 	return len(p), nil
+}
+
+// setPID tags what waited, and what comes, with pid (0: unknown).
+func (t *taggedOutput) setPID(pid int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.known {
+		return
+	}
+	t.pid, t.known = pid, true
+	for _, l := range t.pending {
+		t.writeLocked(l)
+	}
+	t.pending = nil
+}
+
+func (t *taggedOutput) writeLocked(line string) {
+	pid := "?"
+	if t.pid > 0 {
+		pid = strconv.Itoa(t.pid)
+	}
+	t.g.s.logOut.WriteLine(fmt.Sprintf("[gen %d pid %s] %s", t.g.n, pid, line))
 }
 
 // The generation as the lifecycle engine sees it.
@@ -192,7 +238,62 @@ func (g *generation) Err() error {
 	return nil
 }
 
-func (g *generation) Release() { g.release() }
+// Release removes g's saved copy once its process is gone: a running
+// image cannot be deleted on Windows (Wine enforces the same lock), and a
+// draining generation is released while it still runs. Copies left by a
+// supervisor that was killed are swept at the next start (openHost).
+func (g *generation) Release() {
+	if g.saved == "" {
+		return
+	}
+	remove := func() {
+		// The image stays locked for a moment after the process is
+		// signalled as exited.
+		for i := 0; i < 20; i++ {
+			err := os.Remove(g.saved)
+			if err == nil || errors.Is(err, fs.ErrNotExist) {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		g.s.log.Debug("saved copy of an ended generation not removed; swept at the next start", "gen", g.n, "path", g.saved)
+	}
+	select {
+	case <-g.exited:
+		remove()
+	default:
+		go func() {
+			<-g.exited
+			remove()
+		}()
+	}
+}
+
+// saveCopy keeps what a generation runs at dst as a copy of src. Not a
+// hard link (saveBinary's way on Unix): on Windows the lock on a running
+// image covers every link of the file, so a linked copy would lock the
+// installed .exe too: it could be neither overwritten nor replaced by a
+// rename, and a stale copy could not be deleted while another link runs.
+func saveCopy(src, dst string) error {
+	if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("a stale copy is in the way: %w", err)
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o700)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(dst)
+		return err
+	}
+	return out.Close()
+}
 
 // handles counts g's open handles (-1 if unknown).
 func (g *generation) handles() int { return openFDs(g.pid) }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 
 	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/handoff"
@@ -24,6 +25,7 @@ type host struct {
 
 func openHost(s *Supervisor) (*host, error) {
 	h := &host{cfg: &s.cfg}
+	sweepCopies(s)
 	for _, l := range s.cfg.Listen {
 		switch l.Network {
 		case "tcp", "tcp4", "tcp6":
@@ -39,6 +41,29 @@ func openHost(s *Supervisor) (*host, error) {
 		h.sockets = append(h.sockets, sock)
 	}
 	return h, nil
+}
+
+// sweepCopies removes the generations' saved copies that an earlier
+// supervisor of this name left behind (it was killed, or a copy was still
+// locked when it ended). The control endpoint is ours already: no other
+// supervisor of this name runs; a copy that some process still runs stays
+// (it cannot be deleted) and is replaced or swept later.
+func sweepCopies(s *Supervisor) {
+	ents, _ := os.ReadDir(s.runDir)
+	for _, e := range ents {
+		n, ok := strings.CutPrefix(e.Name(), s.cfg.Name+".gen")
+		if !ok {
+			continue
+		}
+		// NAME.genN.exe only (not another service's "NAME.genX.genN.exe").
+		if n, ok = strings.CutSuffix(n, ".exe"); !ok || n == "" || strings.Trim(n, "0123456789") != "" {
+			continue
+		}
+		p := filepath.Join(s.runDir, e.Name())
+		if err := os.Remove(p); err != nil {
+			s.log.Debug("stale copy of a generation not removed", "path", p, "err", err)
+		}
+	}
 }
 
 // items are the sockets as the next generation gets them: matched by the
