@@ -2,6 +2,7 @@ package baton
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,16 +11,41 @@ import (
 
 	"github.com/baton-go/baton/internal/atomicfile"
 	"github.com/baton-go/baton/internal/handoff"
+	"github.com/baton-go/baton/internal/release"
 )
 
 // UpgradeTo installs newBinary at this generation's binary path and
-// upgrades to it. The running binary is renamed aside first (a running .exe
-// cannot be overwritten on Windows, but it can be renamed; on Unix this
-// also keeps the old file intact), the new one is copied next to it and
-// renamed into place (never a half-written file at the installed path). If
-// the upgrade fails, the previous binary is put back. Copies renamed aside
-// are removed by a later generation once their process has exited.
+// upgrades to it, through the releases directory beside the installed
+// binary (PATH.releases, the one `baton install` and `baton upgrade
+// --binary` use; created when missing):
+//
+//  1. the releases lock is taken (held by another baton: an error wrapping
+//     ErrUpgradeInProgress);
+//  2. newBinary is checked as `baton upgrade --binary` checks it with its
+//     default options (an executable for this OS and CPU, complete, the
+//     same Go main module as the installed binary, no process writing it,
+//     safe directories, free space); a refusal changes nothing on disk and
+//     returns an error wrapping ErrBinary with the check's message. A file
+//     that is already a release of this directory (the CLI stages what it
+//     checked there, with its own options) is not refused for its module;
+//  3. the very copy that was checked becomes a release and is switched in
+//     at the installed path atomically (file mode kept; the binary
+//     installed before becomes a release too);
+//  4. Upgrade runs. If it fails, the previous release is put back at the
+//     installed path before UpgradeTo returns: a release that was started
+//     and failed (ErrChildExited, ErrReadyTimeout, ErrBinary) is marked
+//     failed, so that a later rollback does not go back to it; one refused
+//     before it ran (busy, too many draining...) is not.
+//
+// For a library service UpgradeTo is the one place that puts the previous
+// binary back after a failed upgrade (`baton upgrade --binary` and `baton
+// rollback` send it their release and only report). Under `baton run`
+// the supervisor does the upgrades: UpgradeTo returns ErrSupervised and
+// changes nothing.
 func (u *Upgrader) UpgradeTo(ctx context.Context, newBinary string) (UpgradeResult, error) {
+	if u.supervised {
+		return UpgradeResult{}, ErrSupervised
+	}
 	if !u.binaryMu.TryLock() {
 		return UpgradeResult{}, ErrUpgradeInProgress
 	}
@@ -31,51 +57,97 @@ func (u *Upgrader) UpgradeTo(ctx context.Context, newBinary string) (UpgradeResu
 	case !fi.Mode().IsRegular():
 		return UpgradeResult{}, fmt.Errorf("%w: new binary %s is not a regular file", ErrBinary, newBinary)
 	}
-	restore, err := installBinary(u.binary, newBinary)
+	st, err := release.Open(u.binary, release.StoreOptions{Logger: u.log})
 	if err != nil {
-		return UpgradeResult{}, fmt.Errorf("%w: installing %s at %s: %v", ErrBinary, newBinary, u.binary, err)
+		return UpgradeResult{}, fmt.Errorf("%w: releases directory of %s: %v", ErrBinary, u.binary, err)
 	}
-	res, err := u.Upgrade(ctx)
-	if err != nil {
-		if rerr := restore(); rerr != nil {
-			u.log.Error("upgrade failed and the previous binary could not be put back", "path", u.binary, "err", rerr)
-			return res, fmt.Errorf("%w (and putting the previous binary back failed: %v)", err, rerr)
+	if err := st.TryLock(); err != nil {
+		if errors.Is(err, release.ErrLocked) {
+			return UpgradeResult{}, fmt.Errorf("%w: %v", ErrUpgradeInProgress, err)
 		}
-		u.log.Info("upgrade failed; previous binary put back", "path", u.binary)
+		return UpgradeResult{}, fmt.Errorf("%w: locking the releases of %s: %v", ErrBinary, u.binary, err)
+	}
+	defer st.Unlock()
+	staged := isStagedIn(st, newBinary)
+	before, _ := release.FileSHA256(st.Installed())
+	rep, rel, err := st.CheckAndStage(ctx, newBinary, release.CheckOptions{Force: staged, Staged: staged})
+	if err != nil {
+		if rep != nil && !rep.OK() {
+			if ferr := rep.FirstErr(); ferr != nil {
+				err = ferr
+			}
+		}
+		return UpgradeResult{}, fmt.Errorf("%w: %s refused: %v", ErrBinary, newBinary, err)
+	}
+	if err := st.Activate(rel.ID); err != nil {
+		if now, _ := release.FileSHA256(st.Installed()); now == rel.SHA256 && now != before {
+			// Switched, but recording it failed: put back what was there.
+			if _, _, perr := st.PutBack(rel.SHA256); perr != nil {
+				return UpgradeResult{}, fmt.Errorf("%w: installing release %s at %s: %v (and putting the previous binary back failed: %v)", ErrBinary, rel.ID, u.binary, err, perr)
+			}
+		}
+		if errors.Is(err, release.ErrBusy) {
+			return UpgradeResult{}, fmt.Errorf("%w: installing release %s at %s: %v", ErrUpgradeInProgress, rel.ID, u.binary, err)
+		}
+		return UpgradeResult{}, fmt.Errorf("%w: installing release %s at %s: %v", ErrBinary, rel.ID, u.binary, err)
+	}
+	u.log.Info("release installed; upgrading", "release", rel.ID, "path", st.Installed())
+	res, err := u.Upgrade(ctx)
+	if err == nil {
+		if !staged {
+			// The CLI prunes with its own --keep when it staged the release.
+			if _, perr := st.Prune(); perr != nil {
+				u.log.Warn("pruning old releases", "err", perr)
+			}
+		}
+		return res, nil
+	}
+	if before == rel.SHA256 {
+		return res, err // the same binary was installed already: nothing to put back
+	}
+	putBack := st.PutBack // refused before it ran: not a failed release
+	if startedAndFailed(err) {
+		putBack = st.RollbackFrom
+	}
+	prev, done, rerr := putBack(rel.SHA256)
+	switch {
+	case rerr != nil:
+		u.log.Error("upgrade failed and the previous release could not be put back", "path", u.binary, "err", rerr)
+		return res, fmt.Errorf("%w (and putting the previous binary back failed: %v)", err, rerr)
+	case done:
+		u.log.Info("upgrade failed; previous release put back", "path", u.binary, "release", prev.ID)
 	}
 	return res, err
 }
 
-// asideSuffix marks a binary renamed aside by the process with that pid
-// (the same mark as the releases store's, so either removes the other's).
-const asideSuffix = atomicfile.AsideSuffix
-
-// installBinary puts a copy of src at dst and returns how to undo it. The
-// running binary is kept aside first (a hard link on Unix, so that dst is
-// never missing; a rename on Windows, where a running .exe cannot be
-// replaced), then the copy replaces dst atomically.
-func installBinary(dst, src string) (restore func() error, err error) {
-	aside := dst + asideSuffix + strconv.Itoa(os.Getpid())
-	hadOld, err := atomicfile.KeepAside(dst, aside)
-	if err != nil {
-		return nil, err
-	}
-	undo := func() error {
-		if !hadOld {
-			return os.Remove(dst)
-		}
-		cleanup, err := atomicfile.Replace(aside, dst)
-		cleanup()
-		return err
-	}
-	if err := atomicfile.Copy(dst, src, 0o755); err != nil {
-		if uerr := undo(); uerr != nil {
-			err = fmt.Errorf("%v; restoring: %v", err, uerr)
-		}
-		return nil, err
-	}
-	return undo, nil
+// startedAndFailed reports whether an upgrade failed because the new
+// binary was started and did not make it (rather than being refused before
+// it ran).
+func startedAndFailed(err error) bool {
+	return errors.Is(err, ErrChildExited) || errors.Is(err, ErrReadyTimeout) || errors.Is(err, ErrBinary)
 }
+
+// isStagedIn reports whether file is a release of st already (staged,
+// with its checks, by `baton upgrade --binary` or `baton install`).
+func isStagedIn(st *release.Store, file string) bool {
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return false
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	id := filepath.Base(filepath.Dir(abs))
+	if filepath.Dir(filepath.Dir(abs)) != st.Dir() {
+		return false
+	}
+	r, err := st.Get(id)
+	return err == nil && r.Path == abs
+}
+
+// asideSuffix marks a binary renamed aside by the process with that pid
+// (the releases store's mark).
+const asideSuffix = atomicfile.AsideSuffix
 
 // removeStaleBinaries deletes copies of binary renamed aside by processes
 // that have exited.
