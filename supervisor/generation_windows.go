@@ -89,7 +89,13 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 	out := &taggedOutput{g: g}
 	defer func() {
 		if err != nil {
-			out.setPID(0) // what it wrote before it failed, untagged by pid
+			// What it wrote before it failed: with its pid when it ran.
+			var ee *contract.ExitError
+			pid := 0
+			if errors.As(err, &ee) {
+				pid = ee.PID
+			}
+			out.setPID(pid)
 		}
 	}()
 	child, err := handoff.Spawn(context.Background(), handoff.SpawnConfig{

@@ -347,6 +347,11 @@ func TestRunOnWindows(t *testing.T) {
 		t.Errorf("%d requests failed around the refused upgrade", n)
 	}
 	t.Logf("broken release refused: exit %d, %s: %s", rep.ExitCode, rep.Code, rep.Error)
+	// Its last words are in the supervisor's log, tagged with its pid
+	// (they were written before the supervisor knew it).
+	if badPID := pidIn(rep.Error); badPID == "" || !strings.Contains(s.logTail(), fmt.Sprintf("pid %s] badapp: boom", badPID)) {
+		t.Errorf("the broken release's stderr is not in the supervisor's log tagged with its pid %q", badPID)
+	}
 
 	// 3. The serving generation killed (TerminateProcess): the supervisor
 	// starts another one; only requests in flight on it may fail.
@@ -426,4 +431,27 @@ func TestRunOnWindows(t *testing.T) {
 		t.Fatalf("the supervisor was killed but its generations still run: %+v", left)
 	}
 	t.Logf("supervisor killed with TerminateProcess: no generation left after %v", time.Since(killAt).Round(time.Millisecond))
+
+	// 6. The killed supervisor could not remove its copies; the next one
+	// of the same name sweeps them, upgrades, and stops clean.
+	left := s.savedCopies()
+	s.start()
+	install(t, bins["hello-v1"], s.exe)
+	if rep := s.upgrade(ctx); rep.ExitCode != 0 {
+		t.Fatalf("upgrade after a killed supervisor: exit %d %s: %s", rep.ExitCode, rep.Code, rep.Error)
+	}
+	if code, out, errOut, err := winCmd(ctx, bins["baton"], "stop", "--name", name); err != nil || code != 0 {
+		t.Fatalf("baton stop: exit %d %v: %s%s", code, err, out, errOut)
+	}
+	if !s.waitExit(60 * time.Second) {
+		t.Fatalf("baton.exe run still running 60s after baton stop")
+	}
+	if procs := s.waitNoGenerations(10 * time.Second); len(procs) > 0 {
+		t.Fatalf("after baton stop, generations still run: %+v", procs)
+	}
+	copies := s.savedCopies()
+	t.Logf("saved copies: %d left by the killed supervisor, %d after the next one stopped", len(left), len(copies))
+	if len(copies) > 0 {
+		t.Errorf("saved copies left: %v", copies)
+	}
 }
