@@ -1,19 +1,31 @@
 package supervisor
 
 import (
+	"context"
 	"errors"
+	"time"
 
 	"github.com/baton-go/baton/internal/release"
 )
+
+// lockWait is how long restoreInstalled waits for the releases lock.
+const lockWait = 3 * time.Second
 
 // restoreInstalled puts the release that g runs back at the installed path
 // after a failed upgrade, a failed probation or `baton rollback`, when the
 // binary is managed by `baton install` (it has a releases directory) and
 // the installed file is another release now. failedSHA, when not empty, is
 // what the generation that failed ran: if that is what is installed, it is
-// marked failed (a later rollback does not go back to it). A CLI that holds
-// the releases lock (`baton upgrade --binary` waiting for this upgrade)
-// does it itself.
+// marked failed (a later rollback does not go back to it).
+//
+// Under baton run this is the one place that puts a release back after a
+// started-and-failed upgrade, a probation failure or a rollback: `baton
+// upgrade --binary` releases the releases lock before it asks for the
+// upgrade and only reports what is installed afterwards (it puts its
+// release back itself only when the supervisor never started it: refused,
+// or the request did not arrive). The lock is waited for a little (another
+// baton may be listing or pruning); when another deploy holds it longer,
+// the disk is left to it.
 func (s *Supervisor) restoreInstalled(g *generation, failedSHA string) {
 	if g == nil {
 		return
@@ -39,15 +51,20 @@ func (s *Supervisor) restoreInstalled(g *generation, failedSHA string) {
 		log.Warn("opening the releases store", "err", err)
 		return
 	}
-	if err := st.TryLock(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), lockWait)
+	defer cancel()
+	if err := st.Lock(ctx); err != nil {
 		if errors.Is(err, release.ErrLocked) {
-			log.Info("another baton holds the releases lock; it restores the installed binary")
+			log.Warn("another baton holds the releases lock (a deploy under way); installed binary left to it", "err", err)
 		} else {
 			log.Warn("locking the releases store", "err", err)
 		}
 		return
 	}
 	defer st.Unlock()
+	if cur, err = release.FileSHA256(g.binary); err == nil && cur == sum {
+		return // put back meanwhile (read again under the lock)
+	}
 	if failedSHA != "" && cur == failedSHA {
 		if err := st.MarkFailed(cur); err != nil {
 			log.Warn("marking the failed release", "err", err)

@@ -25,9 +25,9 @@ so this works even if the installed file changed; when the binary is managed
 by baton install, the installed path is switched back to that release too.
 
 A service that uses the library without baton run has no previous
-generation to start: its previous release on disk (baton install, baton
-upgrade --binary) is installed again and the service upgraded to it; if that
-upgrade fails, the release that was installed is put back.
+generation to start: it is sent its previous release on disk (baton install,
+baton upgrade --binary), which it installs and upgrades to; if that upgrade
+fails, it puts the release that was installed back itself (UpgradeTo).
 
 ` + exitCodesHelp,
 		Args: cobra.NoArgs,
@@ -80,9 +80,10 @@ func runRollback(out io.Writer, f commonFlags) error {
 }
 
 // rollbackRelease rolls a library service back through its releases
-// directory: the previous release is installed, the service upgraded to
-// it, and the release that was installed is put back if that fails. It
-// returns the upgrade's response.
+// directory: the service is sent its previous release, which it installs
+// and upgrades to (UpgradeTo: it puts the release that was installed back
+// if that fails). It returns the upgrade's response, whose error says what
+// is installed after a failure.
 func rollbackRelease(ctx context.Context, name string) (ctl.Response, error) {
 	sresp, err := ctl.Do(ctx, name, ctl.Request{Op: ctl.OpStatus})
 	if err != nil {
@@ -99,37 +100,39 @@ func rollbackRelease(ctx context.Context, name string) (ctl.Response, error) {
 	if err != nil {
 		return ctl.Response{}, err
 	}
-	if err := store.Lock(ctx); err != nil {
-		return ctl.Response{}, err
-	}
-	defer store.Unlock()
-	if _, ok := store.Previous(); !ok {
+	back, ok := store.Previous()
+	if !ok {
 		return ctl.Response{}, fmt.Errorf("no previous release of %s", st.Binary)
 	}
-	back, err := store.Rollback()
+	resp, err := ctl.Do(ctx, name, ctl.Request{Op: ctl.OpUpgrade, Binary: back.Path})
 	if err != nil {
-		return ctl.Response{}, fmt.Errorf("installing the previous release: %w", err)
+		if ctl.NotSent(err) {
+			return resp, err // nothing was changed
+		}
+		// The request was sent: the service may be installing or running
+		// release back now, whatever happened to the answer.
+		return resp, fmt.Errorf("%w\nrelease %s may be installed (the service may have started it): check with baton status --name %s", err, back.ID, name)
 	}
-	resp, err := ctl.Do(ctx, name, ctl.Request{Op: ctl.OpUpgrade})
-	if err == nil && resp.OK {
-		return resp, nil
-	}
-	if err != nil && !ctl.NotSent(err) {
-		// The request was sent: the service may be running release back
-		// now, whatever happened to the answer. Leave the disk as it is.
-		return resp, fmt.Errorf("%w\nrelease %s stays installed (the service may have started it): check with baton status --name %s", err, back.ID, name)
-	}
-	// The previous release did not take over: the one that serves goes
-	// back (marked failed only if it was started and failed).
-	putBack := store.PutBack
-	if err == nil && startedAndFailed(resp.Code) {
-		putBack = store.RollbackFrom
-	}
-	if _, _, rerr := putBack(back.SHA256); rerr != nil {
-		return resp, fmt.Errorf("release %s did not take over (%v %s), and putting the installed release back failed: %v", back.ID, err, resp.Error, rerr)
-	}
-	if err != nil {
-		return resp, err
+	if !resp.OK {
+		// The service put the release that was installed back (or says
+		// why it could not): report what is installed now.
+		if now, serr := release.FileSHA256(store.Installed()); serr == nil {
+			if now == back.SHA256 {
+				resp.Error += fmt.Sprintf("\nrelease %s is still installed at %s", back.ID, store.Installed())
+			} else if cur, ok := releaseWithSHA(store, now); ok {
+				resp.Error += fmt.Sprintf("\nthe installed binary %s is release %s again", store.Installed(), cur.ID)
+			}
+		}
 	}
 	return resp, nil
+}
+
+func releaseWithSHA(store *release.Store, sum string) (release.Release, bool) {
+	rels, _ := store.List()
+	for _, r := range rels {
+		if r.SHA256 == sum {
+			return r, true
+		}
+	}
+	return release.Release{}, false
 }

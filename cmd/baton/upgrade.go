@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"time"
 
@@ -62,11 +63,18 @@ With --binary FILE, first run every pre-flight check on FILE (see
 baton check: format for this OS and CPU, Go module, --sha256/--checksums,
 --pubkey signature, --smoke run, directory safety, free space); a refused
 binary changes nothing. Then stage FILE in the releases directory beside the
-installed binary, switch the installed path to it atomically, and upgrade.
-If the upgrade fails (the new generation exits, never gets ready, or fails
-its probation under baton run), the installed path is switched back to the
-previous release. The releases lock is held throughout: two deploys cannot
-interleave.
+installed binary (the very copy the checks read), and upgrade to it:
+
+  under baton run, the installed path is switched to the release
+  atomically, then the supervisor starts it; if the upgrade fails (the new
+  generation exits, never gets ready, or fails its probation), the
+  supervisor puts the release that serves back at the installed path;
+
+  a library service is sent the release, and installs, starts and, if the
+  upgrade fails, puts the previous release back itself (Upgrader.UpgradeTo,
+  holding the releases lock throughout: two deploys cannot interleave).
+
+Either way this command reports what is installed afterwards.
 
 ` + refusalHelp + exitCodesHelp,
 		Args: cobra.NoArgs,
@@ -86,6 +94,7 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 	start := time.Now()
 	rep := upgradeReport{Name: f.name}
 	var st *staged
+	library := false
 	if err := ctl.CheckName(f.name); err != nil {
 		return jsonFailure(out, f, &exitError{code: contract.CodeUsage, err: err})
 	}
@@ -93,7 +102,7 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 		if _, err := os.Stat(f.binary); err != nil {
 			return jsonFailure(out, f, &exitError{code: contract.CodeUsage, err: fmt.Errorf("--binary: %w", err)})
 		}
-		installed, _, err := installedPath(ctx, f.name, sf.path)
+		installed, status, err := installedPath(ctx, f.name, sf.path)
 		if err != nil {
 			if f.json {
 				ee := err.(*exitError)
@@ -102,9 +111,19 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 			return err
 		}
 		rep.Installed = installed
-		st, err = checkAndActivate(ctx, sf, installed, f.binary)
+		// A library service installs the release itself (UpgradeTo); the
+		// supervisor of baton run upgrades to what is installed.
+		library = status != nil && status.Supervisor == nil
+		if library {
+			st, err = checkAndStage(ctx, sf, installed, f.binary)
+		} else {
+			st, err = checkAndActivate(ctx, sf, installed, f.binary)
+		}
 		if st != nil {
-			defer st.store.Unlock() // held until the disk is final
+			// Released before the upgrade request: whoever restores the
+			// previous release after a failure (the supervisor, or the
+			// library that holds it during its UpgradeTo) takes it.
+			st.store.Unlock()
 			rep.Checks = st.report
 		}
 		if err != nil {
@@ -126,25 +145,43 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 	// A plain upgrade request: the service starts the binary at its
 	// installed path (switched above with --binary), so this works with the
 	// library and the supervisor alike.
-	resp, err := ctl.Do(ctx, f.name, ctl.Request{Op: ctl.OpUpgrade})
+	req := ctl.Request{Op: ctl.OpUpgrade}
+	if library && st != nil {
+		req.Binary = st.release.Path // the checked copy, staged
+	}
+	resp, err := ctl.Do(ctx, f.name, req)
+	if st != nil && library {
+		defer pruneReleases(st)
+	}
 	if err != nil {
-		if st != nil && ctl.NotSent(err) {
-			// The request never reached the service: nothing was started,
-			// put the previous binary back. (Once it was sent, the service
-			// may have started the new binary whatever happened to the
-			// answer: the disk is left as is, and the report says so.)
-			if prev, rerr := diskRollback(st, ""); rerr == nil {
+		if st != nil && !library && ctl.NotSent(err) {
+			// The request never reached the supervisor: nothing was
+			// started, put the previous binary back (nobody else knows).
+			// (Once it was sent, the service may have started the new
+			// binary whatever happened to the answer: the disk is left as
+			// is, and the report says so.)
+			if prev, rerr := putBackRefused(ctx, st); rerr == nil {
 				rep.DiskRollback = prev
 			}
-		} else if st != nil {
-			err = fmt.Errorf("%w\nthe new release stays installed at %s (the service may have started it): check with baton status --name %s, or baton rollback", err, rep.Installed, f.name)
+		} else if st != nil && !ctl.NotSent(err) {
+			err = fmt.Errorf("%w\nthe new release may stay installed at %s (the service may have started it): check with baton status --name %s, or baton rollback", err, rep.Installed, f.name)
 		}
 		return reportTransport(out, f, err)
 	}
 	rep.OK, rep.Code, rep.Error, rep.Took = resp.OK, resp.Code, resp.Error, time.Since(start)
 	var rollbackErr error
 	if !resp.OK && st != nil {
-		rep.DiskRollback, rollbackErr = diskRollback(st, resp.Code)
+		if !library && !startedAndFailed(resp.Code) {
+			// Refused by the supervisor before anything was started: it
+			// leaves the disk alone, the release this command installed
+			// goes back (not marked failed).
+			_, rollbackErr = putBackRefused(ctx, st)
+		}
+		var stays error
+		rep.DiskRollback, stays = installedAfterFailure(st)
+		if rollbackErr == nil {
+			rollbackErr = stays
+		}
 	}
 	if resp.OK {
 		var r contract.UpgradeResult
@@ -217,22 +254,87 @@ func jsonFailure(out io.Writer, f commonFlags, ee *exitError) error {
 	return &exitError{code: ee.code, err: errReported}
 }
 
-// diskRollback puts the previous release back at the installed path after
-// a failed upgrade to st.release; nil, nil when the install changed
-// nothing (the same binary was installed already).
-func diskRollback(st *staged, code string) (*release.Release, error) {
+// checkAndStage takes the store lock (the caller unlocks st.store),
+// checks file and stages the very copy the checks read, without switching
+// the installed path: for a library service, which installs the release
+// itself (UpgradeTo). On a refusal nothing is changed.
+func checkAndStage(ctx context.Context, f stageFlags, installed, file string) (*staged, error) {
+	if _, err := os.Stat(file); err != nil {
+		return nil, &exitError{code: contract.CodeUsage, err: err}
+	}
+	st, err := release.Open(installed, release.StoreOptions{Keep: f.keep, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return nil, &exitError{code: contract.CodeInternal, err: fmt.Errorf("releases directory: %w", err)}
+	}
+	if err := st.Lock(ctx); err != nil {
+		return nil, refusal(err)
+	}
+	s := &staged{store: st}
+	before, _ := release.FileSHA256(installed)
+	if s.report, s.release, err = st.CheckAndStage(ctx, file, f.options(installed)); err != nil {
+		return s, err
+	}
+	s.changed = before != s.release.SHA256
+	return s, nil
+}
+
+// putBackRefused puts the release installed before back at the installed
+// path when the supervisor never started st.release (the request did not
+// reach it, or it refused it: busy, too many draining...): the supervisor
+// restores only what it started. The release is not marked failed.
+func putBackRefused(ctx context.Context, st *staged) (*release.Release, error) {
 	if !st.changed {
 		return nil, nil
 	}
-	putBack := st.store.PutBack // refused before it ran: not a failed release
-	if startedAndFailed(code) {
-		putBack = st.store.RollbackFrom
+	if err := st.store.Lock(ctx); err != nil {
+		return nil, err
 	}
-	prev, done, err := putBack(st.release.SHA256)
+	defer st.store.Unlock()
+	prev, done, err := st.store.PutBack(st.release.SHA256)
 	if err != nil || !done {
 		return nil, err
 	}
 	return &prev, nil
+}
+
+// installedAfterFailure reads what is installed after a failed upgrade to
+// st.release, once whoever restores (the supervisor, the library's
+// UpgradeTo, or putBackRefused) has done so: the release installed again,
+// or an error when st.release is still installed though it did not take
+// over (putting the previous one back failed: the service's log says why).
+func installedAfterFailure(st *staged) (*release.Release, error) {
+	if !st.changed {
+		return nil, nil // the same binary was installed before: nothing to put back
+	}
+	now, err := release.FileSHA256(st.store.Installed())
+	if err != nil {
+		return nil, err
+	}
+	if now == st.release.SHA256 {
+		return nil, fmt.Errorf("release %s is still installed though the upgrade failed (see the service's log)", st.release.ID)
+	}
+	rels, err := st.store.List()
+	if err != nil {
+		return nil, nil
+	}
+	for _, r := range rels {
+		if r.SHA256 == now {
+			return &r, nil
+		}
+	}
+	return nil, nil
+}
+
+// pruneReleases removes old releases (--keep) once the library is done
+// with them: it held the lock during its upgrade.
+func pruneReleases(st *staged) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if st.store.Lock(ctx) != nil {
+		return
+	}
+	defer st.store.Unlock()
+	st.pruned, _ = st.store.Prune()
 }
 
 // startedAndFailed reports whether an upgrade's error code says the new

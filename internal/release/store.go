@@ -445,8 +445,8 @@ func (s *Store) CheckAndStage(ctx context.Context, candidate string, o CheckOpti
 
 // removeLeftovers deletes temporary files of stages and switches cut
 // short. Those beside the installed binary only when older than 10
-// minutes: the baton library writes the same names when it installs a
-// binary itself (Upgrader.UpgradeTo), without our lock.
+// minutes: baton libraries before Upgrader.UpgradeTo went through this
+// store wrote the same names without our lock.
 func (s *Store) removeLeftovers() {
 	// Temporary files of stages by earlier versions of baton.
 	old, _ := filepath.Glob(filepath.Join(s.dir, ".stage-*"))
@@ -545,6 +545,9 @@ func (s *Store) Activate(id string) error {
 	return nil
 }
 
+// install copies release r over the installed path with the installed
+// binary's permission bits (a 0700 binary stays 0700; only the owner's
+// execute bit is added), 0755 when nothing is installed.
 func (s *Store) install(r Release) error {
 	mode := os.FileMode(0o755)
 	if fi, err := os.Stat(s.installed); err == nil {
