@@ -13,13 +13,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/handoff"
 	"github.com/baton-go/baton/internal/lifecycle"
 )
 
 // envSupervisor is set by `baton run` for its generations.
-const envSupervisor = "BATON_SUPERVISOR"
+const envSupervisor = contract.EnvSupervisor
 
 // Phases of a generation, as reported by Status.
 const (
@@ -100,7 +101,7 @@ func New(opts Options) (*Upgrader, error) {
 		u.supervised = true
 		u.opts.Name = ""
 		u.opts.UpgradeSignal = NoSignal
-		if n, err := strconv.Atoi(os.Getenv("BATON_GENERATION")); err == nil && n > 0 {
+		if n, err := strconv.Atoi(os.Getenv(contract.EnvGeneration)); err == nil && n > 0 {
 			u.generation = n
 		}
 		u.log.Debug("running under baton run", "supervisor", sup)

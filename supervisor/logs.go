@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"fmt"
+	"github.com/baton-go/baton/internal/contract"
 	"io"
 	"os"
 	"strings"
@@ -20,10 +21,7 @@ type lineWriter struct {
 }
 
 // LogLine is one line of a generation's output.
-type LogLine struct {
-	Seq  int64  `json:"seq"`
-	Text string `json:"text"`
-}
+type LogLine = contract.LogLine
 
 const ringLines = 2000
 

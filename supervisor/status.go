@@ -18,8 +18,5 @@ type Info = contract.SupervisorInfo
 // GenInfo describes one live generation.
 type GenInfo = contract.GenInfo
 
-// LogsResult answers `baton logs` (the JSON of contract.LogsResult).
-type LogsResult struct {
-	Lines []LogLine `json:"lines"`
-	Next  int64     `json:"next"`
-}
+// LogsResult answers `baton logs`.
+type LogsResult = contract.LogsResult

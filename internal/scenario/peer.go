@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/baton-go/baton/internal/contract"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -108,7 +109,7 @@ func runPeer(ctx context.Context, cfg Config, say func(string, ...any)) (*Result
 	// tableflip re-executes os.Args[0], so the installed path is what each
 	// upgrade starts, as for hello.
 	cmd := exec.Command(installed, app.args(addr, pidFile, cfg)...)
-	cmd.Env = append(os.Environ(), "BATON_RUNTIME_DIR="+filepath.Join(dir, "run")) // a control endpoint of its own
+	cmd.Env = append(os.Environ(), contract.EnvRuntimeDir+"="+filepath.Join(dir, "run")) // a control endpoint of its own
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return nil, err

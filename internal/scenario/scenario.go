@@ -8,6 +8,7 @@ package scenario
 import (
 	"context"
 	"fmt"
+	"github.com/baton-go/baton/internal/contract"
 	"io"
 	"net"
 	"os"
@@ -97,7 +98,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	os.Setenv("BATON_RUNTIME_DIR", filepath.Join(dir, "run"))
+	os.Setenv(contract.EnvRuntimeDir, filepath.Join(dir, "run"))
 	say("building examples/hello and cmd/baton ...")
 	bins, err := proctest.Build(root, dir, map[string]string{
 		"hello-v1": "./examples/hello", "hello-v2": "./examples/hello",
