@@ -46,6 +46,11 @@ type generation struct {
 func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Handed) (_ *generation, err error) {
 	defer handed.Close()
 	app, err := exec.LookPath(s.cfg.Command[0])
+	if errors.Is(err, exec.ErrDot) {
+		// `baton run -- app.exe` names the app in the current directory on
+		// purpose, as cmd.exe would find it.
+		err = nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", contract.ErrBinary, s.cfg.Command[0], err)
 	}

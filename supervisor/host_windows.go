@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -103,6 +104,9 @@ func (s *Supervisor) watchSignals(ctx context.Context) (stop func()) {
 // --watch-binary.
 func fingerprint(path string) string {
 	p, err := exec.LookPath(path)
+	if errors.Is(err, exec.ErrDot) {
+		err = nil
+	}
 	if err != nil {
 		return ""
 	}
