@@ -4,8 +4,10 @@
 //
 // Every response carries X-Pid and X-Version headers, so that a client can
 // see which generation answered. GET / and POST / answer 200; /sleep?ms=N
-// answers after N milliseconds. The number of requests served is handed
-// from generation to generation as baton state.
+// answers after N milliseconds; GET /healthz answers 200 once this
+// generation is ready (for `baton run --ready-http URL --probation D`). The
+// number of requests served is handed from generation to generation as
+// baton state.
 package main
 
 import (
@@ -42,6 +44,16 @@ var brokenRelease = ""
 // call Ready, the way a release stuck in its start-up does (tests).
 var hangBeforeReady = ""
 
+// buildUnhealthyAfter and buildExitAfter, set at build time, are the
+// defaults of -unhealthy-after and -exit-after: a release that turns
+// unhealthy, or exits, a while after it became ready (probation tests:
+// under baton run every generation gets the same arguments, so the
+// behaviour comes with the binary).
+var (
+	buildUnhealthyAfter = ""
+	buildExitAfter      = ""
+)
+
 type state struct {
 	Served int64  `json:"served"`
 	Pad    string `json:"pad,omitempty"`
@@ -68,6 +80,10 @@ func run() error {
 	startupDelay := flag.Duration("startup-delay", 0, "pretend start-up work before Ready (for benchmarks)")
 	statePad := flag.Int("state-pad", 0, "add this many bytes to the state blob (for testing the bound)")
 	eventLog := flag.String("event-log", "", "append one line per generation event to this file (opened once, then inherited)")
+	defUnhealthy, _ := time.ParseDuration(buildUnhealthyAfter)
+	unhealthyAfter := flag.Duration("unhealthy-after", defUnhealthy, "/healthz answers 503 from this long after Ready on, while serving goes on (for tests; 0: never)")
+	defExit, _ := time.ParseDuration(buildExitAfter)
+	exitAfter := flag.Duration("exit-after", defExit, "exit 2 at once, in-flight requests cut, this long after Ready (for tests; 0: never)")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("app", "hello", "pid", os.Getpid(), "version", *version)
@@ -111,6 +127,7 @@ func run() error {
 	}
 	fmt.Fprintf(events, "generation %s pid %s version %s starting\n", gen, pid, *version)
 
+	var readyAt atomic.Pointer[time.Time] // nil until Ready
 	mux := http.NewServeMux()
 	answer := func(w http.ResponseWriter, r *http.Request) {
 		served.Add(1)
@@ -140,6 +157,19 @@ func run() error {
 		}
 		answer(w, r)
 		fmt.Fprintf(w, "slept %d ms in %s pid %s\n", ms, *version, pid)
+	})
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Pid", pid)
+		w.Header().Set("X-Version", *version)
+		at := readyAt.Load()
+		switch {
+		case at == nil:
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+		case *unhealthyAfter > 0 && time.Since(*at) >= *unhealthyAfter:
+			http.Error(w, "unhealthy (-unhealthy-after)", http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintln(w, "ok")
+		}
 	})
 	mux.HandleFunc("/state", func(w http.ResponseWriter, r *http.Request) {
 		answer(w, r)
@@ -193,6 +223,14 @@ func run() error {
 	}
 	if err := upg.Ready(); err != nil {
 		return fmt.Errorf("not ready: %w", err)
+	}
+	now := time.Now()
+	readyAt.Store(&now)
+	if *exitAfter > 0 {
+		time.AfterFunc(*exitAfter, func() {
+			log.Error("exiting on purpose (-exit-after)", "after", *exitAfter)
+			os.Exit(2)
+		})
 	}
 	fmt.Fprintf(events, "generation %s pid %s ready\n", gen, pid)
 
