@@ -76,6 +76,14 @@ func (s ListenSpec) String() string {
 	return s.Network + "://" + s.Addr
 }
 
+// Orphan guards: what makes the generations die with the supervisor, even
+// when it is killed outright (Config.OrphanGuard). On Windows neither
+// applies: every generation is in the supervisor's kill-on-close job object.
+const (
+	GuardPdeathsig = "pdeathsig" // the kernel signals them (Linux, FreeBSD)
+	GuardWatchdog  = "watchdog"  // a helper process kills them (elsewhere)
+)
+
 // Readiness says how the supervisor learns that a generation serves.
 type Readiness struct {
 	// Mode: "notify" (READY=1 on the NOTIFY_SOCKET the supervisor gives the

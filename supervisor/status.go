@@ -1,10 +1,13 @@
 package supervisor
 
-import "github.com/baton-go/baton/internal/contract"
+import (
+	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/lifecycle"
+)
 
 // PhaseRestarting: the current generation died and a new one is starting
 // (the sockets stay open; clients wait in the accept queue).
-const PhaseRestarting = "restarting"
+const PhaseRestarting = string(lifecycle.PhaseRestarting)
 
 // Status is what `baton status` reports for a supervised service: the
 // fields every baton service reports (pid and generation of the serving

@@ -50,6 +50,9 @@ type Supervisor struct {
 	failedSHA string // what the last generation that failed ran (managed binaries)
 	reloading bool   // RELOADING=1 was sent for the upgrade under way
 
+	ctlLn   net.Listener // the control endpoint, served once a generation serves
+	closers []func()     // what New took, released by Run
+
 	serving  chan struct{} // closed when the first generation serves
 	servOnce sync.Once
 	stopReq  chan struct{}
@@ -58,38 +61,55 @@ type Supervisor struct {
 
 // Run supervises the app until ctx ends, `baton stop` is asked, SIGTERM or
 // SIGINT arrive (all drain every generation and return nil), or the app
-// keeps failing (ErrGaveUp).
+// keeps failing (ErrGaveUp). It is New followed by Supervisor.Run.
 func Run(ctx context.Context, cfg Config, out io.Writer) error {
-	cfg.setDefaults()
-	if err := cfg.Validate(); err != nil {
+	s, err := New(cfg, out)
+	if err != nil {
 		return err
 	}
+	return s.Run(ctx)
+}
+
+// New checks cfg and takes what the supervisor owns for its whole life:
+// the control endpoint, the listening sockets, the log file. Nothing is
+// started yet; Run starts the app and releases all of it when it returns
+// (call Run exactly once).
+func New(cfg Config, out io.Writer) (_ *Supervisor, err error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var closers []func()
+	defer func() {
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				closers[i]()
+			}
+		}
+	}()
 	if cfg.LogFile != "" {
 		rf, err := openRotating(cfg.LogFile, cfg.LogMaxSize, cfg.LogKeep)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		defer rf.Close()
+		closers = append(closers, func() { rf.Close() })
 		out = rf
 	}
 	s := &Supervisor{cfg: cfg, log: cfg.Logger, logOut: newLineWriter(out), started: time.Now(),
 		serving: make(chan struct{}), stopReq: make(chan struct{})}
 	s.runDir = runtimeDir()
 	if err := os.MkdirAll(s.runDir, 0o700); err != nil {
-		return err
+		return nil, err
 	}
-	ln, err := ctl.Listen(cfg.Name)
-	if err != nil {
-		return err
+	if s.ctlLn, err = ctl.Listen(cfg.Name); err != nil {
+		return nil, err
 	}
-	defer ctl.Remove(cfg.Name)
-	h, err := openHost(s)
-	if err != nil {
-		ln.Close()
-		return err
+	closers = append(closers, func() { s.ctlLn.Close(); ctl.Remove(cfg.Name) })
+	if s.host, err = openHost(s); err != nil {
+		return nil, err
 	}
-	s.host = h
-	defer h.close()
+	closers = append(closers, s.host.close)
+	s.closers = closers
 	s.engine = lifecycle.New(platform{s}, lifecycle.Config{
 		ReadyTimeout: cfg.ReadyTimeout,
 		DrainTimeout: cfg.DrainTimeout,
@@ -102,7 +122,19 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 		Notify:       s.notice,
 		Logger:       s.log,
 	})
+	return s, nil
+}
 
+// Run starts the app and keeps a generation serving until ctx ends, Stop
+// is called, `baton stop` is asked or SIGTERM/SIGINT arrive (each drains
+// every generation; Run then returns nil), or the app keeps failing
+// (ErrGaveUp). It releases everything New took.
+func (s *Supervisor) Run(ctx context.Context) error {
+	defer func() {
+		for i := len(s.closers) - 1; i >= 0; i-- {
+			s.closers[i]()
+		}
+	}()
 	// A stop request (signal, baton stop, ctx) ends the engine's Run: the
 	// operation under way is called off and every generation drains.
 	runCtx, cancel := context.WithCancel(ctx)
@@ -122,17 +154,23 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 	select {
 	case <-s.serving:
 	case err := <-done:
-		ln.Close()
 		return err
 	}
-	srv := ctl.Serve(ln, s.handle, s.log)
+	srv := ctl.Serve(s.ctlLn, s.handle, s.log)
 	defer srv.Close()
 	daemon.SdNotify(false, fmt.Sprintf("READY=1\nSTATUS=%s", s.statusLine()))
-	if cfg.WatchBinary {
+	if s.cfg.WatchBinary {
 		go s.watchBinary(runCtx)
 	}
 	return <-done
 }
+
+// Serving is closed once the first generation serves (a service manager
+// reports the service running then).
+func (s *Supervisor) Serving() <-chan struct{} { return s.serving }
+
+// Stop asks Run to drain every generation and return; it does not wait.
+func (s *Supervisor) Stop() { s.requestStop() }
 
 // platform is what the lifecycle engine starts generations through.
 type platform struct{ s *Supervisor }

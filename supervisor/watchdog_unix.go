@@ -10,13 +10,6 @@ import (
 	"syscall"
 )
 
-// Orphan guards: what makes the generations die with the supervisor, even
-// when it is killed with SIGKILL.
-const (
-	GuardPdeathsig = "pdeathsig" // the kernel signals them (Linux, FreeBSD)
-	GuardWatchdog  = "watchdog"  // a helper process kills them (elsewhere)
-)
-
 // watchdog is a helper process (`baton __watchdog`) that reads the process
 // groups of the generations on its stdin and kills them when that pipe
 // reaches EOF without a goodbye: the supervisor is gone.
