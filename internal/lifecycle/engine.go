@@ -381,12 +381,7 @@ func (e *Engine) watchProbation(ctx context.Context, g *Generation, p *probation
 		defer t.Stop()
 		tick = t.C
 	}
-	exited := func() error {
-		if err := g.Proc.Err(); err != nil {
-			return err
-		}
-		return fmt.Errorf("%w: pid %d exited", contract.ErrChildExited, g.Proc.PID())
-	}
+	exited := func() error { return &probationExit{err: g.Proc.Err()} }
 	failures := 0
 	for {
 		select {
@@ -833,6 +828,25 @@ func procOf(g *Generation) Proc {
 		return nil
 	}
 	return g.Proc
+}
+
+// probationExit: a generation on probation exited. It was ready, so its
+// ExitError ("exited before it was ready") is kept for errors.As (exit
+// code, stderr tail) but not for the message.
+type probationExit struct{ err error }
+
+func (e *probationExit) Error() string {
+	if e.err == nil {
+		return "it exited"
+	}
+	return "it exited (" + exitBrief(e.err) + ")"
+}
+
+func (e *probationExit) Unwrap() error {
+	if e.err != nil {
+		return e.err
+	}
+	return contract.ErrChildExited
 }
 
 func exitBrief(err error) string {

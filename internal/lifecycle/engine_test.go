@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -425,6 +426,26 @@ func TestProbationExitRollsBack(t *testing.T) {
 	}
 	if s.Last == nil || !errors.Is(s.Last.Err, contract.ErrRolledBack) {
 		t.Fatalf("last outcome %+v", s.Last)
+	}
+}
+
+// A generation that exits on probation was ready: the error says how it
+// ended, not "exited before it was ready", and keeps its ExitError.
+func TestProbationExitMessage(t *testing.T) {
+	f := newFake()
+	e, first, _ := running(t, f, f, Config{Probation: time.Minute})
+	f.setScript(func(p *fakeProc) error {
+		p.sayReady()
+		if p.req.Reason == ReasonUpgrade {
+			go func() { <-first.drained; p.exit(&contract.ExitError{PID: p.pid, ExitCode: 2}) }()
+		}
+		return nil
+	})
+	_, err := e.Upgrade(context.Background())
+	var ee *contract.ExitError
+	if !errors.Is(err, contract.ErrRolledBack) || !errors.As(err, &ee) || ee.ExitCode != 2 ||
+		strings.Contains(err.Error(), "before it was ready") || !strings.Contains(err.Error(), "exited (exit code 2)") {
+		t.Fatalf("upgrade: %v", err)
 	}
 }
 
