@@ -184,6 +184,11 @@ func (e *Engine) Run(ctx context.Context) error {
 			continue // an upgrade or rollback switched generations: watch the new one
 		case <-cur.Proc.Exited():
 		}
+		// An operation under way decides what follows this exit (a
+		// generation on probation is rolled back, not restarted; a switch
+		// replaces it): look again once it is over.
+		e.opMu.Lock()
+		e.opMu.Unlock()
 		if e.isStopping() || e.Current() != cur {
 			continue
 		}

@@ -449,6 +449,33 @@ func TestProbationExitMessage(t *testing.T) {
 	}
 }
 
+// A generation that exits on probation is the probation's to roll back,
+// not a crash: with restarts off (MaxRestarts < 0) the engine must not
+// give up, and no crash is counted.
+func TestProbationExitIsNoCrash(t *testing.T) {
+	f := newFake()
+	e, first, stop := running(t, f, f, Config{Probation: time.Minute, MaxRestarts: -1})
+	f.setScript(func(p *fakeProc) error {
+		p.sayReady()
+		if p.req.Reason == ReasonUpgrade {
+			go func() { <-first.drained; p.crash() }()
+		}
+		return nil
+	})
+	if _, err := e.Upgrade(context.Background()); !errors.Is(err, contract.ErrRolledBack) {
+		t.Fatalf("upgrade: %v, want ErrRolledBack", err)
+	}
+	<-f.started // the one that exits
+	back := <-f.started
+	waitFor(t, "the rolled-back generation serving", func() bool {
+		s := e.Snapshot()
+		return s.Current != nil && s.Current.PID == back.pid && s.Phase == PhaseServing
+	})
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v, want nil (a stop), not a give-up", err)
+	}
+}
+
 func TestProbationHealthFailureRollsBack(t *testing.T) {
 	f := newFake()
 	var badPID int
