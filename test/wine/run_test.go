@@ -37,13 +37,19 @@ type supervised struct {
 // hello.exe -addr addr ...` and waits until a generation serves.
 func startSupervisor(t *testing.T, name, addr string, helloArgs ...string) *supervised {
 	t.Helper()
+	return startSupervisorWith(t, name, addr, nil, helloArgs...)
+}
+
+// startSupervisorWith is startSupervisor with more flags for baton run.
+func startSupervisorWith(t *testing.T, name, addr string, runFlags []string, helloArgs ...string) *supervised {
+	t.Helper()
 	dir := t.TempDir()
 	s := &supervised{t: t, name: name, dir: dir, exe: filepath.Join(dir, "hello.exe"), runDir: filepath.Join(dir, "run")}
 	install(t, bins["hello-v1"], s.exe)
 	// hello's own -name is dropped under baton run: the supervisor owns it.
 	s.args = append([]string{"run", "--name", name, "--listen", "tcp://" + addr,
-		"--drain-timeout", "20s", "--ready-timeout", "20s", "--",
-		winPath(s.exe), "-addr", addr, "-name", name}, helloArgs...)
+		"--drain-timeout", "20s", "--ready-timeout", "20s"}, runFlags...)
+	s.args = append(append(s.args, "--", winPath(s.exe), "-addr", addr, "-name", name), helloArgs...)
 	t.Cleanup(s.cleanup)
 	s.start()
 	return s

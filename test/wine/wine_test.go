@@ -56,9 +56,13 @@ func run(m *testing.M) int {
 	bins, err = proctest.Build(root, workDir, map[string]string{
 		"hello-v1": "./examples/hello", "hello-v2": "./examples/hello", "baton": "./cmd/baton",
 		"badapp-exit": "./test/e2e/testdata/badapp", "badapp-hang": "./test/e2e/testdata/badapp",
+		"hello-sick": "./examples/hello", "hello-crash": "./examples/hello",
 	}, map[string][]string{
-		"hello-v1":    {"-ldflags", "-X main.buildVersion=v1"},
-		"hello-v2":    {"-ldflags", "-X main.buildVersion=v2"},
+		"hello-v1": {"-ldflags", "-X main.buildVersion=v1"},
+		"hello-v2": {"-ldflags", "-X main.buildVersion=v2"},
+		// Releases that fail a probation: unhealthy, or gone, soon after Ready.
+		"hello-sick":  {"-ldflags", "-X main.buildVersion=v3-sick -X main.buildUnhealthyAfter=500ms"},
+		"hello-crash": {"-ldflags", "-X main.buildVersion=v3-crash -X main.buildExitAfter=500ms"},
 		"badapp-exit": {"-ldflags", "-X main.mode=exit"},
 		"badapp-hang": {"-ldflags", "-X main.mode=hang"},
 	})
@@ -204,6 +208,7 @@ type upgradeReport struct {
 	Error     string                `json:"error"`
 	Result    *baton.UpgradeResult  `json:"result"`
 	ChildExit *baton.ChildExitError `json:"child_exit"`
+	Took      time.Duration         `json:"took_ns"`
 }
 
 func (s *service) upgrade(ctx context.Context, extra ...string) upgradeReport {
