@@ -175,8 +175,8 @@ func (u *Upgrader) State() []byte { return u.state }
 // after it handed over to a new generation, or after Stop.
 func (u *Upgrader) Exit() <-chan struct{} { return u.exitC }
 
-// IdleGrace returns Options.IdleGrace (with its default), for
-// httpdrain.Options.
+// IdleGrace returns Options.IdleGrace (0 became the 2s default; negative
+// means no grace), to pass as it is to httpdrain.Options.IdleGrace.
 func (u *Upgrader) IdleGrace() time.Duration { return u.opts.IdleGrace }
 
 // DrainContext returns a context whose deadline is the drain deadline

@@ -17,6 +17,7 @@ import (
 	"github.com/baton-go/baton/internal/handlecount"
 	"github.com/baton-go/baton/internal/handoff"
 	"github.com/baton-go/baton/internal/lifecycle"
+	"github.com/baton-go/baton/internal/release"
 	"github.com/baton-go/baton/internal/sdnotify"
 	"github.com/baton-go/baton/internal/sockstat"
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -202,7 +203,31 @@ func (p platform) Start(ctx context.Context, req lifecycle.StartRequest) (lifecy
 	if err != nil {
 		return nil, err
 	}
+	if want := expectedSHA256(ctx); want != "" && req.Reason == lifecycle.ReasonUpgrade {
+		// What it runs is its saved copy, taken when it started: exactly
+		// what was installed then.
+		if got, err := release.FileSHA256(g.saved); err != nil || got != want {
+			g.Abort("not the expected binary")
+			return nil, fmt.Errorf("%w: the installed binary changed since this upgrade was asked for (sha256 %.12s, want %.12s): another deploy? retry", contract.ErrBusy, got, want)
+		}
+	}
 	return g, nil
+}
+
+type expectKey struct{}
+
+// withExpectedSHA256 carries a request's ExpectSHA256 to the start of its
+// generation.
+func withExpectedSHA256(ctx context.Context, sum string) context.Context {
+	if sum == "" {
+		return ctx
+	}
+	return context.WithValue(ctx, expectKey{}, sum)
+}
+
+func expectedSHA256(ctx context.Context) string {
+	s, _ := ctx.Value(expectKey{}).(string)
+	return s
 }
 
 // Healthy probes a generation on probation (http readiness only; other
@@ -454,7 +479,7 @@ func (s *Supervisor) handle(ctx context.Context, req contract.Request) contract.
 		if req.Binary != "" {
 			return contract.Response{Code: contract.CodeBadRequest, Error: "a request with a binary is answered by the baton CLI, which stages it first: update baton, or install the new binary at " + s.cfg.Command[0] + " and run `baton upgrade`"}
 		}
-		res, err := s.Upgrade(ctx)
+		res, err := s.Upgrade(withExpectedSHA256(ctx, req.ExpectSHA256))
 		return contract.UpgradeResponse(res, err)
 	case ctl.OpRollback:
 		res, err := s.Rollback(ctx)

@@ -148,6 +148,8 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 	req := ctl.Request{Op: ctl.OpUpgrade}
 	if library && st != nil {
 		req.Binary = st.release.Path // the checked copy, staged
+	} else if st != nil {
+		req.ExpectSHA256 = st.release.SHA256 // what we installed, not another deploy's
 	}
 	resp, err := ctl.Do(ctx, f.name, req)
 	if st != nil && library {

@@ -32,6 +32,11 @@ type Request struct {
 	// Binary (upgrade): install this file at the service's binary path
 	// first; the previous one is put back if the upgrade fails.
 	Binary string `json:"binary,omitempty"`
+	// ExpectSHA256 (upgrade, baton run): the binary the service starts
+	// must be this one, the release the caller installed; if another
+	// deploy switched the installed file meanwhile, the upgrade is refused
+	// as busy instead of starting somebody else's binary.
+	ExpectSHA256 string `json:"expect_sha256,omitempty"`
 	// Since (logs): the first line wanted; negative: the last -Since lines.
 	Since int64 `json:"since,omitempty"`
 }

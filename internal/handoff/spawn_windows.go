@@ -21,7 +21,7 @@ import (
 	"golang.org/x/sys/windows"
 )
 
-// On Windows no socket can be inherited usefully (see notes/windows.md):
+// On Windows no socket can be inherited usefully (see docs/windows.md):
 //
 //   - the parent creates a one-client named pipe, starts the child with the
 //     pipe's name in BATON_HANDOFF and waits until the child connects; the

@@ -254,7 +254,10 @@ func TestUpgradeSwitchesAndDrains(t *testing.T) {
 	}
 	<-first.drained
 	<-first.exited
-	waitFor(t, "old generation exited", func() bool { return len(e.Snapshot().Draining) == 0 })
+	waitFor(t, "old generation exited", func() bool {
+		s := e.Snapshot()
+		return len(s.Draining) == 0 && s.Previous != nil && s.Previous.State == Exited
+	})
 	s := e.Snapshot()
 	if s.Current.PID != second.pid || s.Current.State != Serving || s.Previous.PID != first.pid || s.Previous.State != Exited {
 		t.Fatalf("snapshot %+v current %+v previous %+v", s, s.Current, s.Previous)

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/loadgen"
 	"github.com/baton-go/baton/internal/proctest"
 	"github.com/baton-go/baton/supervisor"
@@ -621,4 +623,34 @@ func TestSupervisorStatusCountsConnections(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	_ = conns
+}
+
+// TestSupervisorRefusesAnotherDeploysBinary: an upgrade that says which
+// binary it installed (ExpectSHA256, sent by baton upgrade --binary) is
+// refused as busy when the installed file is another one (a concurrent
+// deploy switched it), and nothing is switched; with the right sum it
+// goes through.
+func TestSupervisorRefusesAnotherDeploysBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, "supexpect", os.Environ(), "--listen", "tcp://"+addr, "--", bins["hello"], "-addr", addr)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	before, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ctl.Do(ctx, "supexpect", ctl.Request{Op: ctl.OpUpgrade, ExpectSHA256: strings.Repeat("0", 64)})
+	if err != nil || resp.OK || resp.Code != contract.CodeBusy || !strings.Contains(resp.Error, "changed since") {
+		t.Fatalf("upgrade expecting another binary: %v %+v", err, resp)
+	}
+	if st, err := svc.Status(ctx); err != nil || st.PID != before.PID || st.Phase != "serving" {
+		t.Fatalf("after the refusal: %v pid %d %s, want pid %d serving", err, st.PID, st.Phase, before.PID)
+	}
+	resp, err = ctl.Do(ctx, "supexpect", ctl.Request{Op: ctl.OpUpgrade, ExpectSHA256: fileSHA(t, bins["hello"])})
+	if err != nil || !resp.OK {
+		t.Fatalf("upgrade expecting the installed binary: %v %+v", err, resp)
+	}
 }
