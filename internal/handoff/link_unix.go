@@ -5,48 +5,12 @@ package handoff
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"os"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
-
-// LinkConn is one end of a supervisor link (see link.go).
-type LinkConn struct {
-	c      *net.UnixConn
-	mu     sync.Mutex // one exchange at a time
-	broken bool       // an exchange failed half-way: the stream is out of step
-}
-
-// Close closes the link.
-func (l *LinkConn) Close() error { return l.c.Close() }
-
-// fail closes the link after a failed exchange: what is left in the stream
-// (a late answer, half a state blob) must never be read as the answer to a
-// later request.
-func (l *LinkConn) fail(err error) error {
-	l.broken = true
-	l.c.Close()
-	return err
-}
-
-// Broken reports whether an exchange failed half-way (the link is closed).
-func (l *LinkConn) Broken() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.broken
-}
-
-// usable refuses an exchange on a link that failed before.
-func (l *LinkConn) usable() error {
-	if l.broken {
-		return linkErr("closed after an earlier failed exchange")
-	}
-	return nil
-}
 
 // DialLink connects to the supervisor link named in EnvLink, says hello and
 // reads what the previous generation handed over (state and named files;
@@ -61,7 +25,7 @@ func DialLink(timeout time.Duration, maxState int64) (*LinkConn, *Handed, error)
 	if err != nil {
 		return nil, nil, linkErr("connecting to %s: %v", path, err)
 	}
-	l := &LinkConn{c: c.(*net.UnixConn)}
+	l := &LinkConn{c: c}
 	_ = l.c.SetDeadline(time.Now().Add(timeout))
 	if err := writeJSON(l.c, LinkHello{Version: LinkVersion, PID: os.Getpid()}); err != nil {
 		l.c.Close()
@@ -74,43 +38,6 @@ func DialLink(timeout time.Duration, maxState int64) (*LinkConn, *Handed, error)
 	}
 	_ = l.c.SetDeadline(time.Time{})
 	return l, h, nil
-}
-
-// Serve answers the supervisor's requests until the link closes:
-// handover returns what the next generation gets (the items stay the
-// caller's), drain makes this generation drain.
-func (l *LinkConn) Serve(handover func() (*Handed, error), drain func()) error {
-	for {
-		var req LinkRequest
-		if err := readJSON(l.c, &req); err != nil {
-			return err
-		}
-		switch req.Op {
-		case LinkHandover:
-			h, err := handover()
-			if err != nil {
-				if werr := writeJSON(l.c, LinkReply{Code: "state", Error: err.Error()}); werr != nil {
-					return werr
-				}
-				continue
-			}
-			if err := writeJSON(l.c, LinkReply{OK: true}); err != nil {
-				return err
-			}
-			if err := sendHanded(l.c, h); err != nil {
-				return err
-			}
-		case LinkDrain:
-			drain()
-			if err := writeJSON(l.c, LinkReply{OK: true}); err != nil {
-				return err
-			}
-		default:
-			if err := writeJSON(l.c, LinkReply{Code: "protocol", Error: fmt.Sprintf("unknown link operation %q", req.Op)}); err != nil {
-				return err
-			}
-		}
-	}
 }
 
 // LinkListener is the supervisor's end of one generation's link before
@@ -162,88 +89,13 @@ func AcceptLink(ctx context.Context, ln *net.UnixListener) (*LinkConn, LinkHello
 		c.Close()
 		return nil, hello, linkErr("generation (pid %d) speaks link version %d, this supervisor %d", hello.PID, hello.Version, LinkVersion)
 	}
-	return &LinkConn{c: c}, hello, nil
-}
-
-// Give sends a generation what it inherits (supervisor side). The items
-// stay the caller's.
-func (l *LinkConn) Give(h *Handed) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err := l.usable(); err != nil {
-		return err
-	}
-	_ = l.c.SetWriteDeadline(time.Now().Add(linkTimeout))
-	defer l.c.SetWriteDeadline(time.Time{})
-	if err := sendHanded(l.c, h); err != nil {
-		return l.fail(err)
-	}
-	return nil
-}
-
-// Take asks the generation for its state and named files (supervisor
-// side). When the app could not make its state, the error wraps
-// ErrNoState.
-func (l *LinkConn) Take(ctx context.Context) (*Handed, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err := l.usable(); err != nil {
-		return nil, err
-	}
-	stop := l.deadline(ctx)
-	defer stop()
-	if err := writeJSON(l.c, LinkRequest{Op: LinkHandover}); err != nil {
-		return nil, l.fail(linkErr("asking for the state: %v", err))
-	}
-	var rep LinkReply
-	if err := readJSON(l.c, &rep); err != nil {
-		return nil, l.fail(linkErr("waiting for the state: %v", err))
-	}
-	if !rep.OK {
-		return nil, fmt.Errorf("%w: %s", ErrNoState, rep.Error) // a whole answer: the link stays usable
-	}
-	h, err := recvHanded(l.c, MaxStateLimit)
-	if err != nil {
-		return nil, l.fail(err)
-	}
-	return h, nil
-}
-
-// Drain asks the generation to stop accepting and drain (supervisor side).
-func (l *LinkConn) Drain(ctx context.Context) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err := l.usable(); err != nil {
-		return err
-	}
-	stop := l.deadline(ctx)
-	defer stop()
-	if err := writeJSON(l.c, LinkRequest{Op: LinkDrain}); err != nil {
-		return l.fail(linkErr("drain: %v", err))
-	}
-	var rep LinkReply
-	if err := readJSON(l.c, &rep); err != nil {
-		return l.fail(linkErr("drain: %v", err))
-	}
-	if !rep.OK {
-		return linkErr("drain refused: %s", rep.Error)
-	}
-	return nil
-}
-
-// deadline bounds an exchange by linkTimeout and ctx.
-func (l *LinkConn) deadline(ctx context.Context) (stop func()) {
-	_ = l.c.SetDeadline(time.Now().Add(linkTimeout))
-	after := context.AfterFunc(ctx, func() { _ = l.c.SetDeadline(time.Now()) })
-	return func() {
-		after()
-		_ = l.c.SetDeadline(time.Time{})
-	}
+	return &LinkConn{c: c, peer: hello.PID}, hello, nil
 }
 
 // sendHanded writes the handoff message and state, then the named files'
 // descriptors in one message of one byte.
-func sendHanded(c *net.UnixConn, h *Handed) error {
+func sendHanded(conn net.Conn, _ int, h *Handed) error {
+	c := conn.(*net.UnixConn)
 	if h == nil {
 		h = &Handed{}
 	}
@@ -270,7 +122,8 @@ func sendHanded(c *net.UnixConn, h *Handed) error {
 }
 
 // recvHanded reads what sendHanded wrote.
-func recvHanded(c *net.UnixConn, maxState int64) (*Handed, error) {
+func recvHanded(conn net.Conn, maxState int64) (*Handed, error) {
+	c := conn.(*net.UnixConn)
 	msg, state, err := ReadHandoff(c, maxState)
 	if err != nil {
 		if errors.Is(err, ErrVersion) || errors.Is(err, ErrStateTooLarge) || errors.Is(err, ErrStateCorrupt) {

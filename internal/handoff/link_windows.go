@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -92,42 +91,6 @@ func (l *LinkListener) Close() error {
 		}()
 	}
 	return err
-}
-
-// LinkConn is one end of a supervisor link (see link.go).
-type LinkConn struct {
-	c      net.Conn
-	peer   int        // the other end's pid, from the kernel
-	mu     sync.Mutex // one exchange at a time
-	broken bool       // an exchange failed half-way: the stream is out of step
-}
-
-// Close closes the link.
-func (l *LinkConn) Close() error { return l.c.Close() }
-
-// PeerPID is the pid of the process at the other end, as the kernel says.
-func (l *LinkConn) PeerPID() int { return l.peer }
-
-// fail closes the link after a failed exchange: what is left in the stream
-// must never be read as the answer to a later request.
-func (l *LinkConn) fail(err error) error {
-	l.broken = true
-	l.c.Close()
-	return err
-}
-
-// Broken reports whether an exchange failed half-way (the link is closed).
-func (l *LinkConn) Broken() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.broken
-}
-
-func (l *LinkConn) usable() error {
-	if l.broken {
-		return linkErr("closed after an earlier failed exchange")
-	}
-	return nil
 }
 
 // DialLink connects to the supervisor link named in EnvLink, says hello and
@@ -228,119 +191,6 @@ func AcceptLink(ctx context.Context, ln *LinkListener) (*LinkConn, LinkHello, er
 		return nil, hello, linkErr("generation (pid %d) speaks link version %d, this supervisor %d", hello.PID, hello.Version, LinkVersion)
 	}
 	return &LinkConn{c: c, peer: hello.PID}, hello, nil
-}
-
-// Serve answers the supervisor's requests until the link closes:
-// handover returns what the next generation gets (the items stay the
-// caller's), drain makes this generation drain.
-func (l *LinkConn) Serve(handover func() (*Handed, error), drain func()) error {
-	for {
-		var req LinkRequest
-		if err := readJSON(l.c, &req); err != nil {
-			return err
-		}
-		switch req.Op {
-		case LinkHandover:
-			h, err := handover()
-			if err != nil {
-				if werr := writeJSON(l.c, LinkReply{Code: "state", Error: err.Error()}); werr != nil {
-					return werr
-				}
-				continue
-			}
-			if err := writeJSON(l.c, LinkReply{OK: true}); err != nil {
-				return err
-			}
-			if err := sendHanded(l.c, l.peer, h); err != nil {
-				return err
-			}
-		case LinkDrain:
-			drain()
-			if err := writeJSON(l.c, LinkReply{OK: true}); err != nil {
-				return err
-			}
-		default:
-			if err := writeJSON(l.c, LinkReply{Code: "protocol", Error: fmt.Sprintf("unknown link operation %q", req.Op)}); err != nil {
-				return err
-			}
-		}
-	}
-}
-
-// Give sends a generation what it inherits (supervisor side). The items
-// stay the caller's (the generation gets duplicates).
-func (l *LinkConn) Give(h *Handed) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err := l.usable(); err != nil {
-		return err
-	}
-	_ = l.c.SetWriteDeadline(time.Now().Add(linkTimeout))
-	defer l.c.SetWriteDeadline(time.Time{})
-	if err := sendHanded(l.c, l.peer, h); err != nil {
-		return l.fail(err)
-	}
-	return nil
-}
-
-// Take asks the generation for its state and named files (supervisor
-// side). When the app could not make its state, the error wraps
-// ErrNoState.
-func (l *LinkConn) Take(ctx context.Context) (*Handed, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err := l.usable(); err != nil {
-		return nil, err
-	}
-	stop := l.deadline(ctx)
-	defer stop()
-	if err := writeJSON(l.c, LinkRequest{Op: LinkHandover}); err != nil {
-		return nil, l.fail(linkErr("asking for the state: %v", err))
-	}
-	var rep LinkReply
-	if err := readJSON(l.c, &rep); err != nil {
-		return nil, l.fail(linkErr("waiting for the state: %v", err))
-	}
-	if !rep.OK {
-		return nil, fmt.Errorf("%w: %s", ErrNoState, rep.Error) // a whole answer: the link stays usable
-	}
-	h, err := recvHanded(l.c, MaxStateLimit)
-	if err != nil {
-		return nil, l.fail(err)
-	}
-	return h, nil
-}
-
-// Drain asks the generation to stop accepting and drain (supervisor side).
-func (l *LinkConn) Drain(ctx context.Context) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err := l.usable(); err != nil {
-		return err
-	}
-	stop := l.deadline(ctx)
-	defer stop()
-	if err := writeJSON(l.c, LinkRequest{Op: LinkDrain}); err != nil {
-		return l.fail(linkErr("drain: %v", err))
-	}
-	var rep LinkReply
-	if err := readJSON(l.c, &rep); err != nil {
-		return l.fail(linkErr("drain: %v", err))
-	}
-	if !rep.OK {
-		return linkErr("drain refused: %s", rep.Error)
-	}
-	return nil
-}
-
-// deadline bounds an exchange by linkTimeout and ctx.
-func (l *LinkConn) deadline(ctx context.Context) (stop func()) {
-	_ = l.c.SetDeadline(time.Now().Add(linkTimeout))
-	after := context.AfterFunc(ctx, func() { _ = l.c.SetDeadline(time.Now()) })
-	return func() {
-		after()
-		_ = l.c.SetDeadline(time.Time{})
-	}
 }
 
 // sendHanded writes the handoff message and the state, with each named
