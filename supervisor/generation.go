@@ -158,6 +158,11 @@ func saveBinary(src, dst string) error {
 	if err := os.Link(src, dst); err == nil {
 		return nil
 	}
+	return copyBinary(src, dst)
+}
+
+// copyBinary copies src to a new file dst, executable by its owner only.
+func copyBinary(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
