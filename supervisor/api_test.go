@@ -11,7 +11,7 @@ import (
 // darwin and freebsd. A symbol missing on one OS fails there.
 var _ = []any{
 	New, Run, ParseListen,
-	(*Supervisor).Run, (*Supervisor).Serving, (*Supervisor).Stop,
+	(*Supervisor).Run, (*Supervisor).Serving, (*Supervisor).Stop, (*Supervisor).ReopenLog,
 	(*Supervisor).Upgrade, (*Supervisor).Rollback, (*Supervisor).Status,
 	GuardPdeathsig, GuardWatchdog, PhaseRestarting,
 	ErrGaveUp, ErrNoPrevious, ErrRolledBack,

@@ -117,3 +117,20 @@ func (r *rotatingFile) rotate() {
 }
 
 func (r *rotatingFile) Close() error { return r.f.Close() }
+
+// reopen closes the log file and opens it again at its path (after an
+// outside tool moved it away); without a log file it does nothing.
+func (l *lineWriter) reopen() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r, ok := l.w.(*rotatingFile)
+	if !ok {
+		return nil
+	}
+	r.f.Close()
+	if err := r.open(); err != nil {
+		r.f, r.size = os.Stderr, 0 // keep logging somewhere rather than nowhere
+		return err
+	}
+	return nil
+}

@@ -53,3 +53,32 @@ func TestRotatingFileKeepsNFiles(t *testing.T) {
 		t.Fatalf("Since(next) = %v", lines)
 	}
 }
+
+func TestLineWriterReopen(t *testing.T) {
+	dir, err := os.MkdirTemp("", "breopen") // not t.TempDir: see above
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "app.log")
+	rf, err := openRotating(path, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lw := newLineWriter(rf)
+	defer func() { rf.Close() }()
+	lw.WriteLine("before")
+	if err := os.Rename(path, path+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	lw.WriteLine("still to the moved file")
+	if err := lw.reopen(); err != nil {
+		t.Fatal(err)
+	}
+	lw.WriteLine("after")
+	moved, _ := os.ReadFile(path + ".moved")
+	now, _ := os.ReadFile(path)
+	if string(moved) != "before\nstill to the moved file\n" || string(now) != "after\n" {
+		t.Fatalf("moved file %q, new file %q", moved, now)
+	}
+}

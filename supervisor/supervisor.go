@@ -173,6 +173,16 @@ func (s *Supervisor) Serving() <-chan struct{} { return s.serving }
 // Stop asks Run to drain every generation and return; it does not wait.
 func (s *Supervisor) Stop() { s.requestStop() }
 
+// ReopenLog reopens the log file (--log-file) at its path, for a log
+// rotation done by another tool (the Windows service's control code 130).
+func (s *Supervisor) ReopenLog() error {
+	if err := s.logOut.reopen(); err != nil {
+		return fmt.Errorf("reopening the log file: %w", err)
+	}
+	s.log.Info("log file reopened", "path", s.cfg.LogFile)
+	return nil
+}
+
 // platform is what the lifecycle engine starts generations through.
 type platform struct{ s *Supervisor }
 
