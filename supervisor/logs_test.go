@@ -69,7 +69,9 @@ func TestLineWriterReopen(t *testing.T) {
 	defer func() { rf.Close() }()
 	lw.WriteLine("before")
 	if err := os.Rename(path, path+".moved"); err != nil {
-		t.Fatal(err)
+		// Go opens files without FILE_SHARE_DELETE on Windows: a log
+		// rotated by another tool is copied and truncated there instead.
+		t.Skipf("an open file cannot be renamed here: %v", err)
 	}
 	lw.WriteLine("still to the moved file")
 	if err := lw.reopen(); err != nil {
