@@ -13,18 +13,155 @@ import (
 	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/supervisor"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
+// runFlags are `baton run`'s flags; `baton service install` takes the same
+// ones and writes them into the service's command line.
+type runFlags struct {
+	cfg        supervisor.Config
+	listens    []string
+	readyHTTP  string
+	readyTCP   bool
+	readyDelay time.Duration
+	drainSig   string
+	configFile string
+	asService  bool // hidden: the process the SCM started (Windows)
+}
+
+// bind registers the flags on fs.
+func (r *runFlags) bind(f *pflag.FlagSet) {
+	cfg := &r.cfg
+	f.StringVar(&r.configFile, "config", "", "read settings from this TOML file: the keys are these flags' long names, plus command = [\"./app\", ...]; the command line wins")
+	f.StringVarP(&cfg.Name, "name", "n", "", "name of the control endpoint (baton upgrade/status/stop --name NAME)")
+	f.StringArrayVar(&r.listens, "listen", nil, "a socket to own and hand to the app (repeatable), e.g. tcp://127.0.0.1:8080")
+	f.StringVar(&r.readyHTTP, "ready-http", "", "ready when the new generation answers this URL's path with 2xx (asked through its own probe socket)")
+	f.BoolVar(&r.readyTCP, "ready-tcp", false, "ready when the new generation accepts a TCP connection (on its own probe socket)")
+	f.DurationVar(&r.readyDelay, "ready-delay", 0, "ready after this long (last resort)")
+	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", 30*time.Second, "a generation not ready by then is killed (the old one keeps serving)")
+	f.StringVar(&r.drainSig, "drain-signal", "TERM", "signal that tells an old generation to drain")
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "an old generation still running this long after the drain signal is killed")
+	f.IntVar(&cfg.MaxDraining, "max-draining", 8, "how many old generations may drain at once")
+	f.StringVar(&cfg.OrphanGuard, "orphan-guard", "", "how generations die if the supervisor is killed: pdeathsig (default on Linux, FreeBSD) or watchdog (a helper process; default elsewhere)")
+	f.BoolVar(&cfg.WatchBinary, "watch-binary", false, "upgrade by itself when the app's binary changes on disk (checked every second)")
+	f.DurationVar(&cfg.Probation, "probation", 0, "after an upgrade, roll back to the previous binary if the new generation exits (or fails its http health probe) within this time; baton upgrade waits for it")
+	f.DurationVar(&cfg.RestartMin, "restart-min", 100*time.Millisecond, "first back-off before restarting a dead generation")
+	f.DurationVar(&cfg.RestartMax, "restart-max", 10*time.Second, "longest back-off")
+	f.IntVar(&cfg.MaxRestarts, "max-restarts", 5, "give up (exit 1) after this many crashes in a row; 0: never restart (exit 1 at the first crash)")
+	f.DurationVar(&cfg.StableAfter, "stable-after", 10*time.Second, "a generation that ran this long ends a crash series")
+	f.StringVar(&cfg.LogFile, "log-file", "", "write the generations' output (tagged lines) here instead of stdout, rotated by size")
+	f.Int64Var(&cfg.LogMaxSize, "log-max-size", 10<<20, "rotate the log file when it would exceed this many bytes")
+	f.IntVar(&cfg.LogKeep, "log-keep", 3, "rotated log files to keep (FILE.1 ... FILE.N)")
+}
+
+// runFlagNames are the long names bind registers, in its order.
+func runFlagNames() []string {
+	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+	var r runFlags
+	r.bind(fs)
+	var names []string
+	fs.VisitAll(func(f *pflag.Flag) { names = append(names, f.Name) })
+	return names
+}
+
+// args are the flags of fs among runFlagNames that the command line set,
+// as `baton run` arguments (--flag=value; a repeatable flag once per value),
+// minus those in skip.
+func (r *runFlags) args(fs *pflag.FlagSet, skip ...string) []string {
+	var out []string
+next:
+	for _, n := range runFlagNames() {
+		for _, s := range skip {
+			if s == n {
+				continue next
+			}
+		}
+		f := fs.Lookup(n)
+		if f == nil || !f.Changed {
+			continue
+		}
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			for _, v := range sv.GetSlice() {
+				out = append(out, "--"+n+"="+v)
+			}
+			continue
+		}
+		out = append(out, "--"+n+"="+f.Value.String())
+	}
+	return out
+}
+
+// toConfig builds the supervisor's config from the flags, the config file
+// and the app's command line (args after --).
+func (r *runFlags) toConfig(cmd *cobra.Command, args []string) (supervisor.Config, error) {
+	var cfg supervisor.Config
+	if len(args) > 0 && cmd.ArgsLenAtDash() != 0 {
+		return cfg, &exitError{code: contract.CodeUsage, err: fmt.Errorf("put the app after --, e.g. %s --name web --listen tcp://127.0.0.1:8080 -- ./app", cmd.CommandPath())}
+	}
+	if r.configFile != "" {
+		command, err := applyConfigFile(cmd, r.configFile)
+		if err != nil {
+			return cfg, &exitError{code: contract.CodeUsage, err: err}
+		}
+		if len(args) == 0 {
+			args = command
+		}
+	}
+	cfg = r.cfg // after the file: it sets the flags the command line did not
+	if len(args) == 0 {
+		return cfg, &exitError{code: contract.CodeUsage, err: errors.New("no app to run: give it after --, or as command = [...] in --config")}
+	}
+	cfg.Command = args
+	for _, l := range r.listens {
+		spec, err := supervisor.ParseListen(l)
+		if err != nil {
+			return cfg, &exitError{code: contract.CodeUsage, err: err}
+		}
+		cfg.Listen = append(cfg.Listen, spec)
+	}
+	n := 0
+	if r.readyHTTP != "" {
+		cfg.Readiness = supervisor.Readiness{Mode: "http", URL: r.readyHTTP}
+		n++
+	}
+	if r.readyTCP {
+		cfg.Readiness = supervisor.Readiness{Mode: "tcp"}
+		n++
+	}
+	if r.readyDelay != 0 {
+		cfg.Readiness = supervisor.Readiness{Mode: "delay", Delay: r.readyDelay}
+		n++
+	}
+	if n > 1 {
+		return cfg, &exitError{code: contract.CodeUsage, err: errors.New("choose one of --ready-http, --ready-tcp and --ready-delay")}
+	}
+	sig, err := parseSignal(r.drainSig)
+	if err != nil {
+		return cfg, &exitError{code: contract.CodeUsage, err: err}
+	}
+	cfg.DrainSignal = sig
+	switch {
+	case cfg.MaxDraining < 1:
+		return cfg, &exitError{code: contract.CodeUsage, err: fmt.Errorf("--max-draining %d: at least 1 old generation must be allowed to drain, or no upgrade could ever happen", cfg.MaxDraining)}
+	case cfg.MaxRestarts < 0:
+		return cfg, &exitError{code: contract.CodeUsage, err: fmt.Errorf("--max-restarts %d: give 0 (never restart) or more", cfg.MaxRestarts)}
+	case cfg.MaxRestarts == 0:
+		cfg.MaxRestarts = -1 // Config's "never restart"
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return cfg, &exitError{code: contract.CodeInternal, err: err}
+	}
+	cfg.Activator = []string{exe, activateCmd}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("supervisor", cfg.Name)
+	if err := cfg.Validate(); err != nil {
+		return cfg, &exitError{code: contract.CodeUsage, err: err}
+	}
+	return cfg, nil
+}
+
 func newRunCmd() *cobra.Command {
-	var (
-		cfg        supervisor.Config
-		listens    []string
-		readyHTTP  string
-		readyTCP   bool
-		readyDelay time.Duration
-		drainSig   string
-		configFile string
-	)
+	var r runFlags
 	c := &cobra.Command{
 		Use:   "run --name NAME --listen URL [--listen URL...] [flags] -- APP [ARGS...]",
 		Short: "Supervise an app: own its sockets, keep one pid, upgrade it without downtime",
@@ -56,66 +193,14 @@ entry.
   baton run --name web --listen tcp://127.0.0.1:8080 --ready-http http://127.0.0.1:8080/healthz -- ./plain`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) > 0 && cmd.ArgsLenAtDash() != 0 {
-				return &exitError{code: contract.CodeUsage, err: errors.New("put the app after --, e.g. baton run --name web --listen tcp://127.0.0.1:8080 -- ./app")}
-			}
-			if configFile != "" {
-				command, err := applyConfigFile(cmd, configFile)
-				if err != nil {
-					return &exitError{code: contract.CodeUsage, err: err}
-				}
-				if len(args) == 0 {
-					args = command
-				}
-			}
-			if len(args) == 0 {
-				return &exitError{code: contract.CodeUsage, err: errors.New("no app to run: give it after --, or as command = [...] in --config")}
-			}
-			cfg.Command = args
-			for _, l := range listens {
-				spec, err := supervisor.ParseListen(l)
-				if err != nil {
-					return &exitError{code: contract.CodeUsage, err: err}
-				}
-				cfg.Listen = append(cfg.Listen, spec)
-			}
-			n := 0
-			if readyHTTP != "" {
-				cfg.Readiness = supervisor.Readiness{Mode: "http", URL: readyHTTP}
-				n++
-			}
-			if readyTCP {
-				cfg.Readiness = supervisor.Readiness{Mode: "tcp"}
-				n++
-			}
-			if readyDelay != 0 {
-				cfg.Readiness = supervisor.Readiness{Mode: "delay", Delay: readyDelay}
-				n++
-			}
-			if n > 1 {
-				return &exitError{code: contract.CodeUsage, err: errors.New("choose one of --ready-http, --ready-tcp and --ready-delay")}
-			}
-			sig, err := parseSignal(drainSig)
+			cfg, err := r.toConfig(cmd, args)
 			if err != nil {
-				return &exitError{code: contract.CodeUsage, err: err}
+				return err
 			}
-			cfg.DrainSignal = sig
-			switch {
-			case cfg.MaxDraining < 1:
-				return &exitError{code: contract.CodeUsage, err: fmt.Errorf("--max-draining %d: at least 1 old generation must be allowed to drain, or no upgrade could ever happen", cfg.MaxDraining)}
-			case cfg.MaxRestarts < 0:
-				return &exitError{code: contract.CodeUsage, err: fmt.Errorf("--max-restarts %d: give 0 (never restart) or more", cfg.MaxRestarts)}
-			case cfg.MaxRestarts == 0:
-				cfg.MaxRestarts = -1 // Config's "never restart"
-			}
-			exe, err := os.Executable()
-			if err != nil {
-				return &exitError{code: contract.CodeInternal, err: err}
-			}
-			cfg.Activator = []string{exe, activateCmd}
-			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("supervisor", cfg.Name)
-			if err := cfg.Validate(); err != nil {
-				return &exitError{code: contract.CodeUsage, err: err}
+			if r.asService {
+				// The process the SCM started (baton service install
+				// writes --as-service into its command line).
+				return runAsService(cfg)
 			}
 			// Run handles SIGHUP, SIGTERM and SIGINT itself.
 			if err := supervisor.Run(context.Background(), cfg, os.Stdout); err != nil {
@@ -125,28 +210,14 @@ entry.
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&configFile, "config", "", "read settings from this TOML file: the keys are these flags' long names, plus command = [\"./app\", ...]; the command line wins")
-	f.StringVarP(&cfg.Name, "name", "n", "", "name of the control endpoint (baton upgrade/status/stop --name NAME)")
-	f.StringArrayVar(&listens, "listen", nil, "a socket to own and hand to the app (repeatable), e.g. tcp://127.0.0.1:8080")
-	f.StringVar(&readyHTTP, "ready-http", "", "ready when the new generation answers this URL's path with 2xx (asked through its own probe socket)")
-	f.BoolVar(&readyTCP, "ready-tcp", false, "ready when the new generation accepts a TCP connection (on its own probe socket)")
-	f.DurationVar(&readyDelay, "ready-delay", 0, "ready after this long (last resort)")
-	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", 30*time.Second, "a generation not ready by then is killed (the old one keeps serving)")
-	f.StringVar(&drainSig, "drain-signal", "TERM", "signal that tells an old generation to drain")
-	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "an old generation still running this long after the drain signal is killed")
-	f.IntVar(&cfg.MaxDraining, "max-draining", 8, "how many old generations may drain at once")
-	f.StringVar(&cfg.OrphanGuard, "orphan-guard", "", "how generations die if the supervisor is killed: pdeathsig (default on Linux, FreeBSD) or watchdog (a helper process; default elsewhere)")
-	f.BoolVar(&cfg.WatchBinary, "watch-binary", false, "upgrade by itself when the app's binary changes on disk (checked every second)")
-	f.DurationVar(&cfg.Probation, "probation", 0, "after an upgrade, roll back to the previous binary if the new generation exits (or fails its http health probe) within this time; baton upgrade waits for it")
-	f.DurationVar(&cfg.RestartMin, "restart-min", 100*time.Millisecond, "first back-off before restarting a dead generation")
-	f.DurationVar(&cfg.RestartMax, "restart-max", 10*time.Second, "longest back-off")
-	f.IntVar(&cfg.MaxRestarts, "max-restarts", 5, "give up (exit 1) after this many crashes in a row; 0: never restart (exit 1 at the first crash)")
-	f.DurationVar(&cfg.StableAfter, "stable-after", 10*time.Second, "a generation that ran this long ends a crash series")
-	f.StringVar(&cfg.LogFile, "log-file", "", "write the generations' output (tagged lines) here instead of stdout, rotated by size")
-	f.Int64Var(&cfg.LogMaxSize, "log-max-size", 10<<20, "rotate the log file when it would exceed this many bytes")
-	f.IntVar(&cfg.LogKeep, "log-keep", 3, "rotated log files to keep (FILE.1 ... FILE.N)")
+	r.bind(f)
+	f.BoolVar(&r.asService, asServiceFlag, false, "run as the Windows service the SCM started (written by baton service install)")
+	_ = f.MarkHidden(asServiceFlag)
 	return c
 }
+
+// asServiceFlag makes `baton run` the process of a Windows service.
+const asServiceFlag = "as-service"
 
 func parseSignal(s string) (syscall.Signal, error) {
 	switch strings.TrimPrefix(strings.ToUpper(s), "SIG") {
