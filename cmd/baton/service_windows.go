@@ -16,6 +16,7 @@ import (
 
 	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
+	"github.com/baton-go/baton/internal/wine"
 	"github.com/baton-go/baton/internal/winsvc"
 	"github.com/baton-go/baton/supervisor"
 	"github.com/spf13/cobra"
@@ -175,12 +176,18 @@ func installService(cmd *cobra.Command, si *serviceInstall, app []string) error 
 	for _, d := range p.Recovery {
 		actions = append(actions, mgr.RecoveryAction{Type: mgr.ServiceRestart, Delay: d})
 	}
-	if err := s.SetRecoveryActions(actions, 24*60*60); err != nil {
-		return undo(scmError("setting the recovery actions", err))
-	}
 	// A STOPPED with an exit code (the app kept failing) is a failure too.
-	if err := s.SetRecoveryActionsOnNonCrashFailures(true); err != nil {
-		return undo(scmError("setting the recovery actions", err))
+	err = s.SetRecoveryActions(actions, 24*60*60)
+	if err == nil {
+		err = s.SetRecoveryActionsOnNonCrashFailures(true)
+	}
+	if err != nil {
+		if v, isWine := wine.Version(); isWine && errors.Is(err, windows.ERROR_INVALID_LEVEL) {
+			// Wine 8 implements neither failure-actions level.
+			fmt.Fprintf(out, "warning: recovery actions not set: Wine %s does not implement them (%v)\n", v, err)
+		} else {
+			return undo(scmError("setting the recovery actions", err))
+		}
 	}
 	if err := eventlog.InstallAsEventCreate(name, eventlog.Error|eventlog.Warning|eventlog.Info); err != nil {
 		return undo(scmError("registering the event source", err))
@@ -279,7 +286,7 @@ func serviceUninstall(ctx context.Context, out io.Writer, f serviceFlags) error 
 	if err := eventlog.Remove(f.name); err != nil {
 		fmt.Fprintf(out, "warning: removing the event source %s: %v\n", f.name, err)
 	}
-	fmt.Fprintf(out, "uninstalled %s (its logs are kept in %s)\n", f.name, serviceDir(f.name))
+	fmt.Fprintf(out, "uninstalled %s (the service directory %s, with the default log files, is kept)\n", f.name, serviceDir(f.name))
 	return nil
 }
 
@@ -397,7 +404,10 @@ func serviceControl(ctx context.Context, out io.Writer, f serviceFlags, code uin
 	if what == "" {
 		what = "custom"
 	}
-	fmt.Fprintf(out, "sent control code %d (%s) to %s (%s, pid %d); the outcome goes to the Event Log and baton status\n",
+	if q, err := s.Query(); err == nil {
+		st = q // Control's answer has no pid
+	}
+	fmt.Fprintf(out, "sent control code %d (%s) to %s (%s, pid %d); the outcome goes to the Event Log, the supervisor's log and baton status\n",
 		code, what, f.name, stateName(st.State), st.ProcessId)
 	return nil
 }
