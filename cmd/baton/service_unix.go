@@ -7,11 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/systemdunit"
 	"github.com/baton-go/baton/supervisor"
 	"github.com/spf13/cobra"
 )
@@ -72,9 +76,94 @@ func serviceStatusCmd(ctx context.Context, out io.Writer, f serviceFlags) error 
 }
 
 func installService(cmd *cobra.Command, si *serviceInstall, app []string) error {
-	return &exitError{code: contract.CodeUnsupported, err: errors.New("baton service install: the systemd unit writer is not wired yet")}
+	out := cmd.OutOrStdout()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	spec, err := unitSpec(cmd, si, app)
+	if err != nil {
+		return err
+	}
+	if si.dryRun {
+		text, err := systemdunit.Render(spec)
+		if err != nil {
+			return &exitError{code: contract.CodeUsage, err: err}
+		}
+		fmt.Fprintf(out, "# %s\n%s", systemdunit.UnitPath(spec.Name), text)
+		return nil
+	}
+	if err := checkServiceBinaries(ctx, out, []string{spec.ExecStart[0], app[0]}, si.force); err != nil {
+		return err
+	}
+	if err := systemdunit.Install(ctx, spec, out); err != nil {
+		code := contract.CodeFailed
+		switch {
+		case errors.Is(err, systemdunit.ErrNotOurs):
+			code = contract.CodeUsage
+		case errors.Is(err, fs.ErrPermission):
+			code = contract.CodeUnreachable
+			err = fmt.Errorf("%w (run it as root)", err)
+		}
+		return &exitError{code: code, err: err}
+	}
+	if si.start == "auto" || si.start == "delayed" {
+		fmt.Fprintf(out, "enable and start it: systemctl enable --now %s.service\n", spec.Name)
+	} else {
+		fmt.Fprintf(out, "start it: baton service start --name %s\n", spec.Name)
+	}
+	return nil
+}
+
+// unitSpec is the systemd unit of an install: ExecStart baton run <flags>
+// -- app, ExecReload baton upgrade --name N.
+func unitSpec(cmd *cobra.Command, si *serviceInstall, app []string) (systemdunit.Spec, error) {
+	name := si.run.cfg.Name
+	exe, err := os.Executable()
+	if err != nil {
+		return systemdunit.Spec{}, &exitError{code: contract.CodeInternal, err: err}
+	}
+	if exe, err = filepath.Abs(exe); err != nil {
+		return systemdunit.Spec{}, &exitError{code: contract.CodeInternal, err: err}
+	}
+	skip := []string{"name"}
+	start := []string{exe, "run", "--name=" + name}
+	if lf := si.run.cfg.LogFile; lf != "" {
+		abs, err := filepath.Abs(lf)
+		if err != nil {
+			return systemdunit.Spec{}, &exitError{code: contract.CodeUsage, err: err}
+		}
+		skip = append(skip, "log-file")
+		start = append(start, "--log-file="+abs)
+	}
+	start = append(start, si.run.args(cmd.Flags(), skip...)...)
+	start = append(append(start, "--"), app...)
+	spec := systemdunit.Spec{Name: name, Description: si.description, ExecStart: start,
+		ExecReload: []string{exe, "upgrade", "--name", name}}
+	switch a := si.account; strings.ToLower(a) {
+	case "", "localsystem", "root":
+	case "localservice", "networkservice":
+		return spec, &exitError{code: contract.CodeUsage, err: fmt.Errorf("--account %s is a Windows account; give a user name (the unit's User=)", a)}
+	default:
+		spec.User = a
+	}
+	if si.passwordFile != "" {
+		return spec, &exitError{code: contract.CodeUsage, err: errors.New("--password-file is for a Windows account")}
+	}
+	return spec, nil
 }
 
 func serviceUninstall(ctx context.Context, out io.Writer, f serviceFlags) error {
-	return &exitError{code: contract.CodeUnsupported, err: errors.New("baton service uninstall: the systemd unit writer is not wired yet")}
+	if err := systemdunit.Uninstall(ctx, f.name, out); err != nil {
+		code := contract.CodeFailed
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			code = contract.CodeUnreachable
+		case errors.Is(err, systemdunit.ErrNotOurs):
+			code = contract.CodeUsage
+		case errors.Is(err, fs.ErrPermission):
+			code = contract.CodeUnreachable
+		}
+		return &exitError{code: code, err: err}
+	}
+	fmt.Fprintf(out, "uninstalled %s\n", f.name)
+	return nil
 }
