@@ -19,9 +19,13 @@ func TestServiceInstallDryRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := out.String()
-	want := []string{"--listen=tcp://127.0.0.1:8080 --listen=tcp://127.0.0.1:8081", "--drain-timeout=20s", "-- /bin/sh -c true"}
-	if runtime.GOOS == "linux" {
-		want = append(want, "ExecStart=", " run --name=hello ", "ExecReload=", "upgrade --name hello")
+	// The app is made absolute (Windows: Z:\bin\sh under Wine).
+	want := []string{"--listen=tcp://127.0.0.1:8080 --listen=tcp://127.0.0.1:8081", "--drain-timeout=20s", "sh -c true"}
+	switch runtime.GOOS {
+	case "linux":
+		want = append(want, "ExecStart=", " run --name=hello ", "-- /bin/sh -c true", "ExecReload=", "upgrade --name hello")
+	case "windows":
+		want = append(want, " run --as-service --name=hello ", `\baton\hello\hello.log`)
 	}
 	for _, w := range want {
 		if !strings.Contains(got, w) {
