@@ -210,6 +210,7 @@ type peerOutcome struct {
 // peer logs a refusal after offset logFrom, or the newest generation (old)
 // exits.
 func waitPeer(ctx context.Context, t *proctest.Tracker, pidFile, logPath, refusal string, old int, logFrom int64) (peerOutcome, error) {
+	var goneSince time.Time
 	for {
 		if pid, err := readPID(pidFile); err == nil && pid != old {
 			return peerOutcome{pid: pid, at: time.Now()}, nil
@@ -223,10 +224,19 @@ func waitPeer(ctx context.Context, t *proctest.Tracker, pidFile, logPath, refusa
 				return peerOutcome{refused: strings.TrimSpace(string(line))}, nil
 			}
 		}
-		if old != 0 {
+		if old != 0 && goneSince.IsZero() {
 			if _, gone := t.Exited(old); gone {
-				return peerOutcome{}, fmt.Errorf("pid %d exited without a successor", old)
+				goneSince = time.Now()
 			}
+		}
+		// The successor writes the PID file after its go-ahead; an old
+		// generation with little to drain may exit before that.
+		if !goneSince.IsZero() && time.Since(goneSince) > 2*time.Second {
+			tail := ""
+			if b, err := os.ReadFile(logPath); err == nil && int64(len(b)) > logFrom {
+				tail = string(b[max(logFrom, int64(len(b))-3000):])
+			}
+			return peerOutcome{}, fmt.Errorf("pid %d exited and no successor wrote the PID file within 2s; its log since the signal:\n%s", old, tail)
 		}
 		select {
 		case <-ctx.Done():
