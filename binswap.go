@@ -79,45 +79,58 @@ func (u *Upgrader) UpgradeTo(ctx context.Context, newBinary string) (UpgradeResu
 		}
 		return UpgradeResult{}, fmt.Errorf("%w: %s refused: %v", ErrBinary, newBinary, err)
 	}
-	if err := st.Activate(rel.ID); err != nil {
-		if now, _ := release.FileSHA256(st.Installed()); now == rel.SHA256 && now != before {
-			// Switched, but recording it failed: put back what was there.
-			if _, _, perr := st.PutBack(rel.SHA256); perr != nil {
-				return UpgradeResult{}, fmt.Errorf("%w: installing release %s at %s: %v (and putting the previous binary back failed: %v)", ErrBinary, rel.ID, u.binary, err, perr)
+	// Activate and, on failure, put back inside the upgrade operation: no
+	// other upgrade (a signal, another request) can start the binary
+	// between the switch on disk and ours, nor after a failure before the
+	// previous one is back.
+	var putBackErr error
+	activate := func() (func(error), error) {
+		if err := st.Activate(rel.ID); err != nil {
+			if now, _ := release.FileSHA256(st.Installed()); now == rel.SHA256 && now != before {
+				// Switched, but recording it failed: put back what was there.
+				if _, _, perr := st.PutBack(rel.SHA256); perr != nil {
+					return nil, fmt.Errorf("%w: installing release %s at %s: %v (and putting the previous binary back failed: %v)", ErrBinary, rel.ID, u.binary, err, perr)
+				}
+			}
+			if errors.Is(err, release.ErrBusy) {
+				return nil, fmt.Errorf("%w: installing release %s at %s: %v", ErrUpgradeInProgress, rel.ID, u.binary, err)
+			}
+			return nil, fmt.Errorf("%w: installing release %s at %s: %v", ErrBinary, rel.ID, u.binary, err)
+		}
+		u.log.Info("release installed; upgrading", "release", rel.ID, "path", st.Installed())
+		undo := func(err error) {
+			if before == rel.SHA256 {
+				return // the same binary was installed already: nothing to put back
+			}
+			putBack := st.PutBack // refused before it ran: not a failed release
+			if startedAndFailed(err) {
+				putBack = st.RollbackFrom
+			}
+			prev, done, rerr := putBack(rel.SHA256)
+			switch {
+			case rerr != nil:
+				u.log.Error("upgrade failed and the previous release could not be put back", "path", u.binary, "err", rerr)
+				putBackErr = rerr
+			case done:
+				u.log.Info("upgrade failed; previous release put back", "path", u.binary, "release", prev.ID)
 			}
 		}
-		if errors.Is(err, release.ErrBusy) {
-			return UpgradeResult{}, fmt.Errorf("%w: installing release %s at %s: %v", ErrUpgradeInProgress, rel.ID, u.binary, err)
+		return undo, nil
+	}
+	res, err := u.upgrade(ctx, activate)
+	if err != nil {
+		if putBackErr != nil {
+			return res, fmt.Errorf("%w (and putting the previous binary back failed: %v)", err, putBackErr)
 		}
-		return UpgradeResult{}, fmt.Errorf("%w: installing release %s at %s: %v", ErrBinary, rel.ID, u.binary, err)
+		return res, err
 	}
-	u.log.Info("release installed; upgrading", "release", rel.ID, "path", st.Installed())
-	res, err := u.Upgrade(ctx)
-	if err == nil {
-		if !staged {
-			// The CLI prunes with its own --keep when it staged the release.
-			if _, perr := st.Prune(); perr != nil {
-				u.log.Warn("pruning old releases", "err", perr)
-			}
+	if !staged {
+		// The CLI prunes with its own --keep when it staged the release.
+		if _, perr := st.Prune(); perr != nil {
+			u.log.Warn("pruning old releases", "err", perr)
 		}
-		return res, nil
 	}
-	if before == rel.SHA256 {
-		return res, err // the same binary was installed already: nothing to put back
-	}
-	putBack := st.PutBack // refused before it ran: not a failed release
-	if startedAndFailed(err) {
-		putBack = st.RollbackFrom
-	}
-	prev, done, rerr := putBack(rel.SHA256)
-	switch {
-	case rerr != nil:
-		u.log.Error("upgrade failed and the previous release could not be put back", "path", u.binary, "err", rerr)
-		return res, fmt.Errorf("%w (and putting the previous binary back failed: %v)", err, rerr)
-	case done:
-		u.log.Info("upgrade failed; previous release put back", "path", u.binary, "release", prev.ID)
-	}
-	return res, err
+	return res, nil
 }
 
 // startedAndFailed reports whether an upgrade failed because the new

@@ -33,13 +33,22 @@ type UpgradeOutcome struct {
 // ErrReadyTimeout, ErrProtocolVersion, ErrStateTooLarge, ErrStateCorrupt,
 // ErrNotReady or ErrStopped.
 func (u *Upgrader) Upgrade(ctx context.Context) (UpgradeResult, error) {
+	return u.upgrade(ctx, nil)
+}
+
+// upgrade runs one upgrade in the engine, with prepare (UpgradeTo's
+// install) as its first step.
+func (u *Upgrader) upgrade(ctx context.Context, prepare func() (func(error), error)) (UpgradeResult, error) {
 	if u.supervised {
 		return UpgradeResult{}, ErrSupervised
 	}
 	if u.engine.HandingOver(u.self) {
 		return UpgradeResult{}, ErrStopped // handed over: the new generation upgrades now
 	}
-	res, err := u.engine.Upgrade(ctx)
+	res, err := u.engine.UpgradeWith(ctx, prepare)
+	if errors.Is(err, ErrUpgradeInProgress) {
+		return UpgradeResult{}, err // the upgrade under way is not ours to report on
+	}
 	u.mu.Lock()
 	reloading := u.reloading
 	u.reloading = false
@@ -48,9 +57,7 @@ func (u *Upgrader) Upgrade(ctx context.Context) (UpgradeResult, error) {
 		if reloading {
 			notifyReady(u.log, false, fmt.Sprintf("generation %d serving (pid %d); last upgrade failed", u.generation, os.Getpid()))
 		}
-		if !errors.Is(err, ErrUpgradeInProgress) {
-			u.log.Error("upgrade failed; this generation keeps serving", "err", err)
-		}
+		u.log.Error("upgrade failed; this generation keeps serving", "err", err)
 		return UpgradeResult{}, err
 	}
 	u.log.Info("upgrade: handed over", "pid", res.PID, "generation", res.N,

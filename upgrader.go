@@ -277,7 +277,8 @@ func (u *Upgrader) Stop() {
 	// An upgrade under way is called off, unless its go-ahead is being
 	// given already (the engine decides under its lock).
 	u.engine.Halt()
-	close(u.stoppedC) // no forced exit: we are done
+	u.engine.WaitCommit() // a go-ahead being given: how it ended decides below
+	close(u.stoppedC)     // no forced exit: we are done
 	u.mu.Lock()
 	// The sockets' files, the control endpoint and the PID file belong to
 	// the generation that serves: a first generation, or a new one once it

@@ -51,7 +51,7 @@ type generation struct {
 // the app's own pid. A library app also gets handed (state and named
 // files of the previous generation) over its supervisor link; handed is
 // closed in any case.
-func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Handed) (_ *generation, err error) {
+func (s *Supervisor) startGeneration(ctx context.Context, n int, from *generation, handed *handoff.Handed, wantSHA string) (_ *generation, err error) {
 	defer func() {
 		if err != nil {
 			handed.Close()
@@ -82,6 +82,9 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 			os.Remove(g.saved)
 		}
 	}()
+	if err := checkExpected(g.saved, wantSHA); err != nil {
+		return nil, err // exactly what would run
+	}
 	exe := g.saved
 
 	notifyPath := filepath.Join(s.runDir, fmt.Sprintf("%s.gen%d.notify", s.cfg.Name, n))

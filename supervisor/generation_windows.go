@@ -42,7 +42,7 @@ type generation struct {
 // startGeneration starts generation n of the app as a handoff child with
 // the service's sockets, and the state and named files of handed (closed
 // in any case).
-func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Handed) (_ *generation, err error) {
+func (s *Supervisor) startGeneration(ctx context.Context, n int, from *generation, handed *handoff.Handed, wantSHA string) (_ *generation, err error) {
 	defer handed.Close()
 	app, err := exec.LookPath(s.cfg.Command[0])
 	if errors.Is(err, exec.ErrDot) {
@@ -75,6 +75,9 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 			os.Remove(g.saved)
 		}
 	}()
+	if err := checkExpected(g.saved, wantSHA); err != nil {
+		return nil, err // exactly what would run
+	}
 	linkLn, linkPath, err := handoff.ListenLink(fmt.Sprintf("%s.gen%d", s.cfg.Name, n))
 	if err != nil {
 		return nil, fmt.Errorf("link for generation %d: %w", n, err)
@@ -102,7 +105,10 @@ func (s *Supervisor) startGeneration(n int, from *generation, handed *handoff.Ha
 			out.setPID(pid)
 		}
 	}()
-	child, err := handoff.Spawn(context.Background(), handoff.SpawnConfig{
+	// Bounded like the readiness that follows, and ended by a stop.
+	sctx, cancel := context.WithTimeout(ctx, s.cfg.ReadyTimeout)
+	defer cancel()
+	child, err := handoff.Spawn(sctx, handoff.SpawnConfig{
 		Binary:     g.saved,
 		Args:       s.cfg.Command[1:],
 		Env:        childEnv(env),

@@ -99,7 +99,7 @@ func (r *rotatingFile) Write(p []byte) (int, error) {
 }
 
 func (r *rotatingFile) rotate() {
-	r.f.Close()
+	r.Close()
 	for i := r.keep; i >= 1; i-- {
 		from := r.path
 		if i > 1 {
@@ -116,7 +116,12 @@ func (r *rotatingFile) rotate() {
 	}
 }
 
-func (r *rotatingFile) Close() error { return r.f.Close() }
+func (r *rotatingFile) Close() error {
+	if r.f == os.Stderr {
+		return nil // the fallback after a failed reopen: not ours to close
+	}
+	return r.f.Close()
+}
 
 // reopen closes the log file and opens it again at its path (after an
 // outside tool moved it away); without a log file it does nothing.
@@ -127,7 +132,7 @@ func (l *lineWriter) reopen() error {
 	if !ok {
 		return nil
 	}
-	r.f.Close()
+	r.Close()
 	if err := r.open(); err != nil {
 		r.f, r.size = os.Stderr, 0 // keep logging somewhere rather than nowhere
 		return err

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"sync"
 	"time"
@@ -188,6 +189,23 @@ type platform struct{ s *Supervisor }
 
 func (p platform) Start(ctx context.Context, req lifecycle.StartRequest) (lifecycle.Proc, error) {
 	s := p.s
+	var want string
+	if req.Reason == lifecycle.ReasonUpgrade {
+		// Refused before anything else (the serving generation is not even
+		// asked for its state); checked again on the copy that will run.
+		if want = expectedSHA256(ctx); want != "" {
+			app, err := exec.LookPath(s.cfg.Command[0])
+			if errors.Is(err, exec.ErrDot) {
+				err = nil
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%w: %s: %v", contract.ErrBinary, s.cfg.Command[0], err)
+			}
+			if err := checkExpected(app, want); err != nil {
+				return nil, err
+			}
+		}
+	}
 	var handed *handoff.Handed
 	if req.Serving != nil && !req.WithoutState {
 		takeCtx, cancel := ctx, context.CancelFunc(func() {})
@@ -209,19 +227,24 @@ func (p platform) Start(ctx context.Context, req lifecycle.StartRequest) (lifecy
 	if req.RunAgain != nil {
 		from = req.RunAgain.(*generation)
 	}
-	g, err := s.startGeneration(req.N, from, handed)
+	g, err := s.startGeneration(ctx, req.N, from, handed, want)
 	if err != nil {
 		return nil, err
 	}
-	if want := expectedSHA256(ctx); want != "" && req.Reason == lifecycle.ReasonUpgrade {
-		// What it runs is its saved copy, taken when it started: exactly
-		// what was installed then.
-		if got, err := release.FileSHA256(g.saved); err != nil || got != want {
-			g.Abort("not the expected binary")
-			return nil, fmt.Errorf("%w: the installed binary changed since this upgrade was asked for (sha256 %.12s, want %.12s): another deploy? retry", contract.ErrBusy, got, want)
-		}
-	}
 	return g, nil
+}
+
+// checkExpected refuses a binary other than the one an upgrade request
+// said it installed (ExpectSHA256): another deploy switched the file.
+func checkExpected(path, want string) error {
+	if want == "" {
+		return nil
+	}
+	got, err := release.FileSHA256(path)
+	if err != nil || got != want {
+		return fmt.Errorf("%w: the installed binary changed since this upgrade was asked for (sha256 %.12s, want %.12s): another deploy? retry", contract.ErrBusy, got, want)
+	}
+	return nil
 }
 
 type expectKey struct{}
@@ -343,6 +366,9 @@ func (s *Supervisor) watchBinary(ctx context.Context) {
 // start, or a failed probation, puts the serving release back on disk.
 func (s *Supervisor) Upgrade(ctx context.Context) (contract.UpgradeResult, error) {
 	res, err := s.engine.Upgrade(ctx)
+	if errors.Is(err, contract.ErrBusy) {
+		return contract.UpgradeResult{}, err // the upgrade under way is not ours to report on
+	}
 	s.mu.Lock()
 	reloading, failed := s.reloading, s.failedSHA
 	s.reloading, s.failedSHA = false, ""

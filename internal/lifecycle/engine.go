@@ -108,9 +108,10 @@ type Engine struct {
 
 	mu         sync.Mutex
 	current    *Generation
-	previous   *Generation // what a rollback runs again
-	starting   *Generation // being started by the operation under way
-	committing *Generation // being handed over to
+	previous   *Generation   // what a rollback runs again
+	starting   *Generation   // being started by the operation under way
+	committing *Generation   // being handed over to
+	commitDone chan struct{} // closed when that commit has ended
 	draining   []*Generation
 	next       int
 	phase      Phase
@@ -244,6 +245,13 @@ func (e *Engine) restart(reason Reason, dead *Generation, crashes int) error {
 	var runAgain Proc
 	if dead != nil {
 		runAgain = dead.Proc // what crashed runs again (the installed file may be a rejected release)
+		e.mu.Lock()
+		if dead.isRejected() && e.previous != nil {
+			// It failed its probation and the rollback failed too: what
+			// served before it is what runs again, not the rejected one.
+			runAgain = e.previous.Proc
+		}
+		e.mu.Unlock()
 	}
 	for failures := 0; ; {
 		if crashes > 0 || failures > 0 {
@@ -265,12 +273,15 @@ func (e *Engine) restart(reason Reason, dead *Generation, crashes int) error {
 		}
 		if err == nil {
 			e.mu.Lock()
-			if dead != nil && dead != e.previous {
+			releaseDead := dead != nil && dead != e.previous
+			e.setCurrentLocked(g)
+			if !e.stopping {
+				e.phase = PhaseServing
+			}
+			e.mu.Unlock()
+			if releaseDead {
 				dead.Proc.Release()
 			}
-			e.setCurrentLocked(g)
-			e.phase = PhaseServing
-			e.mu.Unlock()
 			e.log.Info("generation serving", "gen", g.N, "pid", g.Proc.PID(), "ready_after", g.readyAfter.Round(time.Millisecond), "why", string(reason))
 			e.notify(Notice{Kind: NoticeServing, Gen: g.view()})
 			return nil
@@ -281,7 +292,7 @@ func (e *Engine) restart(reason Reason, dead *Generation, crashes int) error {
 		failures++
 		e.log.Error("generation failed to start", "why", string(reason), "failures", failures, "err", err)
 		if failures >= e.cfg.MaxRestarts {
-			return fmt.Errorf("%w: %d failed starts in a row; last: %w", contract.ErrGaveUp, failures, err)
+			return fmt.Errorf("%w: %d failed starts in a row; last: %v", contract.ErrGaveUp, failures, err)
 		}
 		reason = ReasonRestart
 	}
@@ -293,12 +304,32 @@ func (e *Engine) restart(reason Reason, dead *Generation, crashes int) error {
 // binary and the error wraps contract.ErrRolledBack. On any other failure
 // the new process is killed and the serving generation stays.
 func (e *Engine) Upgrade(ctx context.Context) (Result, error) {
+	return e.UpgradeWith(ctx, nil)
+}
+
+// UpgradeWith is Upgrade with prepare run first, as part of the same
+// operation: nothing else starts a generation between prepare (say,
+// installing a new binary) and the upgrade. If prepare fails, that is the
+// upgrade's error; if the upgrade fails, undo (when prepare returned one)
+// is called with its error before the operation ends.
+func (e *Engine) UpgradeWith(ctx context.Context, prepare func() (undo func(error), err error)) (Result, error) {
 	if !e.opMu.TryLock() {
 		return Result{}, e.busy()
 	}
 	defer e.opMu.Unlock()
 	start := time.Now()
+	var undo func(error)
+	var err error
+	if prepare != nil {
+		if undo, err = prepare(); err != nil {
+			e.record(OpUpgrade, start, Result{}, err)
+			return Result{}, err
+		}
+	}
 	res, err := e.upgrade(ctx, start)
+	if err != nil && undo != nil {
+		undo(err)
+	}
 	e.record(OpUpgrade, start, res, err)
 	return res, err
 }
@@ -357,8 +388,9 @@ func (e *Engine) probate(ctx context.Context, g, old *Generation, res Result, st
 	e.mu.Unlock()
 	back, err := e.switchTo(ctx, ReasonRollback, g, old)
 	if err != nil {
-		err = fmt.Errorf("%w: generation %d failed its probation (%v), and the rollback failed too: %w", contract.ErrRolledBack, g.N, reason, err)
-		p.result, p.err = Result{}, err
+		g.reject()
+		err = fmt.Errorf("generation %d failed its probation (%v), and the rollback failed too: %w", g.N, reason, err)
+		p.ran, p.result, p.err = true, Result{}, err
 		return res, err
 	}
 	// The failed generation is no rollback target.
@@ -368,7 +400,7 @@ func (e *Engine) probate(ctx context.Context, g, old *Generation, res Result, st
 	}
 	e.mu.Unlock()
 	g.Proc.Release()
-	p.result = e.result(back, start)
+	p.ran, p.result = true, e.result(back, start)
 	e.notify(Notice{Kind: NoticeRolledBack, Gen: back.view(), Err: reason})
 	return res, fmt.Errorf("%w: generation %d (pid %d) failed its probation: %w; generation %d (pid %d) runs the previous binary again",
 		contract.ErrRolledBack, g.N, g.Proc.PID(), reason, back.N, back.Proc.PID())
@@ -428,10 +460,15 @@ func (e *Engine) Rollback(ctx context.Context) (Result, error) {
 		p.ask()
 		select {
 		case <-p.done:
-			return p.result, p.err
 		case <-ctx.Done():
 			return Result{}, fmt.Errorf("%w: %v", contract.ErrCanceled, ctx.Err())
 		}
+		if p.ran {
+			return p.result, p.err
+		}
+		// The probation ended (passed, or stopped) before it saw the
+		// request: roll back now, as asked.
+		e.opMu.Lock()
 	}
 	defer e.opMu.Unlock()
 	start := time.Now()
@@ -510,15 +547,21 @@ func (e *Engine) switchTo(ctx context.Context, reason Reason, serving, runAgain 
 	}
 	e.mu.Lock()
 	e.setCurrentLocked(g)
+	var release *Generation
 	if p := e.previous; p != nil && p != serving && p != g {
-		p.Proc.Release() // only the previous generation's binary can be needed again
+		release = p // only the previous generation's binary can be needed again
 	}
 	e.previous = serving
-	e.phase = PhaseServing
+	if !e.stopping {
+		e.phase = PhaseServing
+	}
 	if serving != nil {
 		e.draining = append(e.draining, serving)
 	}
 	e.mu.Unlock()
+	if release != nil {
+		release.Proc.Release()
+	}
 	if serving != nil {
 		e.drain(serving)
 	}
@@ -575,6 +618,7 @@ func (e *Engine) startReady(ctx context.Context, req StartRequest) (*Generation,
 		p.Abort(err.Error())
 		g.apply(EvFail, e.log)
 		e.notify(Notice{Kind: NoticeStartFailed, Gen: g.view(), Err: err})
+		p.Release() // after the notice: it may still read what the generation ran
 		return nil, err
 	}
 	g.apply(EvReady, e.log)
@@ -594,17 +638,22 @@ func (e *Engine) commit(g *Generation) error {
 		e.mu.Unlock()
 		g.Proc.Abort("the service is stopping")
 		g.apply(EvFail, e.log)
+		g.Proc.Release()
 		return fmt.Errorf("%w: the service was stopped during the switch; pid %d was killed", contract.ErrCanceled, g.Proc.PID())
 	}
 	e.committing = g
+	done := make(chan struct{})
+	e.commitDone = done
 	e.mu.Unlock()
 	err := g.Proc.Commit()
 	e.mu.Lock()
 	e.committing = nil
+	close(done)
 	e.mu.Unlock()
 	if err != nil {
 		g.Proc.Abort("go-ahead not delivered")
 		g.apply(EvFail, e.log)
+		g.Proc.Release()
 		e.log.Error("new generation vanished before the handover", "gen", g.N, "pid", g.Proc.PID(), "err", err)
 		if !errors.Is(err, contract.ErrRefused) {
 			err = fmt.Errorf("%w: go-ahead not delivered: %v", contract.ErrRefused, err)
@@ -622,13 +671,15 @@ func (e *Engine) drain(g *Generation) {
 	e.drains.Add(1)
 	go func() {
 		defer e.drains.Done()
-		g.Proc.Drain()
 		var deadline <-chan time.Time
 		if e.cfg.DrainTimeout > 0 {
 			t := time.NewTimer(e.cfg.DrainTimeout)
 			defer t.Stop()
 			deadline = t.C
 		}
+		// Telling it may take a while (a link exchange): the deadline
+		// runs meanwhile.
+		go g.Proc.Drain()
 		select {
 		case <-g.Proc.Exited():
 		case <-deadline:
@@ -704,6 +755,17 @@ func (e *Engine) HandingOver(self *Generation) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.committing != nil || (e.current != nil && e.current != self)
+}
+
+// WaitCommit waits until a handover being committed has ended (either
+// way), so that HandingOver then says how it ended.
+func (e *Engine) WaitCommit() {
+	e.mu.Lock()
+	done := e.commitDone
+	e.mu.Unlock()
+	if done != nil {
+		<-done
+	}
 }
 
 // Current returns the serving generation (nil before the first).
@@ -819,6 +881,7 @@ func (e *Engine) notify(n Notice) {
 
 // probation is an upgrade whose new generation is on probation.
 type probation struct {
+	ran      bool // the rollback asked for ran (result, err say how)
 	once     sync.Once
 	rollback chan struct{} // closed: a rollback was asked for
 	done     chan struct{} // closed when the upgrade (and its rollback) ended

@@ -662,3 +662,100 @@ func TestLibraryAdoptsItself(t *testing.T) {
 	self.exit(nil) // the app drained and stopped
 	waitFor(t, "self exited", func() bool { return g.State() == Exited })
 }
+
+func TestFailedStartIsReleased(t *testing.T) {
+	f := newFake()
+	e, _, _ := running(t, f, f, Config{})
+	f.setScript(func(p *fakeProc) error { p.crash(); return nil })
+	if _, err := e.Upgrade(context.Background()); err == nil {
+		t.Fatal("upgrade to a crashing release succeeded")
+	}
+	f.mu.Lock()
+	bad := f.procs[len(f.procs)-1]
+	f.mu.Unlock()
+	if _, _, released := bad.was(); !released {
+		t.Fatal("the saved binary of a failed start was kept")
+	}
+}
+
+func TestRollbackAskedAsProbationPassesStillRollsBack(t *testing.T) {
+	f := newFake()
+	e, first, _ := running(t, f, f, Config{Probation: time.Millisecond})
+	// The probation may pass before the request is seen: the rollback
+	// must happen all the same, not report success with nothing done.
+	if _, err := e.Upgrade(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	<-f.started
+	res, err := e.Rollback(context.Background())
+	if err != nil || res.PID == 0 {
+		t.Fatalf("rollback: %+v %v", res, err)
+	}
+	back := <-f.started
+	if back.req.RunAgain != first || res.PID != back.pid {
+		t.Fatalf("rollback ran %+v, result %+v", back.req, res)
+	}
+}
+
+func TestRejectedGenerationIsNotRestarted(t *testing.T) {
+	f := newFake()
+	e, first, _ := running(t, f, f, Config{Probation: time.Minute, ReadyTimeout: 100 * time.Millisecond, RestartMin: time.Millisecond})
+	var bad *fakeProc
+	f.setScript(func(p *fakeProc) error {
+		switch p.req.Reason {
+		case ReasonUpgrade:
+			bad = p
+			p.sayReady()
+			go func() { <-first.drained; p.crash() }()
+		case ReasonRollback:
+			// the rollback fails too: never ready
+		default:
+			p.sayReady()
+		}
+		return nil
+	})
+	_, err := e.Upgrade(context.Background())
+	if err == nil || errors.Is(err, contract.ErrRolledBack) {
+		t.Fatalf("upgrade whose rollback failed: %v (must not say rolled back)", err)
+	}
+	var restarted *fakeProc
+	for p := range f.started {
+		if p.req.Reason == ReasonRestart {
+			restarted = p
+			break
+		}
+	}
+	if restarted.req.RunAgain == bad || restarted.req.RunAgain != first {
+		t.Fatalf("the crash restart runs %v, want the first generation's binary", restarted.req.RunAgain)
+	}
+}
+
+func TestUpgradeWithUndoesOnFailure(t *testing.T) {
+	f := newFake()
+	e, _, _ := running(t, f, f, Config{})
+	f.setScript(func(p *fakeProc) error { p.crash(); return nil })
+	var undone error
+	_, err := e.UpgradeWith(context.Background(), func() (func(error), error) {
+		if _, err := e.Upgrade(context.Background()); !errors.Is(err, contract.ErrBusy) {
+			t.Errorf("an upgrade during prepare: %v, want busy", err)
+		}
+		return func(err error) { undone = err }, nil
+	})
+	if !errors.Is(err, contract.ErrChildExited) || !errors.Is(undone, contract.ErrChildExited) {
+		t.Fatalf("upgrade %v, undo called with %v", err, undone)
+	}
+	prepErr := errors.New("install failed")
+	if _, err := e.UpgradeWith(context.Background(), func() (func(error), error) { return nil, prepErr }); !errors.Is(err, prepErr) {
+		t.Fatalf("a failed prepare: %v", err)
+	}
+}
+
+func TestGaveUpIsTheCode(t *testing.T) {
+	f := newFake()
+	e := New(f, Config{RestartMin: time.Millisecond, MaxRestarts: 2, Logger: quiet()})
+	f.setScript(func(p *fakeProc) error { p.crash(); return nil })
+	err := e.Run(context.Background())
+	if contract.CodeOf(err) != contract.CodeGaveUp {
+		t.Fatalf("Run: %v, code %s, want %s", err, contract.CodeOf(err), contract.CodeGaveUp)
+	}
+}

@@ -18,6 +18,19 @@ type Generation struct {
 	readyAfter time.Duration
 	appStartup time.Duration
 	serving    time.Time // when it took over
+	rejected   bool      // failed its probation: never run again
+}
+
+func (g *Generation) reject() {
+	g.mu.Lock()
+	g.rejected = true
+	g.mu.Unlock()
+}
+
+func (g *Generation) isRejected() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.rejected
 }
 
 // State returns where g is in its life.

@@ -160,7 +160,20 @@ func (h *Handler) Execute(reqs <-chan Cmd) (specific bool, code uint32) {
 	tick := time.NewTicker(hint / 4)
 	defer tick.Stop()
 	var ops sync.WaitGroup
-	defer ops.Wait()
+	defer func() {
+		// A control-code operation still running was canceled with the
+		// service; it gets a short while to write its outcome, never the
+		// service's stop past its budget.
+		finished := make(chan struct{})
+		go func() { ops.Wait(); close(finished) }()
+		t := time.NewTimer(2 * time.Second)
+		defer t.Stop()
+		select {
+		case <-finished:
+		case <-t.C:
+			log.Warn("a control-code operation was still running when the service stopped")
+		}
+	}()
 	opCtx, cancelOps := context.WithCancel(context.Background())
 	defer cancelOps()
 
