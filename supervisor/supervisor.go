@@ -291,6 +291,9 @@ func (s *Supervisor) notice(n lifecycle.Notice) {
 		s.mu.Unlock()
 		sdnotify.Reloading("upgrading")
 	case lifecycle.NoticeProbationFailed, lifecycle.NoticeStartFailed:
+		if n.Kind == lifecycle.NoticeStartFailed && n.Gen.Reason != lifecycle.ReasonUpgrade {
+			break // a rollback or restart runs a binary that served: not a failed release
+		}
 		if g, ok := n.Gen.Proc.(*generation); ok {
 			if sum := ranSHA256(g); sum != "" {
 				s.mu.Lock()
@@ -378,7 +381,7 @@ func (s *Supervisor) Upgrade(ctx context.Context) (contract.UpgradeResult, error
 	}
 	if err != nil {
 		if startFailed(err) || errors.Is(err, ErrRolledBack) {
-			s.restoreInstalled(s.currentGen(), failed)
+			s.restoreInstalled(s.servingOrPrevious(), failed)
 		}
 		return contract.UpgradeResult{}, err
 	}
@@ -407,6 +410,27 @@ func upgradeResult(r lifecycle.Result) contract.UpgradeResult {
 // was tried: busy, too many draining, stopping, no state).
 func startFailed(err error) bool {
 	return errors.Is(err, contract.ErrChildExited) || errors.Is(err, contract.ErrReadyTimeout) || errors.Is(err, contract.ErrBinary)
+}
+
+// servingOrPrevious is the generation whose release belongs on disk after
+// a failed upgrade: the current one, or, when it is gone (it failed its
+// probation and the rollback failed too: the engine restarts the previous
+// binary), the previous one.
+func (s *Supervisor) servingOrPrevious() *generation {
+	cur := s.currentGen()
+	if cur == nil {
+		return nil
+	}
+	select {
+	case <-cur.Exited():
+		if p := s.engine.Snapshot().Previous; p != nil {
+			if g, ok := p.Proc.(*generation); ok {
+				return g
+			}
+		}
+	default:
+	}
+	return cur
 }
 
 func (s *Supervisor) currentGen() *generation {
