@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/baton-go/baton/internal/handoff"
@@ -16,6 +17,29 @@ import (
 // What a generation does the same way on every OS: its link to a library
 // app (state, named files, drain), the copy of its binary kept for a
 // rollback, and the HTTP health probe.
+
+// genCommon is what a generation is on every OS; the per-OS generation
+// (generation_unix.go, generation_windows.go) embeds it and adds how its
+// process is started, told and ended.
+type genCommon struct {
+	s          *Supervisor
+	n          int
+	pid        int
+	binary     string // the installed path it was started from
+	saved      string // the copy it runs (kept for a rollback)
+	sha256     string // of the saved copy; computed once it is ready (guarded by mu)
+	started    time.Time
+	readyAfter time.Duration
+
+	mu   sync.Mutex
+	link *handoff.LinkConn // library apps: state, named files and drain (guarded by mu)
+}
+
+func (g *genCommon) PID() int       { return g.pid }
+func (g *genCommon) Binary() string { return g.binary }
+
+// handles counts its open descriptors or handles (-1 if unknown).
+func (g *genCommon) handles() int { return openFDs(g.pid) }
 
 func (g *generation) binarySHA256() string {
 	g.mu.Lock()

@@ -24,24 +24,14 @@ import (
 
 // generation is one run of the app: a lifecycle.Proc for the engine.
 type generation struct {
-	s          *Supervisor
-	n          int
-	pid        int
-	binary     string // the installed path it was started from
-	saved      string // the copy it runs (kept for a rollback)
-	sha256     string // of the saved copy; computed after the start (guarded by mu)
-	started    time.Time
-	readyAfter time.Duration
-
-	mu sync.Mutex
+	genCommon
 
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	exitErr *contract.ExitError
 	ready   chan struct{} // closed on READY=1 from its notify socket
 	notify  *net.UnixConn
-	probe   *probeSocket      // http/tcp readiness: a socket only this generation holds
-	link    *handoff.LinkConn // library apps: state, named files and drain (guarded by mu)
+	probe   *probeSocket // http/tcp readiness: a socket only this generation holds
 	tail    *handoff.Tail
 	out     sync.WaitGroup // the output copiers
 }
@@ -64,7 +54,7 @@ func (s *Supervisor) startGeneration(ctx context.Context, n int, from *generatio
 	if app, err = filepath.Abs(app); err != nil {
 		return nil, fmt.Errorf("%w: %v", contract.ErrBinary, err)
 	}
-	g := &generation{s: s, n: n, binary: app, exited: make(chan struct{}), ready: make(chan struct{}),
+	g := &generation{genCommon: genCommon{s: s, n: n, binary: app}, exited: make(chan struct{}), ready: make(chan struct{}),
 		tail: handoff.NewTail(2048)}
 	// Keep a copy of what this generation runs, so that a rollback can run
 	// it again whatever happens to the installed file meanwhile.
@@ -325,9 +315,6 @@ func pollUntil(ctx context.Context, done chan struct{}, ok func() bool) {
 
 // The generation as the lifecycle engine sees it.
 
-func (g *generation) PID() int       { return g.pid }
-func (g *generation) Binary() string { return g.binary }
-
 func (g *generation) WaitReady(ctx context.Context) (lifecycle.ReadyInfo, error) {
 	if err := g.s.waitReady(ctx, g); err != nil {
 		return lifecycle.ReadyInfo{}, err
@@ -385,9 +372,6 @@ func (g *generation) Err() error {
 }
 
 func (g *generation) Release() { g.release() }
-
-// handles counts g's open descriptors where the platform tells (-1 if not).
-func (g *generation) handles() int { return openFDs(g.pid) }
 
 // kill ends g at once (a failed start) and waits for it.
 func (g *generation) kill() {

@@ -24,19 +24,10 @@ import (
 // files through the handoff, says ready through it, and later answers the
 // supervisor's link (state for the next generation, drain).
 type generation struct {
-	s          *Supervisor
-	n          int
-	pid        int
-	binary     string // the installed path it was started from
-	saved      string // the copy it runs (kept for a rollback)
-	sha256     string // of the saved copy (guarded by mu)
-	started    time.Time
-	readyAfter time.Duration
+	genCommon
 
-	mu     sync.Mutex
 	child  *handoff.Child
 	exited <-chan struct{}
-	link   *handoff.LinkConn // guarded by mu
 }
 
 // startGeneration starts generation n of the app as a handoff child with
@@ -56,7 +47,7 @@ func (s *Supervisor) startGeneration(ctx context.Context, n int, from *generatio
 	if app, err = filepath.Abs(app); err != nil {
 		return nil, fmt.Errorf("%w: %v", contract.ErrBinary, err)
 	}
-	g := &generation{s: s, n: n, binary: app}
+	g := &generation{genCommon: genCommon{s: s, n: n, binary: app}}
 	// Keep a copy of what this generation runs, so that a rollback can run
 	// it again whatever happens to the installed file meanwhile (and so
 	// that the installed .exe is never the running image: it can be
@@ -204,9 +195,6 @@ func (t *taggedOutput) writeLocked(line string) {
 
 // The generation as the lifecycle engine sees it.
 
-func (g *generation) PID() int       { return g.pid }
-func (g *generation) Binary() string { return g.binary }
-
 func (g *generation) WaitReady(ctx context.Context) (lifecycle.ReadyInfo, error) {
 	reply, err := g.child.WaitReady(ctx)
 	if err != nil {
@@ -296,6 +284,3 @@ func saveCopy(src, dst string) error {
 	}
 	return copyBinary(src, dst)
 }
-
-// handles counts g's open handles (-1 if unknown).
-func (g *generation) handles() int { return openFDs(g.pid) }
