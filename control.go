@@ -131,10 +131,13 @@ func (u *Upgrader) handleControl(ctx context.Context, req ctl.Request) ctl.Respo
 		return ctl.Response{Code: ctl.CodeUnsupported, Error: "logs are kept by the baton run supervisor; a library service writes its own"}
 	case ctl.OpStop:
 		// Answer first, then stop: the caller learns that the stop was
-		// accepted; the app then drains (Exit is closed).
-		go u.Stop() // Stop waits for this answer to be written
-
-		return ctl.OKResponse(u.Status().wire())
+		// accepted; the app then drains (Exit is closed). Stop begins
+		// only once the answer is written: an app that ends its process
+		// as soon as it has drained cannot cut the answer off. Stop waits
+		// for the server's connections, this one among them: a goroutine.
+		st := u.Status().wire()
+		ctl.AfterReply(ctx, func() { go u.Stop() })
+		return ctl.OKResponse(st)
 	case ctl.OpUpgrade:
 		var res UpgradeResult
 		var err error

@@ -72,6 +72,7 @@ type Upgrader struct {
 	exitAt    time.Time
 	stopSig   func()
 	stoppedC  chan struct{} // closed by Stop
+	stopDone  chan struct{} // closed when the first Stop has finished
 }
 
 // New prepares this generation: it reads the handoff from the previous
@@ -89,6 +90,7 @@ func New(opts Options) (*Upgrader, error) {
 		startedAt:  time.Now(),
 		exitC:      make(chan struct{}),
 		stoppedC:   make(chan struct{}),
+		stopDone:   make(chan struct{}),
 	}
 	if opts.Name != "" {
 		if err := ctl.CheckName(opts.Name); err != nil {
@@ -269,11 +271,15 @@ func (u *Upgrader) Stop() {
 	u.mu.Lock()
 	if u.stopped {
 		u.mu.Unlock()
+		// A Stop under way (`baton stop` asked it): wait until it is done,
+		// or the process would end before its files are removed.
+		<-u.stopDone
 		return
 	}
 	u.stopped = true
 	u.phase = PhaseStopped
 	u.mu.Unlock()
+	defer close(u.stopDone)
 	// An upgrade under way is called off, unless its go-ahead is being
 	// given already (the engine decides under its lock).
 	u.engine.Halt()

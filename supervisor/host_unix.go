@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/baton-go/baton/internal/ctl"
@@ -20,6 +22,7 @@ import (
 // generation, by socket activation), the spawner and the orphan guard.
 type host struct {
 	cfg      *Config
+	runDir   string
 	files    []*os.File
 	fdNames  []string
 	spawner  *spawner
@@ -27,7 +30,11 @@ type host struct {
 }
 
 func openHost(s *Supervisor) (*host, error) {
-	h := &host{cfg: &s.cfg, spawner: newSpawner()}
+	h := &host{cfg: &s.cfg, runDir: s.runDir, spawner: newSpawner()}
+	// The control endpoint is ours already (New took it): no other
+	// supervisor of this name runs, so what its generations left in the
+	// runtime directory belongs to one that was killed.
+	sweepGenFiles(h.runDir, s.cfg.Name)
 	if s.cfg.OrphanGuard == GuardWatchdog {
 		w, err := startWatchdog(s.cfg.Activator)
 		if err != nil {
@@ -98,6 +105,39 @@ func (h *host) close() {
 	if h.watchdog != nil {
 		h.watchdog.close()
 	}
+	// Every generation has ended (Run closes the host last): their saved
+	// binaries and notify and link sockets go with them.
+	sweepGenFiles(h.runDir, h.cfg.Name)
+}
+
+// sweepGenFiles removes the files the generations of the service called
+// name keep in the runtime directory: NAME.genN.bin (the saved binary),
+// NAME.genN.notify and NAME.genN.link (their sockets). Only that name's:
+// another service's "NAME.genX.genN.bin" is left alone.
+func sweepGenFiles(dir, name string) {
+	if dir == "" || name == "" {
+		return
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if isGenFile(e.Name(), name) {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
+// isGenFile reports whether file is NAME.genN.{bin,notify,link}.
+func isGenFile(file, name string) bool {
+	n, ok := strings.CutPrefix(file, name+".gen")
+	if !ok {
+		return false
+	}
+	for _, suf := range []string{".bin", ".notify", ".link"} {
+		if m, ok := strings.CutSuffix(n, suf); ok {
+			return m != "" && strings.Trim(m, "0123456789") == ""
+		}
+	}
+	return false
 }
 
 // watchSignals: SIGHUP upgrades, SIGTERM and SIGINT stop.

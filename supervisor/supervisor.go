@@ -159,7 +159,10 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return err
 	}
 	srv := ctl.Serve(s.ctlLn, s.handle, s.log)
-	defer srv.Close()
+	// The answers being written (`baton stop`'s, an upgrade's outcome)
+	// reach their callers before the process may end: bounded, a caller
+	// that does not read cannot hold the exit up.
+	defer srv.CloseWait(5 * time.Second)
 	daemon.SdNotify(false, fmt.Sprintf("READY=1\nSTATUS=%s", s.statusLine()))
 	if s.cfg.WatchBinary {
 		go s.watchBinary(runCtx)
@@ -548,8 +551,10 @@ func (s *Supervisor) handle(ctx context.Context, req contract.Request) contract.
 		lines, next := s.logOut.Since(req.Since)
 		return contract.OKResponse(LogsResult{Lines: lines, Next: next})
 	case ctl.OpStop:
+		// Answered before the stop begins (and Run waits for the answers
+		// being written before it returns).
 		st := s.Status()
-		s.requestStop()
+		ctl.AfterReply(ctx, s.requestStop)
 		return contract.OKResponse(st)
 	}
 	return contract.Response{Code: contract.CodeBadRequest, Error: "unknown operation " + req.Op}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/baton-go/baton/internal/contract"
@@ -46,18 +47,31 @@ func runStop(out io.Writer, f commonFlags) error {
 	if err := resp.Decode(&st); err != nil {
 		return &exitError{code: contract.CodeInternal, err: fmt.Errorf("stop of %s: unreadable answer: %w", f.name, err)}
 	}
-	// Wait until nothing answers under the name any more.
+	// Wait until the service is gone: nothing answers under the name and
+	// its control socket has been removed (the last thing a stopping
+	// service does). A socket that stays unanswered (its service was
+	// killed before it could remove it) counts as gone after a while.
+	var deadSince time.Time
 	for {
 		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
 		_, err := ctl.Do(pctx, f.name, ctl.Request{Op: ctl.OpStatus})
 		pcancel()
 		if errors.Is(err, ctl.ErrNoEndpoint) {
-			break
+			if endpointRemoved(f.name) {
+				break
+			}
+			if deadSince.IsZero() {
+				deadSince = time.Now()
+			} else if time.Since(deadSince) > 2*time.Second {
+				break
+			}
+		} else {
+			deadSince = time.Time{}
 		}
 		if ctx.Err() != nil {
 			return &exitError{code: contract.CodeFailed, err: fmt.Errorf("%s (pid %d) still answers after %v", f.name, st.PID, f.timeout)}
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 	if f.json {
 		enc := json.NewEncoder(out)
@@ -66,4 +80,15 @@ func runStop(out io.Writer, f commonFlags) error {
 	}
 	fmt.Fprintf(out, "stopped %s (pid %d)\n", f.name, st.PID)
 	return nil
+}
+
+// endpointRemoved reports whether the control endpoint of name no longer
+// exists at all (not merely unanswered).
+func endpointRemoved(name string) bool {
+	addr, err := ctl.Address(name)
+	if err != nil {
+		return false
+	}
+	_, err = os.Lstat(addr)
+	return errors.Is(err, os.ErrNotExist)
 }

@@ -1,6 +1,9 @@
 package contract
 
-import "errors"
+import (
+	"errors"
+	"syscall"
+)
 
 // Wire codes: the machine-readable half of every failure that crosses a
 // process boundary (Response.Code, Outcome.Code, the CLI's --json "code").
@@ -39,6 +42,12 @@ const (
 	CodeUnreachable = "unreachable" // nothing answers under that name, or no permission
 	CodeTimeout     = "timeout"     // no answer in time; the service may still finish
 	CodeFailed      = "failed"      // the command failed for a reason without a code of its own
+
+	// CodeResources: a process (the service, a new generation or the
+	// CLI) ran out of file descriptors (EMFILE, ENFILE). The operation
+	// failed and the serving generation keeps serving (ExitFailed): raise
+	// the limit (ulimit -n, LimitNOFILE=) or close descriptors, then retry.
+	CodeResources = "resources"
 )
 
 // Refusal codes of a binary (internal/release): a refused binary changes
@@ -127,6 +136,9 @@ func CodeOf(err error) string {
 	if err == nil {
 		return ""
 	}
+	if OutOfDescriptors(err) {
+		return CodeResources
+	}
 	for _, s := range sentinelCodes {
 		if errors.Is(err, s.err) {
 			return s.code
@@ -199,4 +211,10 @@ func RefusalError(code string) error {
 		return ErrStateCorrupt
 	}
 	return ErrRefused
+}
+
+// OutOfDescriptors reports whether err comes from a process that ran out
+// of file descriptors (EMFILE: its own limit; ENFILE: the system's).
+func OutOfDescriptors(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }

@@ -14,11 +14,9 @@ type ExitError struct {
 }
 
 func (e *ExitError) Error() string {
-	how := fmt.Sprintf("exit code %d", e.ExitCode)
-	if e.Signal != "" {
-		how = "killed by " + e.Signal
-	}
-	msg := fmt.Sprintf("new generation (pid %d) exited before it was ready: %s", e.PID, how)
+	// Signal is the signal's own name ("killed", "terminated"): Brief
+	// words it ("killed by signal: killed", never "killed by killed").
+	msg := fmt.Sprintf("new generation (pid %d) exited before it was ready: %s", e.PID, e.Brief())
 	if e.StderrTail != "" {
 		msg += "; last stderr:\n" + e.StderrTail
 	}

@@ -84,15 +84,42 @@ func (s *Server) serveConn(c net.Conn) {
 	}
 	_ = c.SetReadDeadline(time.Time{})
 	var resp Response
+	var after afterReply
 	if req.Version != Version {
 		resp = Response{Code: CodeControlProtocol, Error: fmt.Sprintf("%v: client speaks %d, service speaks %d", ErrVersion, req.Version, Version)}
 	} else {
-		resp = s.handler(s.ctx, req)
+		resp = s.handler(context.WithValue(s.ctx, afterKey{}, &after), req)
 	}
 	resp.Version = Version
 	if err := writeLine(c, resp); err != nil {
 		s.log.Warn("control response not delivered", "op", req.Op, "err", err)
 	}
+	for _, f := range after.fs {
+		f()
+	}
+}
+
+type afterKey struct{}
+
+type afterReply struct {
+	mu sync.Mutex
+	fs []func()
+}
+
+// AfterReply makes f run once the answer to the request whose handler got
+// ctx has been written (or failed to be), on the connection's goroutine:
+// what must not begin before the caller has its answer, such as a stop
+// that ends the process. f should not block (start a goroutine for work
+// that waits on the server, e.g. Wait). Outside a handler f runs at once.
+func AfterReply(ctx context.Context, f func()) {
+	a, _ := ctx.Value(afterKey{}).(*afterReply)
+	if a == nil {
+		f()
+		return
+	}
+	a.mu.Lock()
+	a.fs = append(a.fs, f)
+	a.mu.Unlock()
 }
 
 // Close stops accepting new control connections and returns at once;
@@ -107,6 +134,24 @@ func (s *Server) Close() error {
 
 // Wait blocks until every accepted request has been answered.
 func (s *Server) Wait() { s.wg.Wait() }
+
+// CloseWait closes the listener and waits, at most d, until the requests
+// accepted so far have been answered; past d the handlers still running
+// are canceled. It reports whether every answer was written in time.
+func (s *Server) CloseWait(d time.Duration) bool {
+	_ = s.Close()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		s.cancel()
+		return false
+	}
+}
 
 // Abort cancels the context of running handlers and closes the listener.
 func (s *Server) Abort() {
