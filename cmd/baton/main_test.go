@@ -2,10 +2,14 @@ package main
 
 import (
 	"bytes"
+	"fmt"
+	"syscall"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/baton-go/baton/internal/contract"
 )
 
 // The test binary doubles as the CLI so that exit codes are checked for
@@ -133,5 +137,12 @@ func TestUpgradeJSONOnEarlyRefusal(t *testing.T) {
 	code, stdout, _ := runCLI(t, "upgrade", "--name", "x", "--binary", "/nonexistent/app", "--json")
 	if code != exitUsage || !strings.Contains(stdout, `"ok": false`) || !strings.Contains(stdout, "/nonexistent/app") {
 		t.Fatalf("exit %d, stdout:\n%s", code, stdout)
+	}
+}
+
+func TestTransportErrorOutOfDescriptors(t *testing.T) {
+	err := transportError(fmt.Errorf("dial unix /run/baton/x.sock: %w", syscall.EMFILE))
+	if err.code != contract.CodeResources || contract.ExitCode(err.code) != contract.ExitFailed || !strings.Contains(err.Error(), "raise the limit") {
+		t.Fatalf("EMFILE in the CLI: code %s, %v", err.code, err)
 	}
 }

@@ -373,6 +373,8 @@ func transportError(err error) *exitError {
 		return &exitError{code: contract.CodeTimeout, err: fmt.Errorf("%w (the service may still finish the operation; check `baton status`)", err)}
 	case errors.Is(err, os.ErrPermission):
 		return &exitError{code: contract.CodeUnreachable, err: fmt.Errorf("%w (only the service's owner or root may steer it)", err)}
+	case contract.OutOfDescriptors(err):
+		return &exitError{code: contract.CodeResources, err: fmt.Errorf("%w (out of file descriptors: raise the limit, ulimit -n or LimitNOFILE=)", err)}
 	}
 	switch code := contract.CodeOf(err); code {
 	case contract.CodeUsage, contract.CodeUnreachable, contract.CodeForbidden, contract.CodeControlProtocol:
