@@ -3,10 +3,10 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"syscall"
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/baton-go/baton/internal/contract"
