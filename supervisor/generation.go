@@ -2,11 +2,14 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -85,18 +88,43 @@ func (s *Supervisor) acceptLink(g *generation, ln *handoff.LinkListener, handed 
 		}
 		cancel()
 	}()
-	link, hello, err := handoff.AcceptLink(ctx, ln)
-	if err != nil {
-		if ctx.Err() == nil {
-			s.log.Warn("generation's link refused", "gen", g.n, "pid", g.pid, "err", err)
+	// A process other than the generation's own may connect first (the
+	// kernel's peer pid says who connected; the generation's word is not
+	// taken for it): it is refused and the supervisor goes on accepting,
+	// as long as the generation runs, until the generation itself links.
+	var link *handoff.LinkConn
+	var warned time.Time
+	refused := 0
+	for link == nil {
+		l, hello, err := handoff.AcceptLink(ctx, ln)
+		switch {
+		case ctx.Err() != nil:
+			if l != nil {
+				l.Close()
+			}
+			return
+		case err == nil && hello.PID == g.pid:
+			link = l
+			continue
+		case err == nil:
+			// Only the app itself (the activator execs it, same pid) links up.
+			l.Close()
+			err = fmt.Errorf("link from another process (pid %d)", hello.PID)
+		case errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), net.ErrClosed.Error()):
+			s.log.Warn("generation's link closed before the generation linked", "gen", g.n, "pid", g.pid, "err", err)
+			return
 		}
-		return
-	}
-	if hello.PID != g.pid {
-		// Only the app itself (the activator execs it, same pid) links up.
-		s.log.Warn("link from another process refused", "gen", g.n, "pid", g.pid, "link_pid", hello.PID)
-		link.Close()
-		return
+		refused++
+		if time.Since(warned) >= 10*time.Second {
+			warned = time.Now()
+			s.log.Warn("link refused; still waiting for the generation's own", "gen", g.n, "pid", g.pid, "err", err, "refused", refused)
+			refused = 0
+		}
+		select {
+		case <-time.After(time.Millisecond): // persistent accept errors do not spin
+		case <-ctx.Done():
+			return
+		}
 	}
 	if handed == nil {
 		handed = &handoff.Handed{}

@@ -84,6 +84,10 @@ func (s *Supervisor) startGeneration(ctx context.Context, n int, from *generatio
 		return nil, fmt.Errorf("notify socket for generation %d: %w", n, err)
 	}
 	os.Chmod(notifyPath, 0o600)
+	if err := enableNotifyCreds(g.notify); err != nil {
+		g.closeNotify()
+		return nil, fmt.Errorf("notify socket for generation %d: asking for the senders' credentials: %w", n, err)
+	}
 	linkName := filepath.Join(s.runDir, fmt.Sprintf("%s.gen%d.link", s.cfg.Name, n))
 	os.Remove(linkName) // a stale one from a supervisor that was killed
 	linkLn, linkPath, err := handoff.ListenLink(linkName)
@@ -215,13 +219,28 @@ func (g *generation) closeNotify() {
 }
 
 // readNotify turns the generation's sd_notify messages into readiness.
+// Only the generation's own process is heard where the kernel tells who
+// sent a datagram (Linux, see notify_linux.go); a message from another
+// process is ignored, with a warning (at most one every 10 s).
 func (g *generation) readNotify() {
 	buf := make([]byte, 4096)
+	oob := make([]byte, 4096)
 	readyOnce := sync.Once{}
+	var warned time.Time
+	ignored := 0
 	for {
-		n, err := g.notify.Read(buf)
+		n, pid, err := readNotifyMsg(g.notify, buf, oob)
 		if err != nil {
 			return
+		}
+		if notifySenderKnown && pid != g.pid {
+			ignored++
+			if time.Since(warned) >= 10*time.Second {
+				warned = time.Now()
+				g.s.log.Warn("notify message from another process ignored", "gen", g.n, "pid", g.pid, "sender_pid", pid, "ignored", ignored)
+				ignored = 0
+			}
+			continue
 		}
 		for _, line := range strings.Split(string(buf[:n]), "\n") {
 			if line == "READY=1" {

@@ -5,6 +5,7 @@ package handoff
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"time"
@@ -60,10 +61,15 @@ func ListenLink(name string) (*LinkListener, string, error) {
 	return ln, name, nil
 }
 
-// AcceptLink waits until a generation connects to ln and says hello (or
-// ctx ends). A generation that speaks another link version is refused, and
-// so is a peer whose pid (where the kernel tells it) is not the one it
-// says.
+// AcceptLink waits until a process connects to ln and says hello (or ctx
+// ends), and returns that one connection: a caller that expects a given
+// process calls it again when hello.PID is another's (or on an error
+// other than ctx's), so that a process connecting first does not take the
+// generation's place. A generation that speaks another link version is
+// refused, and so is a peer whose pid (where the kernel tells it: Linux
+// SO_PEERCRED, macOS LOCAL_PEERPID) is not the one it says; elsewhere the
+// pid in the hello is the peer's word. The hello is awaited for at most
+// linkTimeout (a generation says it at once).
 func AcceptLink(ctx context.Context, ln *net.UnixListener) (*LinkConn, LinkHello, error) {
 	var hello LinkHello
 	stop := context.AfterFunc(ctx, func() { _ = ln.SetDeadline(time.Now()) })
@@ -73,17 +79,27 @@ func AcceptLink(ctx context.Context, ln *net.UnixListener) (*LinkConn, LinkHello
 		if ctx.Err() != nil {
 			return nil, hello, ctx.Err()
 		}
+		if errors.Is(err, net.ErrClosed) {
+			return nil, hello, fmt.Errorf("%w: accept: %w", ErrLink, err)
+		}
 		return nil, hello, linkErr("accept: %v", err)
 	}
+	kpid, known := peerPID(c)
 	_ = c.SetReadDeadline(time.Now().Add(linkTimeout))
-	if err := readJSON(c, &hello); err != nil {
+	stop = context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Now()) })
+	err = readJSON(c, &hello)
+	stop()
+	if err != nil {
 		c.Close()
+		if ctx.Err() != nil {
+			return nil, hello, ctx.Err()
+		}
 		return nil, hello, linkErr("hello: %v", err)
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	if pid, ok := peerPID(c); ok && pid != hello.PID {
+	if known && kpid != hello.PID {
 		c.Close()
-		return nil, hello, linkErr("the process connected (pid %d) says it is pid %d", pid, hello.PID)
+		return nil, hello, linkErr("the process connected (pid %d) says it is pid %d", kpid, hello.PID)
 	}
 	if hello.Version != LinkVersion {
 		c.Close()

@@ -1,0 +1,230 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/ctl"
+	"github.com/baton-go/baton/internal/loadgen"
+)
+
+// Another process of the service's user speaks on a generation's notify
+// socket or link before the generation does. Linux tells the supervisor
+// who sent a datagram (SCM_CREDENTIALS) and who connected (SO_PEERCRED):
+// only the generation's own process counts.
+
+// TestSupervisorIgnoresForeignReady: a release that hangs in its start-up
+// while another process (this test) sends READY=1 on its notify socket is
+// not taken as ready: the upgrade ends in a ready timeout, the old
+// generation keeps serving, and no request fails.
+func TestSupervisorIgnoresForeignReady(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	dir := t.TempDir()
+	app := filepath.Join(dir, "hello")
+	installCopy(t, bins["hello"], app)
+	addr := freeAddr(t, "tcp")
+	svc, logf := startSupervised(t, "supfready", os.Environ(), "--listen", "tcp://"+addr, "--ready-timeout", "3s",
+		"--", app, "-addr", addr, "-idle-grace", "300ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
+		loadgen.KeepAliveGET: 2, loadgen.KeepAlivePOST: 2, loadgen.Fresh: 2}, MaxRequests: 2_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	installCopy(t, bins["hello-hang"], app)
+
+	// READY=1 on generation 2's notify socket, from this process, as soon
+	// as the socket is there and until the upgrade has an answer.
+	notifyPath := filepath.Join(ctl.Dir(), "supfready.gen2.notify")
+	stop := make(chan struct{})
+	sent := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { sent <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+			if err != nil {
+				continue
+			}
+			if _, err := c.Write([]byte("READY=1\nSTATUS=impostor")); err == nil {
+				n++
+			}
+			c.Close()
+		}
+	}()
+	rep, err := svc.Upgrade(ctx)
+	close(stop)
+	if n := <-sent; n == 0 {
+		t.Fatalf("no READY=1 reached %s: the test proves nothing", notifyPath)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK || rep.Code != contract.CodeReadyTimeout {
+		t.Fatalf("upgrade to a release that never says ready, with READY=1 from another process: ok %v code %q: %s (want %s)",
+			rep.OK, rep.Code, rep.Error, contract.CodeReadyTimeout)
+	}
+	now, err := svc.Status(ctx)
+	if err != nil || now.PID != st.PID || now.Phase != "serving" {
+		t.Fatalf("status after the refused readiness: %v %+v (want pid %d serving)", err, now, st.PID)
+	}
+	time.Sleep(500 * time.Millisecond)
+	r := load.Stop()
+	if r.TotalOK() == 0 || r.TotalFailed() != 0 {
+		t.Fatalf("load: %s", r)
+	}
+	if ps := r.PIDs[st.PID]; ps.Responses != r.TotalOK() {
+		t.Errorf("%d of %d responses came from the old generation (pid %d)", ps.Responses, r.TotalOK(), st.PID)
+	}
+	if b, _ := os.ReadFile(logf.Name()); !strings.Contains(string(b), "notify message from another process ignored") {
+		t.Errorf("the supervisor did not log the ignored READY=1")
+	}
+}
+
+// TestSupervisorLinkTakenFirst: another process (this test) connects to a
+// generation's link before the generation does and says hello with the
+// generation's pid. The supervisor refuses it and waits for the generation
+// itself, which gets the state of the previous one.
+func TestSupervisorLinkTakenFirst(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	dir := t.TempDir()
+	// The app starts 500 ms late (the same process: sh execs hello), so
+	// that the test is on the link first.
+	app := filepath.Join(dir, "slow-hello")
+	script := fmt.Sprintf("#!/bin/sh\nsleep 0.5\nexec %s \"$@\"\n", bins["hello"])
+	if err := os.WriteFile(app, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t, "tcp")
+	svc, logf := startSupervised(t, "suplinkfirst", os.Environ(), "--listen", "tcp://"+addr,
+		"--", app, "-addr", addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, _ := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.Fresh: 1}, MaxRequests: 10})
+	<-l.Done()
+	if r := l.Stop(); r.TotalOK() != 10 {
+		t.Fatalf("load: %s", r)
+	}
+
+	linkPath := filepath.Join(ctl.Dir(), "suplinkfirst.gen2.link")
+	type result struct {
+		pid int
+		err error
+	}
+	impostor := make(chan result, 1)
+	go func() {
+		// The link socket is made before the generation starts; the
+		// generation's pid is that of the process whose environment names
+		// this link.
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			if pid := pidWithEnv(contract.EnvLink + "=" + linkPath); pid != 0 {
+				c, err := net.Dial("unix", linkPath)
+				if err != nil {
+					impostor <- result{pid, err}
+					return
+				}
+				b, _ := json.Marshal(contract.LinkHello{Version: contract.LinkVersion, PID: pid})
+				var frame bytes.Buffer
+				binary.Write(&frame, binary.BigEndian, uint32(len(b)))
+				frame.Write(b)
+				_, err = c.Write(frame.Bytes())
+				// Hold the connection until the supervisor ends it (or a
+				// while): whatever it sends is not ours to read.
+				c.SetReadDeadline(time.Now().Add(15 * time.Second))
+				io.Copy(io.Discard, c)
+				c.Close()
+				impostor <- result{pid, err}
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		impostor <- result{0, fmt.Errorf("generation 2 (link %s) never seen", linkPath)}
+	}()
+	rep, err := svc.Upgrade(ctx)
+	if err != nil || !rep.OK {
+		t.Fatalf("upgrade with another process first on the link: %v %+v", err, rep)
+	}
+	imp := <-impostor
+	if imp.err != nil {
+		t.Fatalf("the impostor: %v", imp.err)
+	}
+	if imp.pid != rep.Result.PID {
+		t.Fatalf("the impostor claimed pid %d, generation 2 is pid %d", imp.pid, rep.Result.PID)
+	}
+	if got := servedCount(t, addr); got < 10 {
+		t.Fatalf("generation 2 counts %d served requests, want at least 10: the state did not travel", got)
+	}
+	if b, _ := os.ReadFile(logf.Name()); !strings.Contains(string(b), "link refused") {
+		t.Errorf("the supervisor did not log the refused link")
+	}
+}
+
+// pidWithEnv is the pid of a process of ours whose environment holds kv.
+func pidWithEnv(kv string) int {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil {
+			continue
+		}
+		for _, v := range bytes.Split(b, []byte{0}) {
+			if string(v) == kv {
+				return pid
+			}
+		}
+	}
+	return 0
+}
+
+// servedCount asks hello's /state how many requests it counts (its own
+// and those handed over as state).
+func servedCount(t *testing.T, addr string) int {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	body, _ := io.ReadAll(c)
+	i := strings.Index(string(body), "served ")
+	if i < 0 {
+		t.Fatalf("no counter in %q", body)
+	}
+	var got int
+	fmt.Sscan(string(body[i+len("served "):]), &got)
+	return got
+}
