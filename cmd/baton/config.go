@@ -4,11 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"regexp"
 	"sort"
-	"strings"
 
 	"github.com/pelletier/go-toml/v2"
+	"github.com/pelletier/go-toml/v2/unstable"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -23,6 +22,11 @@ func applyConfigFile(cmd *cobra.Command, path string) (command []string, err err
 	if err != nil {
 		return nil, err
 	}
+	return applyConfig(cmd, path, text)
+}
+
+// applyConfig is applyConfigFile on the file's contents.
+func applyConfig(cmd *cobra.Command, path string, text []byte) (command []string, err error) {
 	var doc map[string]any
 	if err := toml.Unmarshal(text, &doc); err != nil {
 		var de *toml.DecodeError
@@ -32,25 +36,21 @@ func applyConfigFile(cmd *cobra.Command, path string) (command []string, err err
 		}
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	lines := strings.Split(string(text), "\n")
-	lineOf := func(key string) int {
-		re := regexp.MustCompile(`^\s*["']?` + regexp.QuoteMeta(key) + `["']?\s*=`)
-		for i, l := range lines {
-			if re.MatchString(l) {
-				return i + 1
-			}
-		}
-		return 0
-	}
+	line := keyLines(text)
 	keys := make([]string, 0, len(doc))
 	for k := range doc {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return lineOf(keys[i]) < lineOf(keys[j]) })
+	sort.Slice(keys, func(i, j int) bool {
+		if line[keys[i]] != line[keys[j]] {
+			return line[keys[i]] < line[keys[j]]
+		}
+		return keys[i] < keys[j]
+	})
 	flags := cmd.Flags()
 	for _, key := range keys {
 		val := doc[key]
-		where := fmt.Sprintf("%s:%d", path, lineOf(key))
+		where := fmt.Sprintf("%s:%d", path, line[key])
 		if key == "command" {
 			if command, err = stringList(val); err != nil || len(command) == 0 {
 				return nil, fmt.Errorf("%s: command must be a non-empty list of strings, e.g. command = [\"./app\", \"-flag\"]", where)
@@ -121,4 +121,38 @@ func anyChanged(flags *pflag.FlagSet, names map[string]bool) bool {
 		}
 	}
 	return false
+}
+
+// keyLines maps each top-level key of a TOML document (one that parses) to
+// the line where it first appears: in a key = value line before the first
+// table, dotted (key.sub = 1) or not, or as a table header ([key],
+// [key.sub], [[key]]). A key is matched by its decoded name, so quoted
+// keys ("key", 'key', "k\u0065y") are found too.
+func keyLines(text []byte) map[string]int {
+	lines := map[string]int{}
+	var p unstable.Parser
+	p.Reset(text)
+	inTable := false
+	for p.NextExpression() {
+		e := p.Expression()
+		switch e.Kind {
+		case unstable.Table, unstable.ArrayTable:
+			inTable = true
+		case unstable.KeyValue:
+			if inTable {
+				continue // a key of the table above
+			}
+		default:
+			continue
+		}
+		it := e.Key()
+		if !it.Next() {
+			continue
+		}
+		k := it.Node()
+		if _, seen := lines[string(k.Data)]; !seen {
+			lines[string(k.Data)] = p.Shape(k.Raw).Start.Line
+		}
+	}
+	return lines
 }

@@ -82,14 +82,14 @@ func TestCleanEnv(t *testing.T) {
 // FuzzReadHandoff: no input makes the reader panic or accept a blob that
 // does not match its checksum.
 func FuzzReadHandoff(f *testing.F) {
-	var buf bytes.Buffer
-	WriteHandoff(&buf, Handoff{Generation: 2, Files: []FileDesc{{Kind: KindListener, Network: "tcp", Addr: ":80"}}}, []byte("state"))
-	f.Add(buf.Bytes())
-	f.Add([]byte{0, 0, 0, 2, '{', '}'})
+	addSeeds(f, handoffSeeds())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, state, err := ReadHandoff(bytes.NewReader(b), 1<<16)
 		if err == nil && int64(len(state)) != h.StateLen {
 			t.Fatalf("accepted a state of %d bytes announced as %d", len(state), h.StateLen)
+		}
+		if err == nil && h.Version != Version {
+			t.Fatalf("accepted version %d", h.Version)
 		}
 	})
 }
