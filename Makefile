@@ -55,7 +55,8 @@ FUZZ_TARGETS = \
 	./internal/handoff:FuzzLinkServe \
 	./internal/handoff:FuzzRecvHanded \
 	./cmd/baton:FuzzConfigFile \
-	./internal/release:FuzzInspect
+	./internal/release:FuzzInspect \
+	./supervisor:FuzzNotifyMsg
 
 fuzz:
 	@fail=0; log=$$(mktemp); \
