@@ -4,7 +4,6 @@ package ctl
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -54,21 +53,21 @@ func FuzzServeConn(f *testing.F) {
 			_ = uc.CloseWrite()
 			werr <- err
 		}()
-		answer, err := io.ReadAll(bufio.NewReader(uc))
+		// One line: the server may close with part of the input unread, and
+		// the reader then sees ECONNRESET after the answer instead of EOF
+		// (ctl.Do reads that one line too).
+		br := bufio.NewReader(uc)
+		answer, err := br.ReadBytes('\n')
 		<-werr
 		if err != nil {
-			t.Fatalf("reading the answer: %v", err)
+			t.Fatalf("reading the answer: %v (got %q)", err, answer)
 		}
-		if len(answer) == 0 || answer[len(answer)-1] != '\n' {
-			t.Fatalf("answer %q is not one line", answer)
+		if rest, _ := io.ReadAll(br); len(rest) > 0 {
+			t.Fatalf("more than one answer: %q then %q", answer, rest)
 		}
 		var resp Response
-		dec := json.NewDecoder(bytes.NewReader(answer))
-		if err := dec.Decode(&resp); err != nil {
+		if err := json.Unmarshal(answer, &resp); err != nil {
 			t.Fatalf("answer %q is not a response: %v", answer, err)
-		}
-		if dec.More() {
-			t.Fatalf("more than one answer: %q", answer)
 		}
 		if resp.Version != Version {
 			t.Fatalf("answer without the protocol version: %q", answer)
