@@ -212,9 +212,14 @@ func ReadHandoff(r io.Reader, maxState int64) (Handoff, []byte, error) {
 	if h.StateLen == 0 {
 		return h, nil, nil
 	}
-	state := make([]byte, h.StateLen)
-	if _, err := io.ReadFull(r, state); err != nil {
-		return h, nil, fmt.Errorf("%w: truncated after %d bytes: %v", ErrStateCorrupt, h.StateLen, err)
+	// Grown as the bytes arrive, not allocated at the announced size: a
+	// short message must not make the reader allocate up to maxState.
+	state, err := io.ReadAll(io.LimitReader(r, h.StateLen))
+	if err == nil && int64(len(state)) < h.StateLen {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return h, nil, fmt.Errorf("%w: truncated after %d of %d bytes: %v", ErrStateCorrupt, len(state), h.StateLen, err)
 	}
 	sum := sha256.Sum256(state)
 	if hex.EncodeToString(sum[:]) != h.StateSHA256 {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -92,4 +94,22 @@ func FuzzReadHandoff(f *testing.F) {
 			t.Fatalf("accepted version %d", h.Version)
 		}
 	})
+}
+
+func TestReadHandoffDoesNotTrustTheAnnouncedSize(t *testing.T) {
+	var buf bytes.Buffer
+	if err := writeJSON(&buf, Handoff{Version: Version, StateLen: 1 << 30, StateSHA256: strings.Repeat("0", 64)}); err != nil {
+		t.Fatal(err)
+	}
+	buf.WriteString("short")
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, _, err := ReadHandoff(&buf, 1<<30)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrStateCorrupt) {
+		t.Fatalf("a truncated state: %v", err)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 64<<20 {
+		t.Fatalf("reading 5 bytes of an announced 1 GiB state allocated %d MiB", grew>>20)
+	}
 }
