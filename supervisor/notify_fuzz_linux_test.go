@@ -2,10 +2,9 @@ package supervisor
 
 import (
 	"bytes"
-	"fmt"
+	"github.com/baton-go/baton/internal/fuzzseed"
 	"net"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -38,21 +37,11 @@ func FuzzNotifyMsg(f *testing.F) {
 		{[]byte{}, 3},
 		{[]byte{0xff, 0xfe, '\n'}, 0},
 	}
+	var args [][]any
 	for _, s := range seeds {
-		f.Add(s.msg, s.fds)
+		args = append(args, []any{s.msg, s.fds})
 	}
-	if os.Getenv("BATON_WRITE_CORPUS") != "" {
-		dir := filepath.Join("testdata", "fuzz", "FuzzNotifyMsg")
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			f.Fatal(err)
-		}
-		for i, s := range seeds {
-			b := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\nuint8(%d)\n", s.msg, s.fds)
-			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%02d", i)), []byte(b), 0o644); err != nil {
-				f.Fatal(err)
-			}
-		}
-	}
+	fuzzseed.Add(f, args...)
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		f.Fatal(err)

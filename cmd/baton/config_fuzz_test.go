@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"github.com/baton-go/baton/internal/fuzzseed"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -58,21 +59,7 @@ var (
 // the file), never a panic.
 func FuzzConfigFile(f *testing.F) {
 	seeds := configSeeds()
-	for _, s := range seeds {
-		f.Add(s)
-	}
-	if os.Getenv("BATON_WRITE_CORPUS") != "" {
-		dir := filepath.Join("testdata", "fuzz", "FuzzConfigFile")
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			f.Fatal(err)
-		}
-		for i, s := range seeds {
-			b := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s)
-			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%02d", i)), []byte(b), 0o644); err != nil {
-				f.Fatal(err)
-			}
-		}
-	}
+	fuzzseed.Add(f, fuzzseed.Bytes(seeds...)...)
 	const path = "/etc/baton/web.toml" // never read: the fuzzer gives the contents
 	f.Fuzz(func(t *testing.T, text []byte) {
 		_, err := applyConfig(newRunCmd(), path, text)

@@ -4,40 +4,16 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"fmt"
+	"github.com/baton-go/baton/internal/fuzzseed"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 )
 
-// The fuzz targets' seeds are added with f.Add and checked in under
-// testdata/fuzz/<target>/ (plain `go test` runs both). After changing a
-// seed list, rewrite the files with
-//
-//	BATON_WRITE_CORPUS=1 go test -run '^Fuzz' ./internal/handoff
-func addSeeds(f *testing.F, seeds [][]byte) {
-	f.Helper()
-	for _, s := range seeds {
-		f.Add(s)
-	}
-	if os.Getenv("BATON_WRITE_CORPUS") == "" {
-		return
-	}
-	dir := filepath.Join("testdata", "fuzz", f.Name())
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		f.Fatal(err)
-	}
-	for i, s := range seeds {
-		b := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s)
-		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%02d", i)), []byte(b), 0o644); err != nil {
-			f.Fatal(err)
-		}
-	}
-}
+// addSeeds: the seeds of a target, as internal/fuzzseed checks them in.
+func addSeeds(f *testing.F, seeds [][]byte) { fuzzseed.Add(f, fuzzseed.Bytes(seeds...)...) }
 
 func frameOf(s string) []byte {
 	return append(binary.BigEndian.AppendUint32(nil, uint32(len(s))), s...)

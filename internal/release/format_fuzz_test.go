@@ -7,8 +7,7 @@ import (
 	"debug/pe"
 	"encoding/binary"
 	"fmt"
-	"os"
-	"path/filepath"
+	"github.com/baton-go/baton/internal/fuzzseed"
 	"runtime/metrics"
 	"testing"
 )
@@ -153,21 +152,7 @@ func formatSeeds() [][]byte {
 // amount of memory.
 func FuzzInspect(f *testing.F) {
 	seeds := formatSeeds()
-	for _, s := range seeds {
-		f.Add(s)
-	}
-	if os.Getenv("BATON_WRITE_CORPUS") != "" {
-		dir := filepath.Join("testdata", "fuzz", "FuzzInspect")
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			f.Fatal(err)
-		}
-		for i, s := range seeds {
-			b := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s)
-			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%02d", i)), []byte(b), 0o644); err != nil {
-				f.Fatal(err)
-			}
-		}
-	}
+	fuzzseed.Add(f, fuzzseed.Bytes(seeds...)...)
 	sample := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
 	allocated := func() uint64 { metrics.Read(sample); return sample[0].Value.Uint64() }
 	f.Fuzz(func(t *testing.T, b []byte) {
