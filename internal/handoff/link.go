@@ -233,3 +233,32 @@ func (l *LinkConn) deadline(ctx context.Context) (stop func()) {
 		_ = l.c.SetDeadline(time.Time{})
 	}
 }
+
+// acceptHello reads a just-accepted generation's hello (bounded by
+// linkTimeout and ctx) and refuses it when the kernel's pid of the peer
+// (kpid, where known) is not the one it says, or it speaks another link
+// version. c is closed on a refusal.
+func acceptHello(ctx context.Context, c net.Conn, kpid int, known bool) (*LinkConn, LinkHello, error) {
+	var hello LinkHello
+	_ = c.SetReadDeadline(time.Now().Add(linkTimeout))
+	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Now()) })
+	err := readJSON(c, &hello)
+	stop()
+	if err != nil {
+		c.Close()
+		if ctx.Err() != nil {
+			return nil, hello, ctx.Err()
+		}
+		return nil, hello, linkErr("hello: %v", err)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if known && kpid != hello.PID {
+		c.Close()
+		return nil, hello, linkErr("the process connected (pid %d) says it is pid %d", kpid, hello.PID)
+	}
+	if hello.Version != LinkVersion {
+		c.Close()
+		return nil, hello, linkErr("generation (pid %d) speaks link version %d, this supervisor %d", hello.PID, hello.Version, LinkVersion)
+	}
+	return &LinkConn{c: c, peer: hello.PID}, hello, nil
+}

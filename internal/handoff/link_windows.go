@@ -170,27 +170,7 @@ func AcceptLink(ctx context.Context, ln *LinkListener) (*LinkConn, LinkHello, er
 		c.Close()
 		return nil, hello, linkErr("the pid of the process connected: %v", err)
 	}
-	_ = c.SetReadDeadline(time.Now().Add(linkTimeout))
-	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Now()) })
-	err = readJSON(c, &hello)
-	stop()
-	if err != nil {
-		c.Close()
-		if ctx.Err() != nil {
-			return nil, hello, ctx.Err()
-		}
-		return nil, hello, linkErr("hello: %v", err)
-	}
-	_ = c.SetReadDeadline(time.Time{})
-	if int(pid) != hello.PID {
-		c.Close()
-		return nil, hello, linkErr("the process connected (pid %d) says it is pid %d", pid, hello.PID)
-	}
-	if hello.Version != LinkVersion {
-		c.Close()
-		return nil, hello, linkErr("generation (pid %d) speaks link version %d, this supervisor %d", hello.PID, hello.Version, LinkVersion)
-	}
-	return &LinkConn{c: c, peer: hello.PID}, hello, nil
+	return acceptHello(ctx, c, int(pid), true)
 }
 
 // sendHanded writes the handoff message and the state, with each named
