@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"os"
 	"time"
 
 	"github.com/baton-go/baton/internal/contract"
@@ -56,30 +54,17 @@ func (s *staged) failure(what, installed string, err error) error {
 // checks file, stages it and switches the installed path to it. On a
 // refusal nothing is changed.
 func checkAndActivate(ctx context.Context, f stageFlags, installed, file string) (*staged, error) {
-	if _, err := os.Stat(file); err != nil {
-		return nil, &exitError{code: contract.CodeUsage, err: err}
-	}
-	st, err := release.Open(installed, release.StoreOptions{Keep: f.keep, Logger: slog.New(slog.DiscardHandler)})
+	s, err := checkAndStage(ctx, f, installed, file)
 	if err != nil {
-		return nil, &exitError{code: contract.CodeInternal, err: fmt.Errorf("releases directory: %w", err)}
-	}
-	if err := st.Lock(ctx); err != nil {
-		return nil, refusal(err)
-	}
-	s := &staged{store: st}
-	before, _ := release.FileSHA256(installed)
-	// The release staged is the very copy the checks read.
-	if s.report, s.release, err = st.CheckAndStage(ctx, file, f.options(installed)); err != nil {
 		return s, err
 	}
-	if err := st.Activate(s.release.ID); err != nil {
-		if now, _ := release.FileSHA256(installed); now == s.release.SHA256 && now != before {
+	if err := s.store.Activate(s.release.ID); err != nil {
+		if now, _ := release.FileSHA256(installed); now == s.release.SHA256 && s.changed {
 			s.switched = true
 		}
 		return s, err
 	}
-	s.changed = before != s.release.SHA256
-	s.pruned, _ = st.Prune()
+	s.pruned, _ = s.store.Prune()
 	return s, nil
 }
 
