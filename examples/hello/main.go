@@ -8,9 +8,15 @@
 // generation is ready (for `baton run --ready-http URL --probation D`). The
 // number of requests served is handed from generation to generation as
 // baton state.
+//
+// HTTP/2 is opt-in: -h2c also accepts HTTP/2 without TLS (prior knowledge)
+// on every listener, and -tls-cert/-tls-key serve HTTPS on -addr, with
+// HTTP/2 offered through ALPN. Without these flags hello speaks plain
+// HTTP/1.1.
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -21,6 +27,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -84,7 +91,14 @@ func run() error {
 	unhealthyAfter := flag.Duration("unhealthy-after", defUnhealthy, "/healthz answers 503 from this long after Ready on, while serving goes on (for tests; 0: never)")
 	defExit, _ := time.ParseDuration(buildExitAfter)
 	exitAfter := flag.Duration("exit-after", defExit, "exit 2 at once, in-flight requests cut, this long after Ready (for tests; 0: never)")
+	debugGoroutines := flag.Bool("debug-goroutines", false, "serve GET /debug/goroutines: this generation's goroutine count (for the soak test; off by default)")
+	h2c := flag.Bool("h2c", false, "also accept HTTP/2 without TLS (prior knowledge) on every listener")
+	tlsCert := flag.String("tls-cert", "", "serve HTTPS on -addr with this PEM certificate (with -tls-key; HTTP/2 and HTTP/1.1 through ALPN)")
+	tlsKey := flag.String("tls-key", "", "PEM private key of -tls-cert")
 	flag.Parse()
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return errors.New("-tls-cert and -tls-key go together")
+	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("app", "hello", "pid", os.Getpid(), "version", *version)
 	var served atomic.Int64
@@ -176,11 +190,38 @@ func run() error {
 		fmt.Fprintf(w, "served %d\n", served.Load())
 	})
 
-	srv := httpdrain.New(&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, httpdrain.Options{IdleGrace: upg.IdleGrace(), Logger: log})
-	serve := func(network, address string) error {
+	if *debugGoroutines {
+		mux.HandleFunc("/debug/goroutines", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("X-Pid", pid)
+			fmt.Fprintln(w, runtime.NumGoroutine())
+		})
+	}
+
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if *h2c {
+		hs.Protocols = new(http.Protocols)
+		hs.Protocols.SetHTTP1(true)
+		hs.Protocols.SetHTTP2(true)
+		hs.Protocols.SetUnencryptedHTTP2(true)
+	}
+	var tlsConf *tls.Config
+	if *tlsCert != "" {
+		// Read by every generation: a renewed certificate is picked up by
+		// the next upgrade.
+		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			return fmt.Errorf("TLS key pair: %w", err)
+		}
+		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
+	}
+	srv := httpdrain.New(hs, httpdrain.Options{IdleGrace: upg.IdleGrace(), Logger: log})
+	serve := func(network, address string, conf *tls.Config) error {
 		ln, err := upg.Listen(network, address)
 		if err != nil {
 			return err
+		}
+		if conf != nil {
+			ln = tls.NewListener(ln, conf)
 		}
 		go func() {
 			if err := srv.Serve(ln); err != nil {
@@ -189,11 +230,11 @@ func run() error {
 		}()
 		return nil
 	}
-	if err := serve("tcp", *addr); err != nil {
+	if err := serve("tcp", *addr, tlsConf); err != nil {
 		return err
 	}
 	if *unixPath != "" {
-		if err := serve("unix", *unixPath); err != nil {
+		if err := serve("unix", *unixPath, nil); err != nil {
 			return err
 		}
 	}
