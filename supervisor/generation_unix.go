@@ -242,10 +242,8 @@ func (g *generation) readNotify() {
 			}
 			continue
 		}
-		for _, line := range strings.Split(string(buf[:n]), "\n") {
-			if line == "READY=1" {
-				readyOnce.Do(func() { close(g.ready) })
-			}
+		if parseNotify(buf[:n]).Ready {
+			readyOnce.Do(func() { close(g.ready) })
 		}
 	}
 }

@@ -10,10 +10,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The sd_notify parsing proper (READY=1 lines) is inline in readNotify
-// (generation_unix.go); what is fuzzed here is readNotifyMsg, the reading
-// of one datagram with the sender's credentials and any descriptors sent
-// along (FDSTORE=1): whatever a process sends, the payload arrives whole
+// The sd_notify text (READY=1 lines) is parsed by parseNotify, fuzzed by
+// FuzzParseNotify (notify_parse_test.go); what is fuzzed here is
+// readNotifyMsg, the reading of one datagram with the sender's
+// credentials and any descriptors sent along (FDSTORE=1): whatever a
+// process sends, the payload arrives whole
 // (or cut at the buffer), the sender's pid is the kernel's, and every
 // descriptor that came with it is closed.
 //
