@@ -83,8 +83,14 @@ func NewTracker() *Tracker {
 	return t
 }
 
-// Track adds pid to the watched processes.
+// Track adds pid to the watched processes. A pid <= 0 (unset) is not a
+// process and is ignored: waiting on it would reap any child of the
+// group, and a clean-up that kills what is still tracked would signal a
+// whole process group.
 func (t *Tracker) Track(pid int) {
+	if pid <= 0 {
+		return
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, gone := t.exited[pid]; !gone {
