@@ -73,6 +73,10 @@ var (
 	// ErrSupervised: this generation runs under `baton run`, which performs
 	// upgrades itself (baton upgrade --name NAME reaches the supervisor).
 	ErrSupervised = contract.ErrSupervised
+	// ErrRolledBack: the generation an upgrade handed over to died during
+	// its probation, and the one before it started its own binary again
+	// (Status reports it as the last upgrade's outcome).
+	ErrRolledBack = contract.ErrRolledBack
 	// ErrUnsupported: the operation is not available on this platform yet.
 	ErrUnsupported = contract.ErrUnsupported
 )
@@ -104,6 +108,18 @@ type Options struct {
 	// generation outlives its drain (default DrainTimeout + 10s; negative
 	// disables).
 	ForceExitAfter time.Duration
+	// Probation: after a handover, this generation keeps its sockets
+	// (not accepting) until the new generation has lived this long, or
+	// has itself handed over or been stopped. If the new generation dies
+	// in that time (a crash, a kill), this generation starts its own
+	// binary again on those sockets, puts the previous release back when
+	// the upgrade came from UpgradeTo, and the rescued service reports the
+	// upgrade as rolled back (Status). Connections arriving meanwhile wait
+	// in the listen queue: the port never goes dark. Zero means the
+	// default, 3s; negative disables it (the generation exits as soon as
+	// its app has drained). Under a service manager that tracks the main
+	// pid (systemd), its restart policy sees the death first.
+	Probation time.Duration
 	// PIDFile, when set, is written atomically with this generation's pid on
 	// Ready and removed when the last generation stops.
 	PIDFile string
@@ -144,6 +160,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.IdleGrace == 0 { // negative (no grace) is kept for httpdrain
 		o.IdleGrace = 2 * time.Second
+	}
+	if o.Probation == 0 {
+		o.Probation = 3 * time.Second
 	}
 	if o.ForceExitAfter == 0 {
 		o.ForceExitAfter = o.DrainTimeout + 10*time.Second

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/baton-go/baton/internal/atomicfile"
 	"github.com/baton-go/baton/internal/handoff"
@@ -84,6 +86,10 @@ func (u *Upgrader) UpgradeTo(ctx context.Context, newBinary string) (UpgradeResu
 	// between the switch on disk and ours, nor after a failure before the
 	// previous one is back.
 	var putBackErr error
+	// The undo may run later, after a failed probation: tail guards
+	// putBackErr and returned (UpgradeTo has let the releases lock go).
+	var tail sync.Mutex
+	returned := false
 	activate := func() (func(error), error) {
 		if err := st.Activate(rel.ID); err != nil {
 			if now, _ := release.FileSHA256(st.Installed()); now == rel.SHA256 && now != before {
@@ -102,8 +108,25 @@ func (u *Upgrader) UpgradeTo(ctx context.Context, newBinary string) (UpgradeResu
 			if before == rel.SHA256 {
 				return // the same binary was installed already: nothing to put back
 			}
+			// A failed probation runs this in the background, maybe
+			// after UpgradeTo let the releases go: tail orders the two,
+			// and the lock is then taken again.
+			tail.Lock()
+			defer tail.Unlock()
+			if returned {
+				// The lock is ours no more. Wait for it a little; a
+				// deploy that holds it longer has the disk.
+				lctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+				lerr := st.Lock(lctx)
+				cancel()
+				if lerr != nil {
+					u.log.Error("the new generation died during its probation; the previous release could not be put back (releases lock)", "path", u.binary, "err", lerr)
+					return
+				}
+				defer st.Unlock()
+			}
 			putBack := st.PutBack // refused before it ran: not a failed release
-			if startedAndFailed(err) {
+			if startedAndFailed(err) || errors.Is(err, ErrRolledBack) {
 				putBack = st.RollbackFrom
 			}
 			prev, done, rerr := putBack(rel.SHA256)
@@ -118,6 +141,9 @@ func (u *Upgrader) UpgradeTo(ctx context.Context, newBinary string) (UpgradeResu
 		return undo, nil
 	}
 	res, err := u.upgrade(ctx, activate)
+	tail.Lock()
+	defer tail.Unlock()
+	defer func() { returned = true }() // after the deferred st.Unlock
 	if err != nil {
 		if putBackErr != nil {
 			return res, fmt.Errorf("%w (and putting the previous binary back failed: %v)", err, putBackErr)

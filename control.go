@@ -97,8 +97,8 @@ func (u *Upgrader) openControl() error {
 func (u *Upgrader) serveControl() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.ctl == nil || u.ctlSrv != nil || u.stopped {
-		return
+	if u.ctl == nil || u.ctlSrv != nil || u.stopped || u.handedOver {
+		return // (a failed rescue after our handover: the successor's)
 	}
 	ln, err := u.ctl.listen()
 	if err != nil {

@@ -100,7 +100,11 @@ func (u *Upgrader) newEngine() {
 		DrainTimeout:     forceExit,
 		MaxDraining:      u.opts.MaxDraining,
 		ExternalDraining: u.ancestors.alive,
-		Logger:           u.log,
+		// The caller is answered at the switch; this generation then
+		// guards its successor (see Options.Probation and Stop).
+		Probation:           max(u.opts.Probation, 0),
+		BackgroundProbation: true,
+		Logger:              u.log,
 	})
 	u.self = u.engine.Adopt(selfProc{u}, u.generation)
 }
@@ -108,10 +112,14 @@ func (u *Upgrader) newEngine() {
 // libPlatform starts the next generation as this process's child.
 type libPlatform struct{ u *Upgrader }
 
+// A rollback (RunAgain: this generation) happens only during a probation,
+// after the handover: the successor died, and this generation starts its
+// own binary again on the sockets it kept.
 func (p libPlatform) Start(ctx context.Context, req lifecycle.StartRequest) (lifecycle.Proc, error) {
 	u := p.u
+	rescue := req.RunAgain != nil
 	u.mu.Lock()
-	if u.stopped || u.handedOver {
+	if u.stopped || (u.handedOver && !rescue) {
 		u.mu.Unlock()
 		return nil, ErrStopped
 	}
@@ -124,9 +132,25 @@ func (p libPlatform) Start(ctx context.Context, req lifecycle.StartRequest) (lif
 			items = append(items, it)
 		}
 	}
-	u.reloading = true
+	if !rescue {
+		u.reloading = true
+	}
 	u.mu.Unlock()
-	notifyReloading(fmt.Sprintf("upgrading generation %d", u.generation))
+	binary, argv0, note := u.binary, "", ""
+	if rescue {
+		// Our own image, not the installed path: that may hold the
+		// release that just died.
+		img, err := ownImage()
+		if err != nil {
+			return nil, fmt.Errorf("%w: this generation's own binary: %v", ErrBinary, err)
+		}
+		binary, argv0 = img, u.binary
+		note = fmt.Sprintf("generation %d (pid %d) died during its probation (%s); its predecessor (pid %d) started its own binary again",
+			req.N-1, procPID(req.Serving), exitBrief(req.Serving), os.Getpid())
+		u.log.Error("the new generation died during its probation; starting this generation's binary again on the sockets it kept", "dead_pid", procPID(req.Serving), "exit", exitBrief(req.Serving))
+	} else {
+		notifyReloading(fmt.Sprintf("upgrading generation %d", u.generation))
+	}
 
 	var state []byte
 	if u.opts.StateFunc != nil {
@@ -138,13 +162,14 @@ func (p libPlatform) Start(ctx context.Context, req lifecycle.StartRequest) (lif
 			return nil, fmt.Errorf("%w: %d bytes, MaxStateSize is %d", ErrStateTooLarge, len(state), u.opts.MaxStateSize)
 		}
 	}
-	u.log.Info("upgrade: starting next generation", "binary", u.binary)
+	u.log.Info("upgrade: starting next generation", "binary", binary)
 	// The handoff itself (the child connecting for its message) is bounded
 	// like the readiness that follows it.
 	sctx, cancel := context.WithTimeout(ctx, u.opts.ReadyTimeout)
 	defer cancel()
 	child, err := handoff.Spawn(sctx, handoff.SpawnConfig{
-		Binary: u.binary,
+		Binary: binary,
+		Argv0:  argv0,
 		Args:   u.opts.Args,
 		Env:    os.Environ(),
 		Items:  items,
@@ -153,6 +178,7 @@ func (p libPlatform) Start(ctx context.Context, req lifecycle.StartRequest) (lif
 			Parent:     handoff.Self(),
 			Binary:     u.binary,
 			Draining:   u.ancestors.list(),
+			RolledBack: note,
 		},
 		State:  state,
 		Logger: u.log,
@@ -179,15 +205,22 @@ func (p childProc) WaitReady(ctx context.Context) (lifecycle.ReadyInfo, error) {
 
 // Commit hands over: the control endpoint moves first, so that a request
 // arriving now is queued for the new generation instead of being answered
-// by us; then the go-ahead. If the child died in between, we keep both.
+// by us; then the go-ahead, asking the child to tell us how it ends when
+// we guard it through a probation. If the child died in between, we keep
+// both.
 func (p childProc) Commit() error {
 	p.u.stopControl()
-	if err := p.c.Ack(); err != nil {
+	if err := p.c.Ack(p.u.opts.Probation > 0); err != nil {
 		p.u.serveControl()
 		return fmt.Errorf("%w: go-ahead not delivered: %v", ErrRefused, err)
 	}
 	return nil
 }
+
+// Chose and EndedByChoice tell the probation a child that handed over or
+// was stopped from one that crashed (lifecycle.ChoiceEnder).
+func (p childProc) Chose() <-chan struct{} { return p.c.Chose() }
+func (p childProc) EndedByChoice() bool    { return p.c.EndedByChoice() }
 
 func (p childProc) Abort(reason string) { p.c.Abort(reason) }
 func (p childProc) Drain()              {} // never replaced by this process
@@ -230,6 +263,9 @@ func (p selfProc) Kill() {
 
 // handover stops this generation accepting and tells the app to drain.
 func (u *Upgrader) handover() {
+	// A parent guarding us through our probation must not take our exit
+	// for a crash: first thing, before anything can fail.
+	u.parent.ReportEnd(handoff.EndHandedOver)
 	u.mu.Lock()
 	if u.handedOver {
 		u.mu.Unlock()
@@ -283,3 +319,24 @@ func (a *ancestors) list() []handoff.Proc {
 }
 
 func (a *ancestors) alive() int { return len(a.list()) }
+
+// procPID and exitBrief describe a generation for a message (nil-safe).
+func procPID(p lifecycle.Proc) int {
+	if p == nil {
+		return 0
+	}
+	return p.PID()
+}
+
+func exitBrief(p lifecycle.Proc) string {
+	if p == nil {
+		return "gone"
+	}
+	var b interface{ Brief() string }
+	if err := p.Err(); errors.As(err, &b) {
+		return b.Brief()
+	} else if err != nil {
+		return err.Error()
+	}
+	return "exited"
+}

@@ -150,6 +150,12 @@ func New(opts Options) (*Upgrader, error) {
 	}
 	u.log = u.log.With("gen", u.generation)
 	u.newEngine()
+	if u.parent != nil && u.parent.Msg.RolledBack != "" {
+		// Started by a rescue: the upgrade before us did not hold.
+		u.engine.SetLast(lifecycle.Outcome{At: time.Now(), Op: lifecycle.OpRollback,
+			Err: fmt.Errorf("%w: %s", ErrRolledBack, u.parent.Msg.RolledBack)})
+		u.log.Warn("started to replace a generation that died during its probation", "why", u.parent.Msg.RolledBack)
+	}
 	if err := u.openControl(); err != nil {
 		u.closeAll()
 		return nil, err
@@ -268,6 +274,11 @@ func (u *Upgrader) ready() error {
 // socket files, the control endpoint and the PID file. Call it when the app
 // has drained, typically deferred in main.
 func (u *Upgrader) Stop() {
+	// Handed over: the successor is on probation, and we keep the sockets
+	// (and stay able to start our binary again) until it ends.
+	if u.engine.HandingOver(u.self) {
+		u.engine.WaitProbation()
+	}
 	u.mu.Lock()
 	if u.stopped {
 		u.mu.Unlock()
@@ -304,6 +315,8 @@ func (u *Upgrader) Stop() {
 	u.signalExit()
 	if last {
 		notifyStopping()
+		// A parent guarding our probation: this end is chosen.
+		u.parent.ReportEnd(handoff.EndStopping)
 	}
 	u.closeLink()
 	u.closeAll()

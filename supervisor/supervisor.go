@@ -50,7 +50,10 @@ type Supervisor struct {
 
 	mu        sync.Mutex
 	failedSHA string // what the last generation that failed ran (managed binaries)
-	reloading bool   // RELOADING=1 was sent for the upgrade under way
+	// crashLoopSHA: what the generation that kept crashing ran, until the
+	// fallback serves.
+	crashLoopSHA string
+	reloading    bool // RELOADING=1 was sent for the upgrade under way
 
 	ctlLn   net.Listener // the control endpoint, served once a generation serves
 	closers []func()     // what New took, released by Run
@@ -304,8 +307,26 @@ func (s *Supervisor) notice(n lifecycle.Notice) {
 				s.mu.Unlock()
 			}
 		}
+	case lifecycle.NoticeFallingBack:
+		if g, ok := n.Gen.Proc.(*generation); ok {
+			s.mu.Lock()
+			s.crashLoopSHA = ranSHA256(g)
+			s.mu.Unlock()
+		}
 	case lifecycle.NoticeStopping:
 		daemon.SdNotify(false, "STOPPING=1")
+	}
+	if n.Kind == lifecycle.NoticeServing && n.Gen.Reason == lifecycle.ReasonFallback {
+		// Fallen back after a crash loop: the release that runs again
+		// goes back on disk, the one that kept crashing is marked failed.
+		// Not here: notices must be short, and this may wait for a lock.
+		if g, ok := n.Gen.Proc.(*generation); ok {
+			s.mu.Lock()
+			failed := s.crashLoopSHA
+			s.crashLoopSHA = ""
+			s.mu.Unlock()
+			go s.restoreInstalled(g, failed)
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/baton-go/baton/internal/contract"
@@ -30,6 +31,9 @@ type Inherited struct {
 	conn    net.Conn
 	stderr  stderrSwitch // how to point stderr back at the parent's own
 	unguard func()       // undoes guardStderrPipe
+
+	endMu sync.Mutex
+	watch net.Conn // kept after the go-ahead when the parent watches us
 }
 
 // Receive reads the handoff when this process was started by a baton
@@ -70,8 +74,13 @@ type stderrSwitch interface{ restore() error }
 // vanished: somebody has to serve), ErrAborted when the parent called the
 // upgrade off (this process should exit).
 func (in *Inherited) Ready(ctx context.Context) error {
-	defer in.conn.Close()
-	r := Reply{Type: "ready", PID: os.Getpid(), AppStartup: SinceStart()}
+	keep := false
+	defer func() {
+		if !keep {
+			in.conn.Close()
+		}
+	}()
+	r := Reply{Type: "ready", PID: os.Getpid(), AppStartup: SinceStart(), ReportsEnd: true}
 	if err := writeJSON(in.conn, r); err != nil {
 		return fmt.Errorf("%w: %v", ErrParentGone, err)
 	}
@@ -90,7 +99,37 @@ func (in *Inherited) Ready(ctx context.Context) error {
 	if !ack.Go {
 		return fmt.Errorf("%w: %s", ErrAborted, ack.Reason)
 	}
+	if ack.Watch {
+		// The parent guards us through a probation: the channel stays
+		// open, and ReportEnd tells it that our end was chosen.
+		keep = true
+		_ = in.conn.SetReadDeadline(time.Time{})
+		in.endMu.Lock()
+		in.watch = in.conn
+		in.endMu.Unlock()
+	}
 	return nil
+}
+
+// ReportEnd tells a parent that watches us (Ack.Watch) that this
+// generation ends by choice (EndHandedOver, EndStopping), so that it does
+// not take our exit for a crash; then the channel is closed. Without a
+// watching parent, and after the first call, it does nothing.
+func (in *Inherited) ReportEnd(kind string) {
+	if in == nil {
+		return
+	}
+	in.endMu.Lock()
+	c := in.watch
+	in.watch = nil
+	in.endMu.Unlock()
+	if c == nil {
+		return
+	}
+	// Bounded: a parent that is gone must not hold up our handover.
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = writeJSON(c, Reply{Type: kind, PID: os.Getpid()})
+	c.Close()
 }
 
 // RestoreStderr points this process's stderr back at the parent's own

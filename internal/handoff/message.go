@@ -10,6 +10,10 @@
 //	parent -> child   Handoff (JSON), then the state blob (raw bytes)
 //	child  -> parent  Reply{Type: "ready"} or Reply{Type: "refused"}
 //	parent -> child   Ack{Go: true} (handover done) or Ack{Go: false} (abort)
+//	child  -> parent  Reply{Type: "handed_over"} or Reply{Type: "stopping"},
+//	                  only when the ready reply said ReportsEnd and the Ack
+//	                  asked Watch: the parent guards the child through a
+//	                  probation and must tell a chosen end from a crash
 //
 // How the channel and the sockets reach the child is platform code
 // (spawn_unix.go, spawn_windows.go); everything here is shared.
@@ -98,8 +102,12 @@ type Handoff struct {
 	// of its stderr pipe and of the parent's own stderr; see
 	// spawn_windows.go.
 	StderrRelay []uint64 `json:"stderr_relay,omitempty"`
-	StateLen    int64    `json:"state_len"`
-	StateSHA256 string   `json:"state_sha256,omitempty"`
+	// RolledBack, when set, says why this generation was started: the
+	// generation the parent had handed over to died during its probation,
+	// and the parent started its own binary again (for Status).
+	RolledBack  string `json:"rolled_back,omitempty"`
+	StateLen    int64  `json:"state_len"`
+	StateSHA256 string `json:"state_sha256,omitempty"`
 }
 
 // Reply is the child's answer.
@@ -109,12 +117,26 @@ type Reply struct {
 	AppStartup time.Duration `json:"app_startup_ns,omitempty"`
 	Code       string        `json:"code,omitempty"` // for refusals: "protocol", "state"
 	Reason     string        `json:"reason,omitempty"`
+	// ReportsEnd (in "ready"): this child can keep the channel after the
+	// go-ahead and say how it ends (older children close it at once).
+	ReportsEnd bool `json:"reports_end,omitempty"`
 }
+
+// End reports sent by a watched child (Reply.Type) when it ends by choice.
+const (
+	EndHandedOver = "handed_over" // it handed over to its own successor
+	EndStopping   = "stopping"    // it was told to stop
+)
 
 // Ack is the parent's last word: Go=true means the sockets are handed over.
 type Ack struct {
 	Go     bool   `json:"go"`
 	Reason string `json:"reason,omitempty"`
+	// Watch asks a child that ReportsEnd to keep the channel open and send
+	// EndHandedOver or EndStopping before it ends by choice: the parent
+	// guards it through a probation (an end without that report is a
+	// crash).
+	Watch bool `json:"watch,omitempty"`
 }
 
 func writeFrame(w io.Writer, b []byte) error {

@@ -37,7 +37,10 @@ func (it Item) Close() {
 
 // SpawnConfig says what to start and what to hand it.
 type SpawnConfig struct {
-	Binary  string
+	Binary string
+	// Argv0, when set, is the child's argv[0] (Unix): the path it is known
+	// by when Binary is another name for the same file (/proc/self/exe).
+	Argv0   string
 	Args    []string // without argv[0]
 	Env     []string // the child's environment; baton's own variables are replaced
 	Items   []Item
@@ -74,6 +77,12 @@ type Child struct {
 	sendErr chan error // result of writing the handoff message
 	replies chan replyResult
 	once    sync.Once
+
+	reportsEnd bool          // its ready reply said it can report its end
+	watched    bool          // Ack asked it to (Watch)
+	end        string        // what it reported: EndHandedOver, EndStopping
+	endRead    chan struct{} // closed when the report (or EOF) was read
+	chose      chan struct{} // closed when it reported an end by choice
 
 	// Platform hooks: afterAck runs once the child owns the sockets (e.g.
 	// lets it outlive us), onExit when the process is gone.
@@ -112,6 +121,8 @@ func newChild(cmd *exec.Cmd, tail *Tail) *Child {
 		exited:  make(chan struct{}),
 		sendErr: make(chan error, 1),
 		replies: make(chan replyResult, 1),
+		endRead: make(chan struct{}),
+		chose:   make(chan struct{}),
 	}
 }
 
@@ -228,6 +239,7 @@ func (c *Child) WaitReady(ctx context.Context) (Reply, error) {
 func (c *Child) checkReply(r Reply) (Reply, error) {
 	switch r.Type {
 	case "ready":
+		c.reportsEnd = r.ReportsEnd
 		return r, nil
 	case "refused":
 		return r, fmt.Errorf("%w: new generation (pid %d) refused the handoff: %s", contract.RefusalError(r.Code), c.PID, r.Reason)
@@ -235,15 +247,50 @@ func (c *Child) checkReply(r Reply) (Reply, error) {
 	return r, fmt.Errorf("%w: unexpected reply type %q", ErrRefused, r.Type)
 }
 
-// Ack tells the child that the sockets are now its own.
-func (c *Child) Ack() error {
+// Ack tells the child that the sockets are now its own. With watch, a
+// child that can report its end keeps the channel open for it, and
+// EndedByChoice tells its chosen end from a crash.
+func (c *Child) Ack(watch bool) error {
 	if c.beforeAck != nil {
 		c.beforeAck()
 	}
+	watch = watch && c.reportsEnd
 	_ = c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	err := writeJSON(c.conn, Ack{Go: true})
-	c.conn.Close()
-	return err
+	err := writeJSON(c.conn, Ack{Go: true, Watch: watch})
+	if err != nil || !watch {
+		c.conn.Close()
+		return err
+	}
+	c.watched = true
+	go func() {
+		defer close(c.endRead)
+		defer c.conn.Close()
+		var r Reply
+		if readJSON(c.conn, &r) == nil && r.PID == c.PID && (r.Type == EndHandedOver || r.Type == EndStopping) {
+			c.end = r.Type
+			close(c.chose)
+		}
+	}()
+	return nil
+}
+
+// Chose is closed when a watched child has said that it ends by choice
+// (it may still be draining). It is never closed for a child that is not
+// watched.
+func (c *Child) Chose() <-chan struct{} { return c.chose }
+
+// EndedByChoice waits until the child has exited and reports whether it
+// ended by choice (it handed over to its own successor, or was told to
+// stop) rather than by a crash. A watched child says so on the channel; of
+// one that cannot (an older binary), a clean exit (status 0) is taken for
+// a choice.
+func (c *Child) EndedByChoice() bool {
+	<-c.exited
+	if c.watched {
+		<-c.endRead // the channel ends with the process at the latest
+		return c.end != ""
+	}
+	return c.exitErr != nil && c.exitErr.ExitCode == 0 && c.exitErr.Signal == ""
 }
 
 // Abort tells the child the upgrade is off, kills it and waits (bounded) for

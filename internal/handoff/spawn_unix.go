@@ -81,6 +81,9 @@ func Spawn(ctx context.Context, cfg SpawnConfig) (*Child, error) {
 
 	tail := NewTail(stderrTailBytes)
 	cmd := exec.Command(cfg.Binary, cfg.Args...)
+	if cfg.Argv0 != "" {
+		cmd.Args[0] = cfg.Argv0
+	}
 	cmd.Env = append(cleanEnv(cfg.Env), EnvChannel+"="+strconv.Itoa(fdChannel))
 	cmd.Stdout = os.Stdout
 	cmd.Stderr = io.MultiWriter(os.Stderr, tail)

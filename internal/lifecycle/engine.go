@@ -27,9 +27,16 @@ type Config struct {
 	// Probation: a new generation that exits (or, with a Prober, fails
 	// ProbeFailures probes in a row) within this time is replaced by the
 	// previous generation's binary (0: no probation).
-	Probation     time.Duration
-	ProbeInterval time.Duration // 200ms
-	ProbeFailures int           // 3
+	Probation time.Duration
+	// BackgroundProbation: Upgrade returns at the switch and the probation
+	// is watched after it, still as part of the operation (nothing else
+	// starts until it ends); a failure rolls back, calls the upgrade's
+	// undo and becomes the last outcome. For the library, where the
+	// caller is answered by the generation that hands over. WaitProbation
+	// waits for it.
+	BackgroundProbation bool
+	ProbeInterval       time.Duration // 200ms
+	ProbeFailures       int           // 3
 	// MaxRestarts: how many quick crashes (or failed starts) in a row are
 	// restarted before Run gives up (5; negative: never restart).
 	MaxRestarts int
@@ -120,6 +127,7 @@ type Engine struct {
 	restarts   int
 	changed    chan struct{} // closed and replaced when current changes
 	probation  *probation    // the upgrade on probation, if any
+	probDone   chan struct{} // closed when a background probation has ended
 	drains     sync.WaitGroup
 
 	ctx    context.Context // ended by Halt or Stop: everything waiting gives up
@@ -167,12 +175,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, e.Halt)
 	defer stop()
 	if err := e.restart(ReasonStart, nil, 0); err != nil {
-		halted := e.ctx.Err() != nil
-		e.Stop()
-		if halted {
-			return nil // a stop while starting is a stop
-		}
-		return err
+		return e.runEnded(err) // a stop while starting is a stop
 	}
 	crashes := 0
 	for {
@@ -199,6 +202,14 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		crashes++
 		brief := exitBrief(cur.Proc.Err())
+		if e.cfg.MaxRestarts >= 0 && crashes > e.cfg.MaxRestarts && e.canFallBack(cur) {
+			why := fmt.Errorf("generation %d crashed %d times in a row, each within %v; last: %s", cur.N, crashes, e.cfg.StableAfter, brief)
+			crashes = 0
+			if err := e.fallBack(cur, why); err != nil {
+				return e.runEnded(err)
+			}
+			continue
+		}
 		if e.cfg.MaxRestarts < 0 || crashes > e.cfg.MaxRestarts {
 			var err error
 			if e.cfg.MaxRestarts < 0 {
@@ -214,14 +225,64 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.log.Error("the serving generation died; restarting it", "gen", cur.N, "pid", cur.Proc.PID(), "exit", brief, "crashes_in_a_row", crashes)
 		e.notify(Notice{Kind: NoticeCrashed, Gen: cur.view(), Err: cur.Proc.Err()})
 		if err := e.restart(ReasonRestart, cur, crashes); err != nil {
-			halted := e.ctx.Err() != nil
-			e.Stop()
-			if halted {
-				return nil
+			if errors.Is(err, contract.ErrGaveUp) && e.ctx.Err() == nil && e.canFallBack(cur) {
+				// Its restarts do not even get ready: same as a crash loop.
+				crashes = 0
+				err = e.fallBack(cur, err)
 			}
-			return err
+			if err != nil {
+				return e.runEnded(err)
+			}
 		}
 	}
+}
+
+// runEnded stops the engine after Run failed to keep a generation
+// serving; a stop asked meanwhile is no failure.
+func (e *Engine) runEnded(err error) error {
+	halted := e.ctx.Err() != nil
+	e.Stop()
+	if halted {
+		return nil
+	}
+	return err
+}
+
+// fallBack replaces dead, whose release keeps crashing, by the release
+// that served before it: a crash loop must not leave the port dark while
+// that one could serve. It happens once: the generation fallen back to is
+// no fallback (nor rollback) target any more.
+func (e *Engine) fallBack(dead *Generation, why error) error {
+	dead.reject()
+	e.log.Error("the serving release keeps crashing; falling back to the release that served before it", "gen", dead.N, "pid", dead.Proc.PID(), "why", why, "fallback_binary", e.previousBinary())
+	e.notify(Notice{Kind: NoticeFallingBack, Gen: dead.view(), Err: why})
+	at := time.Now()
+	if err := e.restart(ReasonFallback, dead, 1); err != nil {
+		return err
+	}
+	if g := e.Current(); g != nil && g != dead {
+		rolled := fmt.Errorf("%w: %w; generation %d (pid %d) runs the release that served before it", contract.ErrRolledBack, why, g.N, g.Proc.PID())
+		e.record(OpRollback, at, e.result(g, at), rolled)
+		e.notify(Notice{Kind: NoticeRolledBack, Gen: g.view(), Err: rolled})
+	}
+	return nil
+}
+
+// canFallBack reports whether a crash loop of cur can fall back to the
+// generation that served before it.
+func (e *Engine) canFallBack(cur *Generation) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.previous != nil && e.previous != cur && !e.previous.isRejected()
+}
+
+func (e *Engine) previousBinary() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.previous == nil {
+		return ""
+	}
+	return e.previous.Proc.Binary()
 }
 
 // restart starts a generation to replace dead (nil: the first one), with
@@ -274,6 +335,12 @@ func (e *Engine) restart(reason Reason, dead *Generation, crashes int) error {
 		if err == nil {
 			e.mu.Lock()
 			releaseDead := dead != nil && dead != e.previous
+			var releasePrev *Generation
+			if reason == ReasonFallback && e.previous != nil {
+				// Fallen back to it: it is no rollback target any more,
+				// and a crash loop of it gives up rather than going round.
+				releasePrev, e.previous = e.previous, nil
+			}
 			e.setCurrentLocked(g)
 			if !e.stopping {
 				e.phase = PhaseServing
@@ -281,6 +348,9 @@ func (e *Engine) restart(reason Reason, dead *Generation, crashes int) error {
 			e.mu.Unlock()
 			if releaseDead {
 				dead.Proc.Release()
+			}
+			if releasePrev != nil {
+				releasePrev.Proc.Release()
 			}
 			e.log.Info("generation serving", "gen", g.N, "pid", g.Proc.PID(), "ready_after", g.readyAfter.Round(time.Millisecond), "why", string(reason))
 			e.notify(Notice{Kind: NoticeServing, Gen: g.view()})
@@ -294,7 +364,9 @@ func (e *Engine) restart(reason Reason, dead *Generation, crashes int) error {
 		if failures >= e.cfg.MaxRestarts {
 			return fmt.Errorf("%w: %d failed starts in a row; last: %v", contract.ErrGaveUp, failures, err)
 		}
-		reason = ReasonRestart
+		if reason != ReasonFallback {
+			reason = ReasonRestart
+		}
 	}
 }
 
@@ -316,7 +388,12 @@ func (e *Engine) UpgradeWith(ctx context.Context, prepare func() (undo func(erro
 	if !e.opMu.TryLock() {
 		return Result{}, e.busy()
 	}
-	defer e.opMu.Unlock()
+	background := false
+	defer func() {
+		if !background {
+			e.opMu.Unlock()
+		}
+	}()
 	start := time.Now()
 	var undo func(error)
 	var err error
@@ -326,7 +403,42 @@ func (e *Engine) UpgradeWith(ctx context.Context, prepare func() (undo func(erro
 			return Result{}, err
 		}
 	}
-	res, err := e.upgrade(ctx, start)
+	var pdone chan struct{}
+	if e.cfg.BackgroundProbation && e.cfg.Probation > 0 {
+		// Registered before the switch: the replaced generation is told
+		// to drain during it, and must find the probation to wait for.
+		pdone = make(chan struct{})
+		e.mu.Lock()
+		e.probDone = pdone
+		e.mu.Unlock()
+	}
+	endProbation := func() {
+		if pdone != nil {
+			close(pdone)
+		}
+	}
+	res, g, old, err := e.upgrade(ctx, start)
+	if err == nil && old != nil && e.cfg.Probation > 0 {
+		if pdone != nil {
+			background = true
+			e.record(OpUpgrade, start, res, nil)
+			go func() {
+				defer e.opMu.Unlock()
+				defer endProbation()
+				if _, perr := e.probate(e.ctx, g, old, res, start); perr != nil {
+					if undo != nil {
+						undo(perr)
+					}
+					e.record(OpUpgrade, start, res, perr)
+				}
+			}()
+			return res, nil
+		}
+		pctx, cancel := e.opContext(ctx)
+		res, err = e.probate(pctx, g, old, res, start)
+		cancel()
+	}
+	endProbation()
 	if err != nil && undo != nil {
 		undo(err)
 	}
@@ -334,25 +446,43 @@ func (e *Engine) UpgradeWith(ctx context.Context, prepare func() (undo func(erro
 	return res, err
 }
 
-func (e *Engine) upgrade(ctx context.Context, start time.Time) (Result, error) {
+// SetLast records o as the last outcome (a generation started to replace
+// one that failed, reporting what its starter saw).
+func (e *Engine) SetLast(o Outcome) {
+	e.mu.Lock()
+	e.last = &o
+	e.mu.Unlock()
+}
+
+// WaitProbation waits until a background probation (BackgroundProbation)
+// has ended: a generation that handed over keeps what it needs to serve
+// again until then.
+func (e *Engine) WaitProbation() {
+	e.mu.Lock()
+	done := e.probDone
+	e.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+}
+
+// upgrade switches to a new generation; it returns it and the one it
+// replaced (nil when there was none).
+func (e *Engine) upgrade(ctx context.Context, start time.Time) (Result, *Generation, *Generation, error) {
 	ctx, cancel := e.opContext(ctx)
 	defer cancel()
 	old, err := e.begin(PhaseUpgrading)
 	if err != nil {
-		return Result{}, err
+		return Result{}, nil, nil, err
 	}
 	e.notify(Notice{Kind: NoticeUpgrading, Gen: old.view()})
 	g, err := e.switchTo(ctx, ReasonUpgrade, old, nil)
 	if err != nil {
 		e.log.Error("upgrade failed; "+e.afterFailure(), "err", err)
 		e.notify(Notice{Kind: NoticeFailed, Err: err})
-		return Result{}, err
+		return Result{}, nil, nil, err
 	}
-	res := e.result(g, start)
-	if e.cfg.Probation <= 0 || old == nil {
-		return res, nil
-	}
-	return e.probate(ctx, g, old, res, start)
+	return e.result(g, start), g, old, nil
 }
 
 // probate watches g through its probation and rolls back to old's binary
@@ -418,10 +548,23 @@ func (e *Engine) watchProbation(ctx context.Context, g *Generation, p *probation
 		defer t.Stop()
 		tick = t.C
 	}
-	exited := func() error { return &probationExit{err: g.Proc.Err()} }
+	exited := func() error {
+		if c, ok := g.Proc.(ChoiceEnder); ok && c.EndedByChoice() {
+			e.log.Info("the new generation ended by choice during its probation (handed over or stopped)", "gen", g.N, "pid", g.Proc.PID())
+			return nil
+		}
+		return &probationExit{err: g.Proc.Err()}
+	}
+	var chose <-chan struct{}
+	if c, ok := g.Proc.(ChoiceEnder); ok {
+		chose = c.Chose()
+	}
 	failures := 0
 	for {
 		select {
+		case <-chose:
+			e.log.Info("the new generation handed over or was stopped during its probation; probation over", "gen", g.N, "pid", g.Proc.PID())
+			return nil
 		case <-g.Proc.Exited():
 			return exited()
 		case <-end.C:

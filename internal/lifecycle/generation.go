@@ -136,6 +136,7 @@ const (
 	NoticeRolledBack      NoticeKind = "rolled_back"
 	NoticeCrashed         NoticeKind = "crashed"
 	NoticeGaveUp          NoticeKind = "gave_up"
+	NoticeFallingBack     NoticeKind = "falling_back" // Gen kept crashing; the previous release runs again
 	NoticeDrained         NoticeKind = "drained"
 	NoticeKilled          NoticeKind = "killed_at_drain_deadline"
 	NoticeStopping        NoticeKind = "stopping"

@@ -24,6 +24,7 @@ const (
 	ReasonUpgrade  Reason = "upgrade"  // the binary on disk now
 	ReasonRollback Reason = "rollback" // the previous generation's binary again
 	ReasonRestart  Reason = "restart"  // the serving generation died
+	ReasonFallback Reason = "fallback" // it kept crashing: the release that served before it
 )
 
 // StartRequest says what to start.
@@ -85,4 +86,17 @@ type ReadyInfo struct {
 // probation.
 type Prober interface {
 	Healthy(ctx context.Context, p Proc) bool
+}
+
+// ChoiceEnder is a Proc that can tell an end it chose (it handed over to
+// its own successor, or was told to stop) from a crash. A generation that
+// ends by choice during its probation has not failed it, and its
+// probation ends as soon as it says so (it may drain a while longer).
+// Without it, every exit during the probation is a failure (right for the
+// supervisor, which drives every handover itself).
+type ChoiceEnder interface {
+	// Chose is closed once the process has said that it ends by choice.
+	Chose() <-chan struct{}
+	// EndedByChoice is called once Exited is closed.
+	EndedByChoice() bool
 }
