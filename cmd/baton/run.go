@@ -47,7 +47,7 @@ func (r *runFlags) bind(f *pflag.FlagSet) {
 	f.DurationVar(&cfg.Probation, "probation", 0, "after an upgrade, roll back to the previous binary if the new generation exits (or fails its http health probe) within this time; baton upgrade waits for it")
 	f.DurationVar(&cfg.RestartMin, "restart-min", 100*time.Millisecond, "first back-off before restarting a dead generation")
 	f.DurationVar(&cfg.RestartMax, "restart-max", 10*time.Second, "longest back-off")
-	f.IntVar(&cfg.MaxRestarts, "max-restarts", 5, "give up (exit 1) after this many crashes in a row; 0: never restart (exit 1 at the first crash)")
+	f.IntVar(&cfg.MaxRestarts, "max-restarts", 5, "after this many quick crashes in a row, fall back once to the release that served before the crashing one, or give up (exit 1) when there is none; 0: never restart (exit 1 at the first crash)")
 	f.DurationVar(&cfg.StableAfter, "stable-after", 10*time.Second, "a generation that ran this long ends a crash series")
 	f.StringVar(&cfg.LogFile, "log-file", "", "write the generations' output (tagged lines) here instead of stdout, rotated by size")
 	f.Int64Var(&cfg.LogMaxSize, "log-max-size", 10<<20, "rotate the log file when it would exceed this many bytes")
