@@ -1,0 +1,328 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/loadgen"
+	"github.com/baton-go/baton/internal/proctest"
+	"github.com/baton-go/baton/test/faults/rig"
+)
+
+// Targets are the binaries the soak needs.
+func Targets() map[string]rig.Target {
+	return map[string]rig.Target{
+		"baton":    {Pkg: "./cmd/baton"},
+		"hello-v1": {Pkg: "./examples/hello", Flags: []string{"-ldflags", "-X main.buildVersion=v1"}},
+	}
+}
+
+// Bounds: how much the last window's average may exceed the first's.
+// Generations are fresh processes: what they inherit (descriptors, state)
+// is all that could pile up, so their figures stay within noise (the
+// goroutine count moves with the connections the load holds at the
+// moment of the sample). The supervisor lives throughout: its heap may
+// settle higher once, not grow with the count.
+var Bounds = map[string]float64{
+	"gen fds":        1.25,
+	"gen goroutines": 1.25,
+	"gen RSS KiB":    1.25,
+	"sup fds":        1.25,
+	"sup threads":    1.5,
+	"sup RSS KiB":    1.5,
+	"runtime files":  1.25,
+}
+
+// Sample is what is read after one upgrade.
+type Sample struct {
+	Values map[string]float64
+}
+
+// Result is one mode's soak.
+type Result struct {
+	Mode                rig.Mode
+	Upgrades, Busy      int
+	Took                time.Duration
+	Load                loadgen.Report
+	First, Last         map[string]float64 // averages over the windows
+	Window              int
+	Left                int // old generations still running at the end
+	Violations          []string
+	SupPID, LastGenPID  int
+	FirstGen, LastGenNo int
+}
+
+// Config is one soak run.
+type Config struct {
+	Mode     rig.Mode
+	Upgrades int
+	Progress io.Writer
+}
+
+// window is how many upgrades the first and last averages cover.
+func window(n int) int { return max(1, min(100, n/4)) }
+
+// Run soaks one mode: cfg.Upgrades upgrades back to back under load.
+func Run(ctx context.Context, env *rig.Env, cfg Config, name string) (*Result, error) {
+	say := func(format string, a ...any) {
+		if cfg.Progress != nil {
+			fmt.Fprintf(cfg.Progress, format+"\n", a...)
+		}
+	}
+	o := rig.Opts{Hello: []string{"-debug-goroutines", "-idle-grace", "100ms", "-drain-timeout", "5s", "-max-draining", "16"}}
+	if cfg.Mode == rig.Run {
+		o.Run = []string{"--drain-timeout", "6s", "--max-draining", "16"}
+	}
+	svc, err := env.Start(ctx, cfg.Mode, name, o)
+	if err != nil {
+		return nil, err
+	}
+	defer svc.Stop()
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: svc.Addr, MaxRequests: 200_000_000,
+		Workers: map[loadgen.Kind]int{loadgen.KeepAlivePOST: 4, loadgen.Fresh: 2}})
+	if err != nil {
+		return nil, err
+	}
+	defer load.Stop()
+	pid := svc.Serving(ctx)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ok := rig.WaitAnswers(wctx, load, pid, 20)
+	cancel()
+	if !ok {
+		return nil, fmt.Errorf("pid %d does not answer the load", pid)
+	}
+	res := &Result{Mode: cfg.Mode, Upgrades: cfg.Upgrades, Window: window(cfg.Upgrades), SupPID: svc.SupPID}
+	var first, last []Sample
+	start := time.Now()
+	var pids []int
+	for i := 0; i < cfg.Upgrades; i++ {
+		var rep proctest.UpgradeReport
+		for {
+			rep, err = svc.Upgrade(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("upgrade %d: %w", i+1, err)
+			}
+			if rep.ExitCode == 4 && (rep.Code == contract.CodeTooMany || rep.Code == contract.CodeBusy) {
+				res.Busy++ // old generations still drain: retry shortly
+				select {
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				case <-time.After(20 * time.Millisecond):
+				}
+				continue
+			}
+			break
+		}
+		if !rep.OK || rep.Result == nil {
+			return nil, fmt.Errorf("upgrade %d: exit %d %s: %s\n%s", i+1, rep.ExitCode, rep.Code, rep.Error, svc.LogTail(3000))
+		}
+		pids = append(pids, pid)
+		pid = rep.Result.PID
+		if i == 0 {
+			res.FirstGen = rep.Result.Generation
+		}
+		res.LastGenNo = rep.Result.Generation
+		if i < res.Window || i >= cfg.Upgrades-res.Window {
+			s, err := sample(ctx, env, svc, pid)
+			if err != nil {
+				return nil, fmt.Errorf("upgrade %d: %w", i+1, err)
+			}
+			if i < res.Window {
+				first = append(first, s)
+			} else {
+				last = append(last, s)
+			}
+		}
+		if (i+1)%500 == 0 {
+			r := load.Snapshot()
+			say("  %s: %d/%d upgrades, %v, requests ok %d failed %d", cfg.Mode, i+1, cfg.Upgrades, time.Since(start).Round(time.Second), r.TotalOK(), r.TotalFailed())
+		}
+		// Keep the tracker's set small: generations that are gone are
+		// forgotten by the reaper, the rest are watched.
+		if len(pids) > 64 {
+			pids = reapGone(env, pids)
+		}
+		select {
+		case <-load.Done():
+			return nil, fmt.Errorf("the load ended early (upgrade %d)", i+1)
+		default:
+		}
+	}
+	res.Took = time.Since(start)
+	res.LastGenPID = pid
+	wctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+	rig.WaitAnswers(wctx, load, pid, 20)
+	cancel()
+	res.Load = load.Stop()
+	wctx, cancel = context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for _, p := range pids {
+		if _, err := env.Tracker.WaitExit(wctx, p); err != nil {
+			res.Left++
+		}
+	}
+	res.First, res.Last = average(first), average(last)
+	for k, bound := range Bounds {
+		f, l := res.First[k], res.Last[k]
+		if _, ok := res.First[k]; !ok {
+			continue
+		}
+		if f > 0 && l/f > bound {
+			res.Violations = append(res.Violations, fmt.Sprintf("%s grew %.2fx (%.1f -> %.1f), bound %.2fx", k, l/f, f, l, bound))
+		}
+	}
+	return res, nil
+}
+
+// reapGone drops the pids that have exited (the tracker reaps them).
+func reapGone(env *rig.Env, pids []int) []int {
+	var out []int
+	for _, p := range pids {
+		if _, gone := env.Tracker.Exited(p); !gone {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func average(ss []Sample) map[string]float64 {
+	out := map[string]float64{}
+	if len(ss) == 0 {
+		return out
+	}
+	for _, s := range ss {
+		for k, v := range s.Values {
+			out[k] += v
+		}
+	}
+	for k := range out {
+		out[k] /= float64(len(ss))
+	}
+	return out
+}
+
+// sample reads the serving generation's descriptors, RSS and goroutines,
+// and the supervisor's descriptors, RSS and threads (it reports no
+// goroutine count), and the files in the runtime directory.
+func sample(ctx context.Context, env *rig.Env, svc *rig.Svc, pid int) (Sample, error) {
+	s := Sample{Values: map[string]float64{}}
+	fds, err := proctest.CountFDs(pid)
+	if err != nil {
+		return s, fmt.Errorf("fds of pid %d: %w", pid, err)
+	}
+	u, err := proctest.ReadUsage(pid)
+	if err != nil {
+		return s, err
+	}
+	g, err := goroutines(ctx, svc.Addr, pid)
+	if err != nil {
+		return s, err
+	}
+	s.Values["gen fds"] = float64(fds)
+	s.Values["gen RSS KiB"] = float64(u.RSSKiB)
+	s.Values["gen goroutines"] = float64(g)
+	if svc.SupPID > 0 {
+		fds, err := proctest.CountFDs(svc.SupPID)
+		if err != nil {
+			return s, err
+		}
+		u, err := proctest.ReadUsage(svc.SupPID)
+		if err != nil {
+			return s, err
+		}
+		s.Values["sup fds"] = float64(fds)
+		s.Values["sup RSS KiB"] = float64(u.RSSKiB)
+		s.Values["sup threads"] = float64(threads(svc.SupPID))
+	}
+	ents, _ := os.ReadDir(env.RuntimeDir())
+	s.Values["runtime files"] = float64(len(ents))
+	return s, nil
+}
+
+// goroutines asks hello (-debug-goroutines) for its goroutine count; the
+// answer must come from pid (an old generation may still take a
+// connection right after the handover: asked again).
+func goroutines(ctx context.Context, addr string, pid int) (int, error) {
+	for try := 0; try < 50; try++ {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return 0, err
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "GET /debug/goroutines HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			c.Close()
+			return 0, err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		c.Close()
+		if resp.StatusCode != 200 {
+			return 0, fmt.Errorf("/debug/goroutines: %s (hello without -debug-goroutines?)", resp.Status)
+		}
+		if resp.Header.Get("X-Pid") == strconv.Itoa(pid) {
+			return strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return 0, fmt.Errorf("pid %d never answered /debug/goroutines", pid)
+}
+
+// threads is the Threads: line of /proc/PID/status.
+func threads(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
+}
+
+// Print writes a mode's figures.
+func Print(w io.Writer, r *Result) {
+	fmt.Fprintf(w, "%s: %d upgrades in %v (%.1f ms each), generations %d..%d, %d answered busy and retried\n",
+		r.Mode, r.Upgrades, r.Took.Round(time.Second), float64(r.Took.Milliseconds())/float64(max(r.Upgrades, 1)), r.FirstGen, r.LastGenNo, r.Busy)
+	fmt.Fprintf(w, "  requests: %d ok, %s failed; old generations left running: %d\n", r.Load.TotalOK(), rig.Failed(r.Load), r.Left)
+	fmt.Fprintf(w, "  %-16s %12s %12s %8s %8s   (averages over the first and the last %d upgrades)\n", "", "first", "last", "ratio", "bound", r.Window)
+	for _, k := range []string{"gen fds", "gen goroutines", "gen RSS KiB", "sup fds", "sup threads", "sup RSS KiB", "runtime files"} {
+		f, ok := r.First[k]
+		if !ok {
+			continue
+		}
+		l := r.Last[k]
+		ratio := 0.0
+		if f > 0 {
+			ratio = l / f
+		}
+		fmt.Fprintf(w, "  %-16s %12.1f %12.1f %8.2f %8.2f\n", k, f, l, ratio, Bounds[k])
+	}
+	for _, v := range r.Violations {
+		fmt.Fprintf(w, "  GREW: %s\n", v)
+	}
+}
+
+// Failed reports whether a mode's soak failed: a failed request, an old
+// generation left running, or a figure over its bound.
+func (r *Result) Failed() bool {
+	return r.Load.TotalFailed() != 0 || r.Left != 0 || len(r.Violations) != 0
+}
