@@ -3,7 +3,7 @@ GO      ?= go
 GOFLAGS ?=
 export GOFLAGS
 
-.PHONY: all build demo test test-unix test-windows vet cross bench fuzz clean
+.PHONY: all build demo test test-unix test-windows vet cross bench fuzz faults soak clean
 
 all: build
 
@@ -76,6 +76,22 @@ fuzz:
 		printf '%-18s %-20s %10s %12s  %s\n' $$name $$pkg "$${took:--}" "$${execs:-0}" "$$res"; \
 		if [ $$rc -ne 0 ]; then tail -40 $$log | sed 's/^/    /'; fi; \
 	done; rm -f $$log; exit $$fail
+
+## faults: the fault matrix (bad, truncated and wrong-arch binaries, hang and
+## crash before ready, crash in probation and right after the handover, crash
+## loop, refuse to exit, supervisor kill -9, upgrade storm, concurrent
+## upgrades, disk full, descriptor limit, foreign user, bad state, clock)
+## against real processes under POST load, library and baton run; one table,
+## exit 1 if a case fails. Linux, as root (tmpfs, prlimit, user nobody).
+faults:
+	$(GO) run ./test/faults
+
+## soak: SOAK_UPGRADES upgrades back to back under load, library and baton
+## run: 0 failed requests; descriptors, goroutines and RSS of the serving
+## generation and of the supervisor, first vs last hundred (Linux)
+SOAK_UPGRADES ?= 10000
+soak:
+	$(GO) run ./test/soak -upgrades $(SOAK_UPGRADES)
 
 clean:
 	$(GO) clean -testcache
