@@ -376,12 +376,25 @@ func crashAfterHandover(c *C) Row {
 			who += ", the old generation"
 		}
 	}
+	who += lastOutcome(c)
 	return Row{
 		Observed: fmt.Sprintf("%s; new pid %d SIGKILLed 5 ms %s; refused connections %d of %d probes (dark %v); serving after: %s",
 			repStr(rep), target, trigger, refused, dials, p.DarkFor().Round(time.Millisecond), who),
 		Failed: rig.Failed(r) + since(r, killAt),
 		Pass:   refused == 0 && serves && countRefused(r) == 0,
 	}
+}
+
+// lastOutcome is what baton status says of the last upgrade.
+func lastOutcome(c *C) string {
+	st, err := c.svc.Status(c.ctx)
+	if err != nil || st.Last == nil {
+		return ""
+	}
+	if st.Last.OK {
+		return "; status: last upgrade ok"
+	}
+	return "; status: last upgrade " + st.Last.Code
 }
 
 // since notes how many of the recorded failures came after t.
@@ -445,7 +458,7 @@ func crashLoop(c *C) Row {
 	}
 	state := "supervisor gave up (exited)"
 	if supAlive {
-		state = fmt.Sprintf("supervisor alive, pid %d (%s) serves", pid1, ver)
+		state = fmt.Sprintf("supervisor alive, pid %d (%s) serves", pid1, ver) + lastOutcome(c)
 	}
 	return Row{
 		Observed: fmt.Sprintf("upgrade %s; %d crash-looping generations answered; after 15 s: %s; refused connections %d of %d probes (dark %v)",
