@@ -196,23 +196,27 @@ func check(ctx context.Context, candidate string, o CheckOptions, passed func(pr
 	if err != nil {
 		return nil, err
 	}
-	r := &Report{Binary: abs}
-	fi, err := os.Stat(abs)
+	// Opened once: every check below and the copy read this descriptor,
+	// never the name again (see openCandidate).
+	f, fi, err := openCandidate(abs)
 	if err != nil {
+		if errors.Is(err, ErrNotExecutable) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w: %v", ErrNotExecutable, err)
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: %s is not a regular file", ErrNotExecutable, abs)
+	defer f.Close()
+	if testHookCandidateOpened != nil {
+		testHookCandidateOpened(abs)
 	}
-	r.Size = fi.Size()
+	r := &Report{Binary: abs, Size: fi.Size()}
 
 	// Writers first: a file still being written is neither hashed nor run.
-	checkWriters(r, abs)
+	checkWriters(r, heldPath(f, abs), abs)
 	// Every other check reads one private copy, made while hashing: a file
-	// swapped between two checks (by whoever can write to its directory)
-	// cannot pass the signature check as one binary and the smoke run or
-	// the install as another. Stage compares what it copies with this
-	// hash.
+	// changed between two checks (by whoever can write to it) cannot pass
+	// the signature check as one binary and the smoke run or the install
+	// as another. Stage compares what it copies with this hash.
 	if o.SignatureFile == "" {
 		o.SignatureFile = abs + ".minisig"
 	}
@@ -228,16 +232,19 @@ func check(ctx context.Context, candidate string, o CheckOptions, passed func(pr
 			work = ReleasesDir(inst)
 		}
 	}
-	priv, sum, size, cleanup, err := privateCopy(abs, work)
-	if err != nil && o.WorkDir == "" && work != "" {
+	priv, sum, size, cleanup, err := privateCopy(ctx, f, fi.Size(), abs, work)
+	if err != nil && o.WorkDir == "" && work != "" && !errors.Is(err, ErrBusy) && ctx.Err() == nil {
 		// A releases directory we may not write to (baton check by
 		// another user than the owner): the temp dir will do for checks.
-		priv, sum, size, cleanup, err = privateCopy(abs, "")
+		priv, sum, size, cleanup, err = privateCopy(ctx, f, fi.Size(), abs, "")
 	}
 	if err != nil {
-		if errors.Is(err, syscall.ENOSPC) {
+		switch {
+		case errors.Is(err, syscall.ENOSPC):
 			r.add("disk", StatusFailed, fmt.Errorf("%w: copying %s: %v", ErrDiskSpace, abs, err), "")
-		} else {
+		case errors.Is(err, ErrBusy):
+			r.add("sha256", StatusFailed, err, "")
+		default:
 			r.add("sha256", StatusFailed, fmt.Errorf("reading %s: %w", abs, err), "")
 		}
 		return r, r.Err()
@@ -279,47 +286,6 @@ func readBuildInfo(path string) (*debug.BuildInfo, error) {
 	return buildinfo.Read(r)
 }
 
-// privateCopy copies path into a new directory (in work, "" for the temp
-// dir) that only this user can write to, under the same base name
-// (checksums files name it), hashing it on the way.
-func privateCopy(path, work string) (priv, sum string, size int64, cleanup func(), err error) {
-	dir, err := os.MkdirTemp(work, ".check-")
-	if err != nil {
-		return "", "", 0, nil, err
-	}
-	cleanup = func() { os.RemoveAll(dir) }
-	in, err := os.Open(path)
-	if err != nil {
-		cleanup()
-		return "", "", 0, nil, err
-	}
-	defer in.Close()
-	priv = filepath.Join(dir, filepath.Base(path))
-	// Executable and synced now: the smoke run starts it, and CheckAndStage
-	// renames it into the store as it is.
-	out, err := os.OpenFile(priv, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o755)
-	if err != nil {
-		cleanup()
-		return "", "", 0, nil, err
-	}
-	h := sha256.New()
-	size, err = io.Copy(io.MultiWriter(out, h), in)
-	if err == nil {
-		err = out.Chmod(0o755) // whatever the umask
-	}
-	if err == nil {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		cleanup()
-		return "", "", 0, nil, err
-	}
-	return priv, hex.EncodeToString(h.Sum(nil)), size, cleanup, nil
-}
-
 // showPath names the candidate in the report's messages, not the private
 // copy the checks read.
 func (r *Report) showPath(priv, shown string) {
@@ -341,8 +307,11 @@ type shownError struct {
 func (e shownError) Error() string { return strings.ReplaceAll(e.err.Error(), e.priv, e.shown) }
 func (e shownError) Unwrap() error { return e.err }
 
-func checkWriters(r *Report, path string) {
-	hs, err := Holders(path)
+// checkWriters looks for processes that write to the open candidate:
+// held is a name that reaches the open file itself (heldPath), path the
+// name shown.
+func checkWriters(r *Report, held, path string) {
+	hs, err := Holders(held)
 	if err != nil {
 		r.add("writers", StatusSkipped, nil, "cannot tell who holds the file: %v", err)
 		return

@@ -114,3 +114,7 @@ func procName(dir string) string {
 	}
 	return "?"
 }
+
+// heldPath names the open file f itself for Holders (/proc/self/fd/N),
+// whatever has become of its name since it was opened.
+func heldPath(f *os.File, _ string) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }

@@ -2,6 +2,7 @@ package release
 
 import (
 	"fmt"
+	"os"
 	"syscall"
 	"unsafe"
 
@@ -112,3 +113,6 @@ func Holders(path string) ([]Holder, error) {
 	}
 	return nil, fmt.Errorf("RmGetList: the list kept growing")
 }
+
+// heldPath: the Restart Manager is asked by name.
+func heldPath(_ *os.File, path string) string { return path }

@@ -2,6 +2,7 @@ package release
 
 import (
 	"fmt"
+	"os"
 
 	"golang.org/x/sys/windows"
 )
@@ -66,4 +67,33 @@ func freeSpace(dir string) (uint64, error) {
 		return 0, err
 	}
 	return free, nil
+}
+
+// trustedDir returns nil when dir is a directory (not a link or junction)
+// owned by us, SYSTEM or the Administrators whose DACL gives no write
+// access to everyone (dirSafe).
+func trustedDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() || fi.Mode()&os.ModeSymlink != 0 || fi.Mode()&os.ModeIrregular != 0 {
+		return fmt.Errorf("%s is not a plain directory (%v)", dir, fi.Mode().Type())
+	}
+	sd, err := windows.GetNamedSecurityInfo(dir, windows.SE_FILE_OBJECT, windows.OWNER_SECURITY_INFORMATION)
+	if err != nil {
+		return fmt.Errorf("%s: reading its owner: %v", dir, err)
+	}
+	owner, _, err := sd.Owner()
+	if err != nil || owner == nil {
+		return fmt.Errorf("%s: reading its owner: %v", dir, err)
+	}
+	me, err := windows.GetCurrentProcessToken().GetTokenUser()
+	if err != nil {
+		return err
+	}
+	if !owner.Equals(me.User.Sid) && !owner.IsWellKnown(windows.WinLocalSystemSid) && !owner.IsWellKnown(windows.WinBuiltinAdministratorsSid) {
+		return fmt.Errorf("%s is owned by %s, neither us (%s), SYSTEM nor the Administrators", dir, owner, me.User.Sid)
+	}
+	return dirSafe(dir)
 }

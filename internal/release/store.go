@@ -133,6 +133,28 @@ func Managed(installed string) bool {
 	return err == nil && fi.IsDir()
 }
 
+// Recorded returns nil when our own records say that a binary is
+// installed at installed (a symlink is followed, as Open does): its
+// releases directory exists, made by baton install, baton upgrade --binary
+// or a service's UpgradeTo, and it and the installed binary's directory
+// are directories (not links) that only we or root control (owned by us
+// or root, not writable by others; Windows: owned by us, SYSTEM or the
+// Administrators, no write access for everyone). Another user cannot make
+// such a record, so a path that has one is a path where we, or root,
+// installed before. Otherwise the error says what is missing.
+func Recorded(installed string) error {
+	abs, err := resolveInstalled(installed)
+	if err != nil {
+		return err
+	}
+	for _, d := range []string{ReleasesDir(abs), filepath.Dir(abs)} {
+		if err := trustedDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Installed is the installed binary's path.
 func (s *Store) Installed() string { return s.installed }
 
@@ -364,7 +386,12 @@ func (s *Store) Stage(candidate, wantSHA string) (Release, error) {
 	}
 	// Copied into the store while hashing (as for the checks): what is
 	// staged is exactly what was hashed, whatever happens to candidate.
-	tmp, sum, n, cleanup, err := privateCopy(candidate, s.dir)
+	f, fi, err := openCandidate(candidate)
+	if err != nil {
+		return Release{}, fmt.Errorf("staging %s: %w", candidate, err)
+	}
+	defer f.Close()
+	tmp, sum, n, cleanup, err := privateCopy(context.Background(), f, fi.Size(), candidate, s.dir)
 	if err != nil {
 		return Release{}, fmt.Errorf("staging %s: %w", candidate, err)
 	}
