@@ -99,7 +99,7 @@ func TestPipeRoundTrip(t *testing.T) {
 	// Clients that come and go without a word do not disturb the listener.
 	for i := 0; i < 3; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
-		c, err := dial(ctx, name)
+		c, _, err := dial(ctx, name)
 		cancel()
 		if err != nil {
 			t.Fatal(err)
@@ -147,7 +147,7 @@ func TestPipeMalformedAndVersion(t *testing.T) {
 	srv := Serve(ln, func(ctx context.Context, req Request) Response { called = true; return OKResponse(1) }, nil)
 	for _, msg := range []string{"not json\n", `{"baton":99,"op":"status"}` + "\n"} {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
-		c, err := dial(ctx, name)
+		c, _, err := dial(ctx, name)
 		cancel()
 		if err != nil {
 			t.Fatal(err)
@@ -241,7 +241,7 @@ func TestPipeCheckPeer(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
-		c, err := dial(ctx, name)
+		c, _, err := dial(ctx, name)
 		ch <- res{c, err}
 	}()
 	sc, err := ln.Accept()
@@ -385,7 +385,7 @@ func TestPipeForeignDACL(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	c, err := dial(ctx, name)
+	c, _, err := dial(ctx, name)
 	if err == nil {
 		c.Close()
 		if underWine() {

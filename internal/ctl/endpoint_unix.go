@@ -46,25 +46,10 @@ func Address(name string) (string, error) {
 }
 
 // ensureDir creates the runtime directory 0700 or checks that an existing
-// one belongs to us and is not writable by others: a socket in a directory
-// another user controls could be swapped for theirs.
-func ensureDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("creating control directory: %w", err)
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if ok && int(st.Uid) != os.Geteuid() {
-		return fmt.Errorf("control directory %s belongs to uid %d, not to us (uid %d)", dir, st.Uid, os.Geteuid())
-	}
-	if fi.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("control directory %s is writable by other users (mode %v)", dir, fi.Mode().Perm())
-	}
-	return nil
-}
+// one belongs to us and is not writable by others, reached through names
+// only we or root can change (secureDir): a socket in a directory another
+// user controls could be swapped for theirs.
+func ensureDir(dir string) error { return secureDir(dir, true) }
 
 // Listen creates the control endpoint for name. A socket file left behind by
 // a dead service is replaced; one that still answers yields ErrNameInUse.
@@ -115,43 +100,79 @@ func Remove(name string) error {
 	return nil
 }
 
-func dial(ctx context.Context, name string) (net.Conn, error) {
+// dial connects to the service called name, after the same directory
+// checks as Listen's (a client that follows another user's link talks to
+// whoever that user chose), and admits the server only when it runs as
+// our user or root (checkServer).
+func dial(ctx context.Context, name string) (net.Conn, Peer, error) {
 	path, err := Address(name)
 	if err != nil {
-		return nil, err
+		return nil, Peer{}, err
+	}
+	if err := secureDir(filepath.Dir(path), false); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, Peer{}, fmt.Errorf("%w: %q (%s: %v)", ErrNoEndpoint, name, path, err)
+		}
+		return nil, Peer{}, err
 	}
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("%w: %q (%s)", ErrNoEndpoint, name, path)
+			return nil, Peer{}, fmt.Errorf("%w: %q (%s)", ErrNoEndpoint, name, path)
 		}
-		return nil, fmt.Errorf("connecting to %q: %w", name, err)
+		return nil, Peer{}, fmt.Errorf("connecting to %q: %w", name, err)
 	}
-	return c, nil
+	peer, err := checkServer(c, path)
+	if err != nil {
+		c.Close()
+		return nil, Peer{}, err
+	}
+	return c, peer, nil
+}
+
+// checkServer admits the server end of a connection only when it runs as
+// our user or root (SO_PEERCRED, LOCAL_PEERCRED: the credentials of the
+// process that made the listening socket, which the kernel records; a
+// process cannot claim another's).
+func checkServer(c net.Conn, path string) (Peer, error) {
+	cred, err := connCred(c)
+	if err != nil {
+		return Peer{}, fmt.Errorf("%w: reading the credentials of the server at %s: %v", ErrPeerRefused, path, err)
+	}
+	if cred.uid != os.Geteuid() && cred.uid != 0 {
+		return Peer{}, fmt.Errorf("%w: the server at %s runs as uid %d, neither us (uid %d) nor root: not our service (another user's socket?)", ErrPeerRefused, path, cred.uid, os.Geteuid())
+	}
+	return Peer{PID: cred.pid}, nil
+}
+
+// connCred reads the peer credentials of a unix socket connection.
+func connCred(c net.Conn) (peerCred, error) {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return peerCred{}, fmt.Errorf("not a unix socket connection (%T)", c)
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return peerCred{}, err
+	}
+	var cred peerCred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) { cred, cerr = peerCredOf(int(fd)) }); err != nil {
+		return peerCred{}, err
+	}
+	return cred, cerr
 }
 
 // checkPeer admits our own user and root: the socket mode already keeps
 // others out, this also covers a directory whose permissions were changed.
 func checkPeer(c net.Conn) error {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return fmt.Errorf("%w: not a unix socket connection", ErrPeerRefused)
-	}
-	raw, err := uc.SyscallConn()
+	cred, err := connCred(c)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: reading peer credentials: %v", ErrPeerRefused, err)
 	}
-	var uid int
-	var cerr error
-	if err := raw.Control(func(fd uintptr) { uid, cerr = peerUID(int(fd)) }); err != nil {
-		return err
-	}
-	if cerr != nil {
-		return fmt.Errorf("%w: reading peer credentials: %v", ErrPeerRefused, cerr)
-	}
-	if uid != os.Geteuid() && uid != 0 {
-		return fmt.Errorf("%w: peer uid %d is neither the service owner (uid %d) nor root", ErrPeerRefused, uid, os.Geteuid())
+	if cred.uid != os.Geteuid() && cred.uid != 0 {
+		return fmt.Errorf("%w: peer uid %d is neither the service owner (uid %d) nor root", ErrPeerRefused, cred.uid, os.Geteuid())
 	}
 	return nil
 }

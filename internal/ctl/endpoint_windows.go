@@ -89,25 +89,48 @@ func ListenerSDDL(ln net.Listener) (string, error) {
 // dial connects to the service called name. winpipe.Dial retries for a
 // moment while the pipe is busy or absent: during a handover the old
 // generation may have stopped taking connections a moment before the new
-// one offers its first instance, or all instances may be taken.
-func dial(ctx context.Context, name string) (net.Conn, error) {
+// one offers its first instance, or all instances may be taken. The
+// server is admitted only when it runs as our user, SYSTEM or an elevated
+// administrator (checkServer): a pipe name is first come, first served,
+// and another user's process could have made the first instance.
+func dial(ctx context.Context, name string) (net.Conn, Peer, error) {
 	path, err := Address(name)
 	if err != nil {
-		return nil, err
+		return nil, Peer{}, err
 	}
 	c, err := winpipe.Dial(ctx, path)
 	switch {
 	case err == nil:
-		return c, nil
+		peer, err := checkServer(c, path)
+		if err != nil {
+			c.Close()
+			return nil, Peer{}, err
+		}
+		return c, peer, nil
 	case errors.Is(err, winpipe.ErrNotFound):
 		if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
-			return nil, fmt.Errorf("%w: %q (%s): %w", ErrNoEndpoint, name, path, cerr)
+			return nil, Peer{}, fmt.Errorf("%w: %q (%s): %w", ErrNoEndpoint, name, path, cerr)
 		}
-		return nil, fmt.Errorf("%w: %q (%s)", ErrNoEndpoint, name, path)
+		return nil, Peer{}, fmt.Errorf("%w: %q (%s)", ErrNoEndpoint, name, path)
 	case errors.Is(err, os.ErrPermission):
-		return nil, fmt.Errorf("connecting to %q (the service runs as another user): %w", name, err)
+		return nil, Peer{}, fmt.Errorf("connecting to %q (the service runs as another user): %w", name, err)
 	}
-	return nil, fmt.Errorf("connecting to %q: %w", name, err)
+	return nil, Peer{}, fmt.Errorf("connecting to %q: %w", name, err)
+}
+
+// checkServer admits the server end of a client connection when the
+// process serving it (GetNamedPipeServerProcessId, told by the system)
+// runs as our user, as SYSTEM, or elevated as an administrator: the
+// principals the pipe's DACL admits (winpipe.OwnerOnlySDDL).
+func checkServer(c net.Conn, path string) (Peer, error) {
+	pid, err := winpipe.ServerPID(c)
+	if err != nil {
+		return Peer{}, fmt.Errorf("%w: identifying the server of %s: %v", ErrPeerRefused, path, err)
+	}
+	if err := trustedProcess(pid); err != nil {
+		return Peer{}, fmt.Errorf("%w: the server of %s (pid %d) %v: not our service (another user's pipe?)", ErrPeerRefused, path, pid, err)
+	}
+	return Peer{PID: int(pid)}, nil
 }
 
 // checkPeer admits the server end of our own pipe connections. The DACL of

@@ -4,6 +4,9 @@ package ctl
 
 import "errors"
 
-func peerUID(fd int) (int, error) {
-	return -1, errors.New("peer credentials are not implemented on this system")
+// peerCred is what the kernel says about the other end of a unix socket.
+type peerCred struct{ uid, pid int }
+
+func peerCredOf(fd int) (peerCred, error) {
+	return peerCred{uid: -1}, errors.New("peer credentials are not implemented on this system")
 }

@@ -68,6 +68,13 @@ var (
 	ErrBadName = contract.NewError(contract.CodeUsage, "invalid control endpoint name")
 	// ErrPeerRefused means the peer is not the owner of the service.
 	ErrPeerRefused = contract.NewError(contract.CodeForbidden, "control peer refused")
+	// ErrUnsafeDir means the runtime directory, or a name on the way to
+	// it, could be changed by another user (a link they own, a directory
+	// they may write to): a socket found there could be theirs.
+	ErrUnsafeDir = contract.NewError(contract.CodeForbidden, "unsafe control directory")
+	// ErrUncorroborated means what a service says about itself (the path
+	// of its binary) is not confirmed by the system (see Corroborate).
+	ErrUncorroborated = contract.NewError(contract.CodeForbidden, "not corroborated by the system")
 	// ErrVersion means the peer speaks another protocol version.
 	ErrVersion = contract.NewError(contract.CodeControlProtocol, "control protocol version mismatch")
 	// ErrUnsupported means the control endpoint is not implemented on this platform.

@@ -161,33 +161,51 @@ func (s *Server) Abort() {
 
 // Do sends one request to the service called name and returns its response.
 // ctx bounds the whole exchange (an upgrade may take as long as the new
-// generation needs to become ready).
+// generation needs to become ready). Before the request is sent, the
+// endpoint's directory is checked as Listen checks it and the server must
+// run as our user or root (Windows: as our user, SYSTEM or an elevated
+// administrator): an answer from anyone else is never read.
 func Do(ctx context.Context, name string, req Request) (Response, error) {
+	resp, _, err := DoPeer(ctx, name, req)
+	return resp, err
+}
+
+// Peer is what the system says about the server that answered.
+type Peer struct {
+	// PID is, on Windows, the process of the pipe instance that answered;
+	// on Linux, the process that made the listening socket (it may be an
+	// earlier generation of a library service, since exited); 0 when the
+	// system does not say.
+	PID int
+}
+
+// DoPeer is Do that also returns what the system says about the server.
+func DoPeer(ctx context.Context, name string, req Request) (Response, Peer, error) {
 	if err := CheckName(name); err != nil {
-		return Response{}, err
+		return Response{}, Peer{}, err
 	}
-	c, err := dial(ctx, name)
+	c, peer, err := dial(ctx, name)
 	if err != nil {
-		return Response{}, notSentError{err}
+		return Response{}, Peer{}, notSentError{err}
 	}
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
 	defer stop()
 	req.Version = Version
 	if err := writeLine(c, req); err != nil {
-		return Response{}, fmt.Errorf("sending control request: %w", err)
+		return Response{}, peer, fmt.Errorf("sending control request: %w", err)
 	}
 	var resp Response
 	if err := readLine(bufio.NewReader(c), &resp); err != nil {
 		if ctx.Err() != nil {
-			return Response{}, fmt.Errorf("waiting for the answer of %q: %w", name, ctx.Err())
+			return Response{}, peer, fmt.Errorf("waiting for the answer of %q: %w", name, ctx.Err())
 		}
-		return Response{}, fmt.Errorf("reading control response from %q: %w", name, err)
+		return Response{}, peer, fmt.Errorf("reading control response from %q: %w", name, err)
 	}
 	if resp.Version != Version {
-		return resp, fmt.Errorf("%w: service speaks %d, this client speaks %d", ErrVersion, resp.Version, Version)
+		return resp, peer, fmt.Errorf("%w: service speaks %d, this client speaks %d", ErrVersion, resp.Version, Version)
 	}
-	return resp, nil
+	return resp, peer, nil
 }
 
 // notSentError marks a failure to reach the service at all: the request was
