@@ -16,7 +16,7 @@
 // [Server.Drain] performs a "lame duck" drain instead:
 //
 //  1. From the moment Drain is called every response carries
-//     "Connection: close" (HTTP/2: GOAWAY), including responses of handlers
+//     "Connection: close" (HTTP/2: see step 4), including responses of handlers
 //     that were already running, provided they had not written their header
 //     yet. Each keep-alive client thus learns on its next request that it must
 //     reconnect, and its new connection is accepted by the new process.
@@ -29,6 +29,11 @@
 //  4. Idle connections are left open for [Options.IdleGrace], or until no
 //     connection is left at all, whichever comes first. Only then
 //     [http.Server.Shutdown] closes what is idle and waits for the rest.
+//     HTTP/2 connections get a two-phase GOAWAY instead of net/http's
+//     single one (which refuses streams already on their way): at the
+//     drain start a GOAWAY that refuses nothing and a PING, and net/http's
+//     final GOAWAY (at Shutdown) only once the PING's acknowledgement
+//     has arrived (waited for at most [Options.NewConnWait]); see http2.go.
 //  5. When the context passed to Drain expires, the remaining connections,
 //     including hijacked ones registered with [Server.Hijacked], are closed
 //     and counted in the [Report].
@@ -75,7 +80,9 @@ type Options struct {
 	IdleGrace time.Duration
 
 	// NewConnWait bounds the wait for connections that were accepted but
-	// whose first request has not been read yet.
+	// whose first request has not been read yet, and the wait for HTTP/2
+	// clients to acknowledge the first GOAWAY before Shutdown sends the
+	// final one.
 	// Zero means DefaultNewConnWait; a negative value means no wait.
 	NewConnWait time.Duration
 
@@ -106,6 +113,13 @@ type Report struct {
 	// ForcedHijacked is the number of hijacked connections still
 	// registered at the deadline, which Drain closed.
 	ForcedHijacked int
+	// HTTP2GoAways is the number of HTTP/2 connections sent the first
+	// phase of the two-phase GOAWAY; HTTP2Unacked the number of those whose
+	// client had not acknowledged it when Shutdown sent the final GOAWAY
+	// (their streams in flight may have been refused).
+	HTTP2GoAways int
+	HTTP2Unacked int
+
 	// HandlersAtDeadline is the number of handlers still running when the
 	// deadline expired (zero if the drain completed in time). It includes
 	// handlers of force-closed connections and handlers of hijacked
@@ -135,6 +149,11 @@ type Server struct {
 	done      chan struct{} // closed when the first Drain returns
 	report    Report        // valid once done is closed
 	err       error         // valid once done is closed
+
+	// HTTP/2 (http2.go)
+	h2Once      sync.Once            // wraps the TLSNextProto entries
+	h2conns     map[net.Conn]*h2Conn // by the conn ConnState reports for StateNew
+	lateGoAways int                  // HTTP/2 conns that started after Drain
 }
 
 // New wraps srv. It replaces srv.Handler and srv.ConnState with its own
@@ -158,6 +177,7 @@ func New(srv *http.Server, opts Options) *Server {
 		conns:     make(map[net.Conn]http.ConnState),
 		listeners: make(map[*net.Listener]struct{}),
 		hijacked:  make(map[*hijackedConn]struct{}),
+		h2conns:   make(map[net.Conn]*h2Conn),
 		done:      make(chan struct{}),
 	}
 	srv.Handler = http.HandlerFunc(s.serveHTTP)
@@ -192,7 +212,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.serving++
 	s.mu.Unlock()
 
-	err := s.srv.Serve(ln)
+	err := s.srv.Serve(twoPhaseListener{Listener: ln, s: s})
 
 	s.mu.Lock()
 	delete(s.listeners, key)
@@ -256,8 +276,12 @@ func (s *Server) Drain(ctx context.Context) (Report, error) {
 	}
 	s.mu.Unlock()
 
+	// Step 4's first phase for HTTP/2, at once: a client learns that it
+	// must go elsewhere as early as an HTTP/1 client does.
+	rep.HTTP2GoAways = s.startGoAways()
+
 	log := s.logger()
-	log.Info("httpdrain: drain started", "conns", rep.ConnsAtStart, "hijacked", rep.HijackedAtStart, "listeners", len(lns))
+	log.Info("httpdrain: drain started", "conns", rep.ConnsAtStart, "hijacked", rep.HijackedAtStart, "listeners", len(lns), "http2", rep.HTTP2GoAways)
 
 	// Step 2: stop accepting. Close in the background: a listener whose
 	// Close blocks must not block the drain (or Shutdown later). Once
@@ -282,6 +306,18 @@ func (s *Server) Drain(ctx context.Context) (Report, error) {
 		t = time.Now()
 		s.wait(ctx, s.opts.IdleGrace, func() bool { return len(s.conns) == 0 })
 		rep.IdleWaited = time.Since(t)
+	}
+
+	// Shutdown sends net/http's GOAWAY, the final one: every HTTP/2 client
+	// must have acknowledged the first phase by then, or streams it has
+	// sent since may be refused.
+	s.wait(ctx, s.opts.NewConnWait, func() bool { return s.unackedLocked() == 0 })
+	s.mu.Lock()
+	rep.HTTP2GoAways += s.lateGoAways
+	rep.HTTP2Unacked = s.unackedLocked()
+	s.mu.Unlock()
+	if rep.HTTP2Unacked > 0 {
+		log.Warn("httpdrain: HTTP/2 clients did not acknowledge the first GOAWAY in time", "conns", rep.HTTP2Unacked)
 	}
 
 	// Shutdown closes idle conns and sends GOAWAY on HTTP/2 conns. It
@@ -318,7 +354,7 @@ func (s *Server) Drain(ctx context.Context) (Report, error) {
 			"duration", rep.Finished.Sub(rep.Started))
 	} else {
 		log.Info("httpdrain: drain finished", "duration", rep.Finished.Sub(rep.Started),
-			"conns_at_start", rep.ConnsAtStart)
+			"conns_at_start", rep.ConnsAtStart, "http2_goaways", rep.HTTP2GoAways)
 	}
 
 	s.mu.Lock()
@@ -400,6 +436,9 @@ func (h *hijackedConn) notifyOnce() {
 
 // trackConn is the http.Server.ConnState hook.
 func (s *Server) trackConn(c net.Conn, st http.ConnState) {
+	// net/http's HTTP/2 server reports the h2Conn it was given; the
+	// ConnState hook sees, and the maps hold, the conn net/http accepted.
+	c = h2Key(c)
 	s.mu.Lock()
 	if prev, ok := s.conns[c]; ok && prev == http.StateNew {
 		s.newConns--
@@ -412,6 +451,7 @@ func (s *Server) trackConn(c net.Conn, st http.ConnState) {
 		}
 	default: // StateHijacked, StateClosed: no longer net/http's business
 		delete(s.conns, c)
+		delete(s.h2conns, c)
 	}
 	s.broadcastLocked()
 	s.mu.Unlock()
@@ -435,7 +475,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if h == nil {
 		h = http.DefaultServeMux
 	}
-	h.ServeHTTP(&responseWriter{ResponseWriter: w, s: s}, r)
+	rw := &responseWriter{ResponseWriter: w, s: s}
+	if r.ProtoMajor == 2 {
+		// The two-phase GOAWAY ends this conn, not "Connection: close"
+		// (net/http's single GOAWAY).
+		_, rw.twoPhase = r.Context().Value(h2ConnKey{}).(*h2Conn)
+	}
+	h.ServeHTTP(rw, r)
 }
 
 // broadcastLocked wakes up the waiters. s.mu must be held.

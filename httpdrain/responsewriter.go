@@ -13,8 +13,9 @@ import (
 // the drain began.
 type responseWriter struct {
 	http.ResponseWriter
-	s    *Server
-	done bool // the final header was sent (or the conn hijacked)
+	s        *Server
+	done     bool // the final header was sent (or the conn hijacked)
+	twoPhase bool // HTTP/2 conn ended by the two-phase GOAWAY (http2.go)
 }
 
 // beforeHeader is called before anything that may send the header with the
@@ -29,9 +30,10 @@ func (w *responseWriter) beforeHeader(code int) {
 		return
 	}
 	w.done = true
-	if w.s.draining.Load() {
+	if w.s.draining.Load() && !w.twoPhase {
 		// net/http closes the conn after such a response (HTTP/1) or
-		// starts a graceful shutdown with GOAWAY (HTTP/2).
+		// starts a graceful shutdown with GOAWAY (HTTP/2 conns that
+		// httpdrain could not wrap).
 		w.ResponseWriter.Header().Set("Connection", "close")
 	}
 }
