@@ -102,9 +102,24 @@ func (l *gatedListener) SetDeadline(t time.Time) error {
 }
 
 // Close never blocks (see docs/drain.md, point 4): it wakes a waiting Accept.
+// Where closing the listener would close the socket itself (baton's own
+// Windows listener: there is no duplicate kept for the next generation),
+// it only stops accepting, and the socket is closed by closeSocket when
+// the generation stops: a generation that handed over keeps it through
+// its successor's probation.
 func (l *gatedListener) Close() error {
 	l.once.Do(func() { close(l.done) })
+	if s, ok := l.Listener.(interface{ StopAccepting() }); ok {
+		s.StopAccepting()
+		return nil
+	}
 	return l.Listener.Close()
+}
+
+// closeSocket closes the listening socket for good (Stop).
+func (l *gatedListener) closeSocket() {
+	l.once.Do(func() { close(l.done) })
+	l.Listener.Close()
 }
 
 // gate opens once (Ready), or shuts (Stop before Ready: Accept returns).

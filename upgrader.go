@@ -362,7 +362,9 @@ func (u *Upgrader) closeAll() {
 	case <-time.After(5 * time.Second):
 	}
 	for _, e := range entries {
-		if e.ln != nil {
+		if gl, ok := e.ln.(*gatedListener); ok {
+			gl.closeSocket()
+		} else if e.ln != nil {
 			e.ln.Close()
 		}
 		if e.pc != nil {

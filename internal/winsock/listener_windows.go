@@ -357,6 +357,20 @@ func (l *Listener) wait() bool {
 	return false
 }
 
+// StopAccepting makes Accept return net.ErrClosed from now on (a blocked
+// Accept is woken and cancels its AcceptEx) but keeps the socket open:
+// connections keep queueing for other processes' copies, and this process
+// can still duplicate it for a new one (a generation that handed over
+// keeps its socket through its successor's probation). Close closes it.
+func (l *Listener) StopAccepting() {
+	if l.closed.Swap(true) {
+		return
+	}
+	windows.SetEvent(l.closeEvent)
+	l.mu.Lock() // a woken Accept releases it within cancelWaitMillis
+	l.mu.Unlock()
+}
+
 // Close stops accepting: it wakes a blocked Accept, which cancels its
 // AcceptEx, then closes the socket. Other processes' copies stay open. Close
 // is idempotent and returns within a bounded time.
