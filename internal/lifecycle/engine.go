@@ -2,10 +2,13 @@ package lifecycle
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/baton-go/baton/internal/contract"
@@ -95,6 +98,8 @@ const (
 	OpUpgrade  Op = "upgrade"
 	OpRollback Op = "rollback"
 	OpRestart  Op = "restart"
+	OpStart    Op = "start" // the first generation
+	OpStop     Op = "stop"
 )
 
 // Outcome records the last upgrade or rollback.
@@ -125,9 +130,10 @@ type Engine struct {
 	stopping   bool
 	last       *Outcome
 	restarts   int
-	changed    chan struct{} // closed and replaced when current changes
-	probation  *probation    // the upgrade on probation, if any
-	probDone   chan struct{} // closed when a background probation has ended
+	changed    chan struct{}          // closed and replaced when current changes
+	probation  *probation             // the upgrade on probation, if any
+	probDone   chan struct{}          // closed when a background probation has ended
+	op         atomic.Pointer[opInfo] // the operation under way, for notices
 	drains     sync.WaitGroup
 
 	ctx    context.Context // ended by Halt or Stop: everything waiting gives up
@@ -290,6 +296,14 @@ func (e *Engine) previousBinary() string {
 func (e *Engine) restart(reason Reason, dead *Generation, crashes int) error {
 	e.opMu.Lock()
 	defer e.opMu.Unlock()
+	kind := OpRestart
+	switch reason {
+	case ReasonStart:
+		kind = OpStart
+	case ReasonFallback:
+		kind = OpRollback
+	}
+	defer e.endOp(e.beginOp(kind))
 	e.mu.Lock()
 	if e.current != dead {
 		e.mu.Unlock()
@@ -389,8 +403,10 @@ func (e *Engine) UpgradeWith(ctx context.Context, prepare func() (undo func(erro
 		return Result{}, e.busy()
 	}
 	background := false
+	op := e.beginOp(OpUpgrade)
 	defer func() {
 		if !background {
+			e.endOp(op)
 			e.opMu.Unlock()
 		}
 	}()
@@ -424,6 +440,7 @@ func (e *Engine) UpgradeWith(ctx context.Context, prepare func() (undo func(erro
 			e.record(OpUpgrade, start, res, nil)
 			go func() {
 				defer e.opMu.Unlock()
+				defer e.endOp(op)
 				defer endProbation()
 				if _, perr := e.probate(e.ctx, g, old, res, start); perr != nil {
 					if undo != nil {
@@ -614,6 +631,7 @@ func (e *Engine) Rollback(ctx context.Context) (Result, error) {
 		e.opMu.Lock()
 	}
 	defer e.opMu.Unlock()
+	defer e.endOp(e.beginOp(OpRollback))
 	start := time.Now()
 	res, err := e.rollback(ctx, start)
 	e.record(OpRollback, start, res, err)
@@ -685,6 +703,7 @@ func (e *Engine) switchTo(ctx context.Context, reason Reason, serving, runAgain 
 	if err != nil {
 		return nil, err
 	}
+	readyAt := time.Now()
 	if err := e.commit(g); err != nil {
 		return nil, err
 	}
@@ -709,7 +728,7 @@ func (e *Engine) switchTo(ctx context.Context, reason Reason, serving, runAgain 
 		e.drain(serving)
 	}
 	e.log.Info("switched", "gen", g.N, "pid", g.Proc.PID(), "ready_after", g.readyAfter.Round(time.Millisecond), "why", string(reason))
-	e.notify(Notice{Kind: NoticeSwitched, Gen: g.view()})
+	e.notify(Notice{Kind: NoticeSwitched, Gen: g.view(), Took: time.Since(readyAt)})
 	return g, nil
 }
 
@@ -769,7 +788,7 @@ func (e *Engine) startReady(ctx context.Context, req StartRequest) (*Generation,
 	g.readyAfter = time.Since(started)
 	g.appStartup = info.AppStartup
 	g.mu.Unlock()
-	e.notify(Notice{Kind: NoticeReady, Gen: g.view()})
+	e.notify(Notice{Kind: NoticeReady, Gen: g.view(), Took: g.readyAfter})
 	return g, nil
 }
 
@@ -812,6 +831,12 @@ func (e *Engine) commit(g *Generation) error {
 func (e *Engine) drain(g *Generation) {
 	g.apply(EvDrain, e.log)
 	e.drains.Add(1)
+	began := time.Now()
+	var op Op
+	var deployment string
+	if o := e.op.Load(); o != nil {
+		op, deployment = o.kind, o.id
+	}
 	go func() {
 		defer e.drains.Done()
 		var deadline <-chan time.Time
@@ -827,7 +852,7 @@ func (e *Engine) drain(g *Generation) {
 		case <-g.Proc.Exited():
 		case <-deadline:
 			e.log.Warn("generation still running at the drain deadline; killing it", "gen", g.N, "pid", g.Proc.PID(), "deadline", e.cfg.DrainTimeout)
-			e.notify(Notice{Kind: NoticeKilled, Gen: g.view()})
+			e.notify(Notice{Kind: NoticeKilled, Gen: g.view(), Op: op, Deployment: deployment, Took: time.Since(began)})
 			g.Proc.Kill()
 			<-g.Proc.Exited()
 		}
@@ -840,7 +865,7 @@ func (e *Engine) drain(g *Generation) {
 			}
 		}
 		e.mu.Unlock()
-		e.notify(Notice{Kind: NoticeDrained, Gen: g.view()})
+		e.notify(Notice{Kind: NoticeDrained, Gen: g.view(), Op: op, Deployment: deployment, Took: time.Since(began)})
 	}()
 }
 
@@ -864,6 +889,7 @@ func (e *Engine) Stop() {
 	e.Halt()
 	e.opMu.Lock()
 	defer e.opMu.Unlock()
+	defer e.endOp(e.beginOp(OpStop))
 	e.mu.Lock()
 	cur := e.current
 	e.mu.Unlock()
@@ -1016,11 +1042,37 @@ func (e *Engine) afterFailure() string {
 }
 
 func (e *Engine) notify(n Notice) {
-	if e.cfg.Notify != nil {
-		n.At = time.Now()
-		e.cfg.Notify(n)
+	if e.cfg.Notify == nil {
+		return
 	}
+	n.At = time.Now()
+	if o := e.op.Load(); o != nil && n.Deployment == "" {
+		n.Op, n.Deployment = o.kind, o.id
+		if n.Took == 0 && (n.Kind == NoticeStarted || n.Kind == NoticeFailed || n.Kind == NoticeRolledBack || n.Kind == NoticeProbationPassed || n.Kind == NoticeProbationFailed) {
+			n.Took = n.At.Sub(o.start)
+		}
+	}
+	e.cfg.Notify(n)
 }
+
+// opInfo is an operation under way, as notices name it.
+type opInfo struct {
+	kind  Op
+	id    string
+	start time.Time
+}
+
+// beginOp names the operation that starts now (its notices carry the id)
+// and returns what endOp takes to end it.
+func (e *Engine) beginOp(kind Op) *opInfo {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	o := &opInfo{kind: kind, id: hex.EncodeToString(b[:]), start: time.Now()}
+	e.op.Store(o)
+	return o
+}
+
+func (e *Engine) endOp(o *opInfo) { e.op.CompareAndSwap(o, nil) }
 
 // probation is an upgrade whose new generation is on probation.
 type probation struct {

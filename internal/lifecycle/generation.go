@@ -148,4 +148,16 @@ type Notice struct {
 	At   time.Time
 	Gen  *View // the generation it is about, if any
 	Err  error
+	// Op and Deployment name the operation the notice belongs to (an
+	// upgrade, rollback, restart or stop; a drain belongs to the switch
+	// that started it): one Deployment id per operation, unique across
+	// runs. Empty for notices outside any operation.
+	Op         Op
+	Deployment string
+	// Took is how long the step this notice ends took: Started: from the
+	// operation's start; Ready: from the start of the process; Switched:
+	// the handover (ready to committed); Drained and Killed: the drain;
+	// Failed, RolledBack, ProbationPassed: the operation so far. Zero
+	// where it does not apply.
+	Took time.Duration
 }
