@@ -117,10 +117,7 @@ func TestCleanupSIGTERMLeavesNothing(t *testing.T) {
 				}
 				pid = st.PID // the serving generation
 			}
-			if pid <= 0 {
-				t.Fatalf("no pid to signal (%d)", pid)
-			}
-			if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+			if err := signalPID(t, pid, syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
 			waitAllExited(t)
@@ -149,15 +146,7 @@ func TestCleanupAfterSupervisorKill(t *testing.T) {
 	svc := &proctest.Service{Name: name, Baton: bins["baton"], Env: os.Environ(), Cmd: cmd, Tracker: tracker}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	for {
-		if s, err := svc.Status(ctx); err == nil && s.Phase == "serving" {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatal("supervisor never served")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitPhase(t, ctx, svc, "serving")
 	if rep, err := svc.Upgrade(ctx); err != nil || !rep.OK {
 		t.Fatalf("upgrade: %v %+v", err, rep)
 	}

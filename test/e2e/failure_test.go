@@ -55,14 +55,7 @@ func TestFailedUpgradesLoseNothing(t *testing.T) {
 		if st.Last == nil || st.Last.OK {
 			t.Fatalf("status does not report the failed upgrade: %+v", st.Last)
 		}
-		before := load.tcp.Snapshot().PIDs[servingPID].Responses
-		deadline := time.Now().Add(5 * time.Second)
-		for load.tcp.Snapshot().PIDs[servingPID].Responses == before {
-			if time.Now().After(deadline) {
-				t.Fatal("the old generation stopped answering")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitResponses(t, load.tcp, servingPID, 1) // the old generation still answers
 	}
 	restore := func() { installCopy(t, good, bin) }
 
@@ -126,17 +119,7 @@ func TestFailedUpgradesLoseNothing(t *testing.T) {
 			defer wg.Done()
 			first, _ = svc.Upgrade(ctx)
 		}()
-		// Wait until the first upgrade is under way.
-		for {
-			st, err := svc.Status(ctx)
-			if err == nil && st.Phase == "upgrading" {
-				break
-			}
-			if ctx.Err() != nil {
-				t.Fatal("first upgrade never started")
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		waitPhase(t, ctx, svc, "upgrading") // the first upgrade is under way
 		rep, err := svc.Upgrade(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -216,11 +199,15 @@ func TestStateTooLarge(t *testing.T) {
 	svc, _ := startHello(t, "state", "-addr", addr, "-state-pad", strconv.Itoa(17<<20))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.KeepAlivePOST: 2, loadgen.Fresh: 2}, MaxRequests: 500_000})
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	waitResponses(t, load, st.PID, 100) // the load runs before the upgrade
 	rep, err := svc.Upgrade(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -228,7 +215,7 @@ func TestStateTooLarge(t *testing.T) {
 	if rep.ExitCode != exitFailed || rep.Code != "state" || !strings.Contains(rep.Error, "too large") {
 		t.Fatalf("exit %d code=%q error=%q, want exit 1, code state, 'too large'", rep.ExitCode, rep.Code, rep.Error)
 	}
-	time.Sleep(200 * time.Millisecond)
+	waitResponses(t, load, st.PID, 100) // and after the refusal, on the same generation
 	r := load.Stop()
 	if r.TotalFailed() != 0 || r.TotalOK() == 0 {
 		t.Fatalf("load: %s", r)
@@ -246,16 +233,20 @@ func TestDrainingBound(t *testing.T) {
 	svc, _ := startHello(t, "bound", "-addr", addr, "-max-draining", "2", "-idle-grace", "200ms")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	// One long request in flight per generation keeps it draining.
-	long := func() *loadgen.Load {
-		l, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.Slow: 1}, SlowMS: 8000, MaxRequests: 1})
+	// One long request in flight per generation keeps it draining: on a
+	// connection the serving generation accepted.
+	long := func() *heldRequest {
+		st, err := svc.Status(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(300 * time.Millisecond) // the request is accepted by the current generation
-		return l
+		h := holdRequest(t, addr, 8000)
+		if h.PID != st.PID {
+			t.Fatalf("the long request went to pid %d, the serving generation is %d", h.PID, st.PID)
+		}
+		return h
 	}
-	var slow []*loadgen.Load
+	var slow []*heldRequest
 	for i := 0; i < 2; i++ {
 		slow = append(slow, long())
 		rep, err := svc.Upgrade(ctx)
@@ -276,10 +267,9 @@ func TestDrainingBound(t *testing.T) {
 		t.Fatalf("status: %v draining=%v, want 2 draining pids", err, st.Draining)
 	}
 	// The slow requests finish on the generations that took them.
-	for _, l := range slow {
-		r := l.Stop()
-		if r.TotalFailed() != 0 || r.TotalOK() != 1 {
-			t.Fatalf("slow request: %s", r)
+	for _, h := range slow {
+		if err := h.wait(); err != nil {
+			t.Fatalf("the long request on pid %d: %v", h.PID, err)
 		}
 	}
 	// Once they are gone, upgrades work again.

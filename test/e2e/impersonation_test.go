@@ -94,7 +94,7 @@ func TestSupervisorIgnoresForeignReady(t *testing.T) {
 	if err != nil || now.PID != st.PID || now.Phase != "serving" {
 		t.Fatalf("status after the refused readiness: %v %+v (want pid %d serving)", err, now, st.PID)
 	}
-	time.Sleep(500 * time.Millisecond)
+	waitResponses(t, load, st.PID, 100) // the old generation goes on serving
 	r := load.Stop()
 	if r.TotalOK() == 0 || r.TotalFailed() != 0 {
 		t.Fatalf("load: %s", r)
@@ -116,10 +116,16 @@ func TestSupervisorLinkTakenFirst(t *testing.T) {
 		t.Skip("end-to-end test")
 	}
 	dir := t.TempDir()
-	// The app starts 500 ms late (the same process: sh execs hello), so
-	// that the test is on the link first.
+	// Once armed (after generation 1 runs), the app waits until the test
+	// is on the link (at most 30 s) before it starts (the same process: sh
+	// execs hello), so that the test is on the link first.
+	armed, linked := filepath.Join(dir, "armed"), filepath.Join(dir, "impostor-linked")
 	app := filepath.Join(dir, "slow-hello")
-	script := fmt.Sprintf("#!/bin/sh\nsleep 0.5\nexec %s \"$@\"\n", bins["hello"])
+	script := fmt.Sprintf(`#!/bin/sh
+i=0
+while [ -e %q ] && [ ! -e %q ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done
+exec %s "$@"
+`, armed, linked, bins["hello"])
 	if err := os.WriteFile(app, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -134,6 +140,9 @@ func TestSupervisorLinkTakenFirst(t *testing.T) {
 		t.Fatalf("load: %s", r)
 	}
 
+	if err := os.WriteFile(armed, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	linkPath := filepath.Join(ctl.Dir(), "suplinkfirst.gen2.link")
 	type result struct {
 		pid int
@@ -144,30 +153,34 @@ func TestSupervisorLinkTakenFirst(t *testing.T) {
 		// The link socket is made before the generation starts; the
 		// generation's pid is that of the process whose environment names
 		// this link.
-		deadline := time.Now().Add(20 * time.Second)
-		for time.Now().Before(deadline) {
-			if pid := pidWithEnv(contract.EnvLink + "=" + linkPath); pid != 0 {
-				c, err := net.Dial("unix", linkPath)
-				if err != nil {
-					impostor <- result{pid, err}
-					return
-				}
-				b, _ := json.Marshal(contract.LinkHello{Version: contract.LinkVersion, PID: pid})
-				var frame bytes.Buffer
-				binary.Write(&frame, binary.BigEndian, uint32(len(b)))
-				frame.Write(b)
-				_, err = c.Write(frame.Bytes())
-				// Hold the connection until the supervisor ends it (or a
-				// while): whatever it sends is not ours to read.
-				c.SetReadDeadline(time.Now().Add(15 * time.Second))
-				io.Copy(io.Discard, c)
-				c.Close()
-				impostor <- result{pid, err}
-				return
-			}
-			time.Sleep(2 * time.Millisecond)
+		var pid int
+		if !pollUntil(20*time.Second, func() bool {
+			pid = pidWithEnv(contract.EnvLink + "=" + linkPath)
+			return pid != 0
+		}) {
+			impostor <- result{0, fmt.Errorf("generation 2 (link %s) never seen", linkPath)}
+			return
 		}
-		impostor <- result{0, fmt.Errorf("generation 2 (link %s) never seen", linkPath)}
+		c, err := net.Dial("unix", linkPath)
+		if err != nil {
+			impostor <- result{pid, err}
+			return
+		}
+		b, _ := json.Marshal(contract.LinkHello{Version: contract.LinkVersion, PID: pid})
+		var frame bytes.Buffer
+		binary.Write(&frame, binary.BigEndian, uint32(len(b)))
+		frame.Write(b)
+		_, err = c.Write(frame.Bytes())
+		// The generation may start now: the test was on the link first.
+		if ferr := os.WriteFile(linked, nil, 0o600); err == nil {
+			err = ferr
+		}
+		// Hold the connection until the supervisor ends it (or a while):
+		// whatever it sends is not ours to read.
+		c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		io.Copy(io.Discard, c)
+		c.Close()
+		impostor <- result{pid, err}
 	}()
 	rep, err := svc.Upgrade(ctx)
 	if err != nil || !rep.OK {

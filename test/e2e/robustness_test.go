@@ -66,7 +66,8 @@ func TestParentKilledDuringStartup(t *testing.T) {
 		t.Skip("end-to-end test")
 	}
 	addr := freeAddr(t, "tcp")
-	svc, _ := startHello(t, "orphan", "-addr", addr, "-startup-delay", "1s")
+	events := filepath.Join(t.TempDir(), "events.log")
+	svc, _ := startHello(t, "orphan", "-addr", addr, "-startup-delay", "1s", "-event-log", events)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	st, err := svc.Status(ctx)
@@ -74,23 +75,34 @@ func TestParentKilledDuringStartup(t *testing.T) {
 		t.Fatal(err)
 	}
 	go svc.Upgrade(ctx) // its caller loses the answer: the parent is killed
-	waitPhase(t, ctx, svc, "upgrading")
-	time.Sleep(300 * time.Millisecond) // the child is in its start-up work
-	syscall.Kill(st.PID, syscall.SIGKILL)
+	// Generation 2 writes "starting" to the event log before its start-up
+	// work and "ready" after it: the parent is killed in between.
+	gen2 := func(event string) bool {
+		b, _ := os.ReadFile(events)
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "generation 2 pid ") && strings.HasSuffix(line, " "+event) {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor(t, 30*time.Second, "generation 2 starting", func() bool { return gen2("starting") })
+	if err := signalPID(t, st.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if gen2("ready") {
+		t.Fatal("generation 2 was ready before its parent was killed: the test proves nothing (raise -startup-delay)")
+	}
 	// The child logs after its start-up work (stderr is still the pipe to
 	// the dead parent), then gets ready and serves.
-	var now proctest.Service = *svc
-	for {
-		st2, err := now.Status(ctx)
+	waitFor(t, 30*time.Second, "a generation taking over after the parent was killed", func() bool {
+		st2, err := svc.Status(ctx)
 		if err == nil && st2.PID != st.PID && st2.Phase == "serving" {
 			tracker.Track(st2.PID)
-			break
+			return true
 		}
-		if ctx.Err() != nil {
-			t.Fatal("no generation took over after the parent was killed")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false
+	})
 	l, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.Fresh: 1}, MaxRequests: 20})
 	if err != nil {
 		t.Fatal(err)
@@ -111,14 +123,19 @@ func TestStopDuringUpgrade(t *testing.T) {
 	svc, bin := startHello(t, "stopping", "-addr", addr, "-ready-timeout", "20s")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	st, _ := svc.Status(ctx)
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	installCopy(t, bins["badapp-hang"], bin)
 	var wg sync.WaitGroup
 	var rep proctest.UpgradeReport
 	wg.Add(1)
 	go func() { defer wg.Done(); rep, _ = svc.Upgrade(ctx) }()
 	waitPhase(t, ctx, svc, "upgrading")
-	syscall.Kill(st.PID, syscall.SIGTERM)
+	if err := signalPID(t, st.PID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	wg.Wait()
 	if rep.ExitCode != exitFailed || rep.Code != "canceled" {
 		t.Fatalf("upgrade interrupted by SIGTERM: exit %d code %q (%s)", rep.ExitCode, rep.Code, rep.Error)
@@ -170,18 +187,13 @@ func TestSymlinkSwitchDeploy(t *testing.T) {
 	}
 }
 
+// waitPhase waits until the service's status says phase.
 func waitPhase(t *testing.T, ctx context.Context, svc *proctest.Service, phase string) {
 	t.Helper()
-	for {
+	waitFor(t, 30*time.Second, "phase "+phase, func() bool {
 		st, err := svc.Status(ctx)
-		if err == nil && st.Phase == phase {
-			return
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("phase %q never reached", phase)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return err == nil && st.Phase == phase
+	})
 }
 
 // A named file (here an event log) is opened once and inherited by every

@@ -42,13 +42,7 @@ func TestSupervisorRestoresInstalledRelease(t *testing.T) {
 	defer load.Stop()
 	waitInstalled := func(want, what string) {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for fileSHA(t, app) != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: the installed binary is %s, want %s", what, fileSHA(t, app), want)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		waitFor(t, 20*time.Second, what+": the installed binary is "+want, func() bool { return fileSHA(t, app) == want })
 	}
 
 	// A release that exits before it is ready, installed on disk only, then
@@ -176,17 +170,24 @@ func TestStagingProbationRollbackLosesNothing(t *testing.T) {
 	if _, err := load.WaitPID(ctx, st.PID); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Second) // the failed generation drains meanwhile
+	// The failed generation drains under the load, then exits.
+	var sickPID int
+	for pid, p := range load.Snapshot().PIDs {
+		if p.Version == "sick" {
+			sickPID = pid
+		}
+	}
+	if sickPID == 0 {
+		t.Fatal("the failing release never served: the test did not test a rollback of a serving generation")
+	}
+	tracker.Track(sickPID)
+	if _, err := tracker.WaitExit(ctx, sickPID); err != nil {
+		t.Fatalf("the failed generation did not finish its drain: %v", err)
+	}
+	waitResponses(t, load, st.PID, 100)
 	r := load.Stop()
 	if v := r.PIDs[st.PID].Version; v != "dev" {
 		t.Errorf("after the rollback pid %d serves %q, want the previous release", st.PID, v)
-	}
-	sawSick := false
-	for _, p := range r.PIDs {
-		sawSick = sawSick || p.Version == "sick"
-	}
-	if !sawSick {
-		t.Error("the failing release never served: the test did not test a rollback of a serving generation")
 	}
 	if r.TotalFailed() != 0 {
 		t.Errorf("%d requests failed:\n%s", r.TotalFailed(), r)
@@ -207,7 +208,7 @@ func checkServesAfterRollback(ctx context.Context, t *testing.T, svc *proctest.S
 	if _, err := load.WaitPID(ctx, st.PID); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	waitResponses(t, load, st.PID, 100)
 	r := load.Stop()
 	if v := r.PIDs[st.PID].Version; v != want {
 		t.Errorf("after the rollback pid %d serves %q, want %s", st.PID, v, want)

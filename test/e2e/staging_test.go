@@ -153,7 +153,7 @@ func TestStagingRefusals(t *testing.T) {
 	servingPID := st.PID
 	installedSHA := fileSHA(t, bin)
 	load := startMixedLoad(t, ctx, addr, "", "")
-	time.Sleep(200 * time.Millisecond)
+	waitResponses(t, load.tcp, servingPID, 100)
 
 	keys := t.TempDir()
 	pub, priv, err := minisign.GenerateKey(nil)
@@ -178,14 +178,7 @@ func TestStagingRefusals(t *testing.T) {
 		if err != nil || st.PID != servingPID || st.Phase != "serving" {
 			t.Fatalf("after a refusal: %v pid %d %s, want pid %d serving", err, st.PID, st.Phase, servingPID)
 		}
-		before := load.tcp.Snapshot().PIDs[servingPID].Responses
-		deadline := time.Now().Add(5 * time.Second)
-		for load.tcp.Snapshot().PIDs[servingPID].Responses == before {
-			if time.Now().After(deadline) {
-				t.Fatal("the serving generation stopped answering")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitResponses(t, load.tcp, servingPID, 1) // it still answers
 	}
 
 	for _, tc := range []struct {
@@ -239,15 +232,10 @@ func TestStagingRefusals(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { w.Process.Kill(); w.Wait() }()
-		for i := 0; ; i++ {
-			if _, err := os.Stat(ready); err == nil {
-				break
-			}
-			if i > 1000 {
-				t.Fatal("the writer never opened the file")
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		waitFor(t, 10*time.Second, "the writer opening the file", func() bool {
+			_, err := os.Stat(ready)
+			return err == nil
+		})
 		code, _, errOut := batonRun(ctx, t, "upgrade", "--name", "stage", "--binary", f)
 		want := "pid " + strconv.Itoa(w.Process.Pid) + " (sleep) has it open for writing"
 		if code != exitBusy || !strings.Contains(errOut, want) {
@@ -272,8 +260,12 @@ func TestStagingRollbackOnFailedUpgrade(t *testing.T) {
 	svc, bin := startHello(t, "stroll", "-addr", addr, "-idle-grace", "500ms")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	st0, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	load := startMixedLoad(t, ctx, addr, "", "")
-	time.Sleep(200 * time.Millisecond)
+	waitResponses(t, load.tcp, st0.PID, 100)
 	v1, v2 := fileSHA(t, bins["hello"]), fileSHA(t, bins["hello-v2"])
 
 	// 1. A good release, checked (smoke run included), staged, switched, started.
@@ -359,7 +351,7 @@ func TestStagingRollbackOnFailedUpgrade(t *testing.T) {
 	if got := load.tcp.Snapshot().PIDs[urep.Result.PID].Version; got != "v1" {
 		t.Fatalf("after install + upgrade the service answers %q, want v1", got)
 	}
-	time.Sleep(300 * time.Millisecond)
+	waitResponses(t, load.tcp, urep.Result.PID, 100)
 	load.stopAndCheck(t)
 }
 
@@ -401,7 +393,7 @@ func TestStagingCrashSafety(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(full/4 + time.Duration(rng.Int63n(int64(full))))
+		pace(full/4 + time.Duration(rng.Int63n(int64(full)))) // a random moment of the install
 		cmd.Process.Signal(syscall.SIGKILL)
 		err := cmd.Wait()
 		killed := err != nil

@@ -69,13 +69,13 @@ func TestSupervisorUpgradesUnderLoad(t *testing.T) {
 	supPID := svc.Cmd.Process.Pid
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	load := startMixedLoad(t, ctx, addr, sock, "")
-	time.Sleep(300 * time.Millisecond)
-	var olds []int
 	st, err := svc.Status(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	load := startMixedLoad(t, ctx, addr, sock, "")
+	waitResponses(t, load.tcp, st.PID, 100)
+	var olds []int
 	current := st.PID
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
@@ -91,7 +91,7 @@ func TestSupervisorUpgradesUnderLoad(t *testing.T) {
 		olds = append(olds, current)
 		current = rep.Result.PID
 	}
-	time.Sleep(time.Second)
+	waitResponses(t, load.tcp, current, 100) // the last generation serves a while too
 	load.stopAndCheck(t)
 	st, err = svc.Status(ctx)
 	if err != nil {
@@ -117,20 +117,18 @@ func TestSupervisorUpgradesUnderLoad(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "[gen 1 pid ") || !strings.Contains(out, "[gen 21 pid "+strconv.Itoa(current)+"]") {
 		t.Errorf("baton logs: exit %d, output without the generations' tagged lines:\n%.2000s", code, out)
 	}
-	// Old generations are the supervisor's children: it reaps them.
+	// Old generations are the supervisor's children: it reaps them (the
+	// tracker cannot: they are not ours; it sees them gone once reaped).
 	for _, pid := range olds {
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			if err := syscall.Kill(pid, 0); err == syscall.ESRCH {
-				break
-			}
-			if proctest.IsZombie(pid) && time.Now().After(deadline) {
-				t.Fatalf("old generation %d is a zombie", pid)
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("old generation %d still running", pid)
-			}
-			time.Sleep(20 * time.Millisecond)
+		tracker.Track(pid)
+		wctx, wcancel := context.WithTimeout(ctx, 15*time.Second)
+		_, err := tracker.WaitExit(wctx, pid)
+		wcancel()
+		if err != nil && proctest.IsZombie(pid) {
+			t.Fatalf("old generation %d is a zombie", pid)
+		}
+		if err != nil {
+			t.Fatalf("old generation %d still running: %v", pid, err)
 		}
 	}
 }
@@ -175,8 +173,13 @@ func TestSupervisorRestartsCrashedGeneration(t *testing.T) {
 		"--", bins["hello"], "-addr", addr)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	st, _ := svc.Status(ctx)
-	syscall.Kill(st.PID, syscall.SIGKILL)
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := signalPID(t, st.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
 	// Connect while no generation runs: the supervisor's socket queues it.
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -191,17 +194,14 @@ func TestSupervisorRestartsCrashedGeneration(t *testing.T) {
 		t.Fatalf("request made during the restart: %q", buf[:n])
 	}
 	// The new generation may answer before it reports ready: wait for it.
-	for {
+	waitFor(t, 30*time.Second, "a new generation serving after the crash", func() bool {
 		st2, err := svc.Status(ctx)
 		if err == nil && st2.PID != st.PID && st2.Phase == "serving" {
 			tracker.Track(st2.PID)
-			break
+			return true
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("status after the crash: %v %+v", err, st2)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false
+	})
 }
 
 // TestSupervisorGivesUpOnCrashLoop: an app that crashes right after
@@ -313,17 +313,10 @@ func supervisorKilled(t *testing.T, guard string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	svc := &proctest.Service{Name: "supkill", Baton: bins["baton"], Env: os.Environ(), Cmd: cmd, Tracker: tracker}
-	var st struct{ PID int }
-	for {
-		s, err := svc.Status(ctx)
-		if err == nil && s.Phase == "serving" {
-			st.PID = s.PID
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatal("supervisor never served")
-		}
-		time.Sleep(20 * time.Millisecond)
+	waitPhase(t, ctx, svc, "serving")
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
 	rep, err := svc.Upgrade(ctx)
 	if err != nil || !rep.OK {
@@ -331,18 +324,16 @@ func supervisorKilled(t *testing.T, guard string) {
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
+	// The generations are reparented to us (the tracker is the subreaper):
+	// it reaps them once they are dead.
 	for _, pid := range []int{st.PID, rep.Result.PID} {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if err := syscall.Kill(pid, 0); err == syscall.ESRCH || proctest.IsZombie(pid) {
-				tracker.Track(pid) // reap it if it was reparented to us
-				break
-			}
-			if time.Now().After(deadline) {
-				syscall.Kill(pid, syscall.SIGKILL)
-				t.Fatalf("generation %d still running after the supervisor was killed", pid)
-			}
-			time.Sleep(20 * time.Millisecond)
+		tracker.Track(pid)
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := tracker.WaitExit(wctx, pid)
+		wcancel()
+		if err != nil {
+			signalEach(syscall.SIGKILL, pid)
+			t.Fatalf("generation %d still running after the supervisor was killed: %v", pid, err)
 		}
 	}
 }
@@ -376,7 +367,10 @@ func TestSupervisorRollbackOnProbation(t *testing.T) {
 		"--ready-http", "http://"+addr+"/healthz", "--probation", "3s", "--", app, "-idle-grace", "300ms")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	st, _ := svc.Status(ctx)
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
 		loadgen.KeepAliveGET: 2, loadgen.KeepAlivePOST: 2, loadgen.Fresh: 2}, MaxRequests: 2_000_000})
 	if err != nil {
@@ -397,7 +391,7 @@ func TestSupervisorRollbackOnProbation(t *testing.T) {
 	if _, err := load.WaitPID(ctx, now.PID); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	waitResponses(t, load, now.PID, 100)
 	r := load.Stop()
 	if v := r.PIDs[now.PID].Version; v != "dev" {
 		t.Fatalf("after the rollback pid %d serves %q, want the previous release", now.PID, v)
@@ -434,17 +428,14 @@ func TestSupervisorWatchBinary(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	installCopy(t, bins["hello-v2"], app)
-	for {
+	waitFor(t, 30*time.Second, "an upgrade after the binary changed", func() bool {
 		st, err := svc.Status(ctx)
 		if err == nil && st.Generation == 2 && st.Phase == "serving" {
 			tracker.Track(st.PID)
-			break
+			return true
 		}
-		if ctx.Err() != nil {
-			t.Fatal("no upgrade after the binary changed")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return false
+	})
 }
 
 // TestSupervisorStopDuringRestart: a stop asked while a crashed generation
@@ -463,13 +454,17 @@ func TestSupervisorStopDuringRestart(t *testing.T) {
 	defer cancel()
 	svc := &proctest.Service{Name: "supstoprs", Baton: bins["baton"], Env: os.Environ(), Cmd: cmd, Tracker: tracker}
 	waitPhase(t, ctx, svc, "serving")
-	st, _ := svc.Status(ctx)
-	syscall.Kill(st.PID, syscall.SIGKILL)
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := signalPID(t, st.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
 	waitPhase(t, ctx, svc, "restarting")
 	start := time.Now()
 	cmd.Process.Signal(syscall.SIGTERM)
-	err := cmd.Wait()
-	if err != nil {
+	if err := cmd.Wait(); err != nil {
 		t.Fatalf("baton run after SIGTERM during a restart: %v, want exit 0", err)
 	}
 	if took := time.Since(start); took > 4*time.Second {
@@ -489,31 +484,32 @@ func TestSupervisorNewGenerationCrashWhileOldDrains(t *testing.T) {
 		"--restart-min", "100ms", "--", bins["hello"], "-addr", addr, "-idle-grace", "200ms")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	st1, _ := svc.Status(ctx)
-	slow, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.Slow: 1}, SlowMS: 6000, MaxRequests: 1})
+	st1, err := svc.Status(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond) // the 6 s request is on generation 1
+	slow := holdRequest(t, addr, 6000) // the 6 s request is on generation 1
+	if slow.PID != st1.PID {
+		t.Fatalf("the long request went to pid %d, generation 1 is %d", slow.PID, st1.PID)
+	}
 	rep, err := svc.Upgrade(ctx)
 	if err != nil || !rep.OK {
 		t.Fatalf("upgrade: %v %+v", err, rep)
 	}
-	syscall.Kill(rep.Result.PID, syscall.SIGKILL)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	if err := signalPID(t, rep.Result.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Sooner than generation 1's 6 s drain: the restart does not wait for it.
+	waitFor(t, 5*time.Second, "a new generation after the serving one crashed (the old one still draining)", func() bool {
 		st, err := svc.Status(ctx)
 		if err == nil && st.Phase == "serving" && st.PID != rep.Result.PID && st.PID != st1.PID {
 			tracker.Track(st.PID)
-			break
+			return true
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no new generation 5 s after the serving one crashed (old one still draining): %+v", st)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if r := slow.Stop(); r.TotalFailed() != 0 {
-		t.Fatalf("the long request on the draining generation failed: %s", r)
+		return false
+	})
+	if err := slow.wait(); err != nil {
+		t.Fatalf("the long request on the draining generation failed: %v", err)
 	}
 }
 
@@ -531,19 +527,15 @@ func TestSupervisorHandsOverFileAndState(t *testing.T) {
 	checkFileAndStateTravel(t, svc, addr, logPath)
 	// SIGUSR2 would have killed hello: the old generations were told to
 	// drain over the link, and drained.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, _ := os.ReadFile(logf.Name())
-		if n := strings.Count(string(b), "handed over; draining"); n >= 3 {
-			if strings.Contains(string(b), "signal: user defined signal 2") {
-				t.Fatalf("an old generation got the drain signal instead of the link's drain request:\n%s", b)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the old generations did not drain through their Exit channel:\n%s", b)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var b []byte
+	if !pollUntil(10*time.Second, func() bool {
+		b, _ = os.ReadFile(logf.Name())
+		return strings.Count(string(b), "handed over; draining") >= 3
+	}) {
+		t.Fatalf("the old generations did not drain through their Exit channel:\n%s", b)
+	}
+	if strings.Contains(string(b), "signal: user defined signal 2") {
+		t.Fatalf("an old generation got the drain signal instead of the link's drain request:\n%s", b)
 	}
 }
 
@@ -587,16 +579,13 @@ func TestSupervisorStatusCountsConnections(t *testing.T) {
 	}
 	waitConns := func(state string, want int) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			g, ok := gens()[state]
-			if ok && g.Conns != nil && *g.Conns == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the %s generation holds %v connections (want %d): %+v", state, g.Conns, want, g)
-			}
-			time.Sleep(100 * time.Millisecond)
+		var g supervisor.GenInfo
+		if !pollUntil(10*time.Second, func() bool {
+			var ok bool
+			g, ok = gens()[state]
+			return ok && g.Conns != nil && *g.Conns == want
+		}) {
+			t.Fatalf("the %s generation holds %v connections (want %d): %+v", state, g.Conns, want, g)
 		}
 	}
 	waitConns("serving", 3)
@@ -615,13 +604,7 @@ func TestSupervisorStatusCountsConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := fmt.Sprintf("%x", sha256.Sum256(b))
-	deadline := time.Now().Add(10 * time.Second)
-	for gens()["serving"].SHA256 != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("status: sha256 %q, want %q", gens()["serving"].SHA256, want)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitFor(t, 10*time.Second, "status naming the sha256 "+want, func() bool { return gens()["serving"].SHA256 == want })
 	_ = conns
 }
 

@@ -4,8 +4,11 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -112,9 +115,10 @@ func TestUpgradesUnderLoad(t *testing.T) {
 	}
 	firstPID := st.PID
 	fdsBefore, fdErr := proctest.CountFDs(firstPID)
+	fdsBeforeList := fdTargets(firstPID)
 
 	load := startMixedLoad(t, ctx, addr, unixPath, udpAddr)
-	time.Sleep(500 * time.Millisecond)
+	waitResponses(t, load.tcp, firstPID, 100)
 
 	const upgrades = 20
 	type handover struct {
@@ -148,7 +152,7 @@ func TestUpgradesUnderLoad(t *testing.T) {
 		handovers = append(handovers, handover{oldPID: current, newPID: rep.Result.PID, at: rep.Returned, switchTime: seen.Sub(rep.Triggered)})
 		current = rep.Result.PID
 	}
-	time.Sleep(2 * time.Second) // the last generation serves a while too
+	waitResponses(t, load.tcp, current, 200) // the last generation serves a while too
 	report := load.stopAndCheck(t)
 
 	// Every generation answered requests.
@@ -183,18 +187,31 @@ func TestUpgradesUnderLoad(t *testing.T) {
 	// No fd growth: the last generation, idle, holds what the first held idle.
 	if fdErr == nil {
 		var fdsAfter int
-		for i := 0; i < 100; i++ { // load connections close asynchronously
+		pollUntil(5*time.Second, func() bool { // load connections close asynchronously
 			fdsAfter, _ = proctest.CountFDs(current)
-			if fdsAfter <= fdsBefore {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return fdsAfter <= fdsBefore
+		})
 		t.Logf("open fds: generation 1 %d, generation %d %d", fdsBefore, upgrades+1, fdsAfter)
 		if fdsAfter > fdsBefore {
-			t.Errorf("fd count grew across generations: %d -> %d", fdsBefore, fdsAfter)
+			t.Errorf("fd count grew across generations: %d -> %d\ngeneration 1: %s\ngeneration %d: %s", fdsBefore, fdsAfter, fdsBeforeList, upgrades+1, fdTargets(current))
 		}
 	}
+}
+
+// fdTargets lists what pid's open descriptors point at (Linux), for a
+// failure message.
+func fdTargets(pid int) string {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, e := range ents {
+		target, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		out = append(out, e.Name()+"->"+target)
+	}
+	return strings.Join(out, " ")
 }
 
 func durStats(ds []time.Duration) string {
