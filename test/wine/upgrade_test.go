@@ -49,7 +49,9 @@ func TestUpgradesUnderLoadOnWindows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
+	if _, err := load.WaitPID(ctx, st0.PID); err != nil { // the load runs before the first upgrade
+		t.Fatal(err)
+	}
 	const upgrades = 10
 	var switches, readies []time.Duration
 	var handles []int
@@ -75,9 +77,16 @@ func TestUpgradesUnderLoadOnWindows(t *testing.T) {
 		switches = append(switches, seen.Sub(rep.Triggered))
 		readies = append(readies, rep.Result.ReadyAfter)
 		lastPID = rep.Result.PID
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond) // pacing between upgrades, not a wait
 	}
-	time.Sleep(2 * time.Second)
+	// The last generation serves a while too: 50 more answers from it.
+	lastBefore := load.Snapshot().PIDs[lastPID].Responses
+	for deadline := time.Now().Add(30 * time.Second); load.Snapshot().PIDs[lastPID].Responses < lastBefore+50; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the last generation (pid %d) stopped answering", lastPID)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	rep := load.Stop()
 	t.Logf("load under Wine:\n%s", rep)
 	ur := udp.Stop()
