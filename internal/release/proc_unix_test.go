@@ -8,9 +8,14 @@ import (
 	"time"
 )
 
-// waitGone waits (bounded) until pid no longer exists.
+// waitGone waits (bounded) until pid no longer exists. A pid <= 0 (an
+// unread pid file) fails at once: kill(0, 0) asks about our own process
+// group, which always exists.
 func waitGone(t *testing.T, pid int) {
 	t.Helper()
+	if pid <= 0 {
+		t.Fatalf("no pid to wait for (%d)", pid)
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for syscall.Kill(pid, 0) == nil {
 		if time.Now().After(deadline) {
