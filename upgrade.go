@@ -104,6 +104,7 @@ func (u *Upgrader) newEngine() {
 		// guards its successor (see Options.Probation and Stop).
 		Probation:           max(u.opts.Probation, 0),
 		BackgroundProbation: true,
+		Notify:              func(n lifecycle.Notice) { u.events.Notice(n) },
 		Logger:              u.log,
 	})
 	u.self = u.engine.Adopt(selfProc{u}, u.generation)

@@ -13,10 +13,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/baton-go/baton/events"
 	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/handoff"
 	"github.com/baton-go/baton/internal/lifecycle"
+	"github.com/baton-go/baton/internal/observe"
 )
 
 // envSupervisor is set by `baton run` for its generations.
@@ -51,7 +53,8 @@ type Upgrader struct {
 	// internal/lifecycle's; self is this generation in it.
 	engine   *lifecycle.Engine
 	self     *lifecycle.Generation
-	binaryMu sync.Mutex // UpgradeTo: one install at a time
+	events   *observe.Recorder // nil without a control endpoint name
+	binaryMu sync.Mutex        // UpgradeTo: one install at a time
 
 	mu         sync.Mutex
 	entries    []*entry
@@ -159,6 +162,15 @@ func New(opts Options) (*Upgrader, error) {
 	if err := u.openControl(); err != nil {
 		u.closeAll()
 		return nil, err
+	}
+	if u.opts.Name != "" && !u.supervised {
+		// Every generation appends its steps to the service's events file
+		// (under baton run the supervisor keeps it).
+		if el, err := events.Open(events.Path(ctl.Dir(), u.opts.Name), u.opts.Name, "library", 0); err != nil {
+			u.log.Warn("events are not recorded", "err", err)
+		} else {
+			u.events = &observe.Recorder{Log: el, Logger: u.log}
+		}
 	}
 	u.watchSignal()
 	if u.supervised {
@@ -296,6 +308,7 @@ func (u *Upgrader) Stop() {
 	u.engine.Halt()
 	u.engine.WaitCommit() // a go-ahead being given: how it ended decides below
 	close(u.stoppedC)     // no forced exit: we are done
+	u.engine.WaitDrains() // our own drain's end is recorded before we go
 	u.mu.Lock()
 	// The sockets' files, the control endpoint and the PID file belong to
 	// the generation that serves: a first generation, or a new one once it

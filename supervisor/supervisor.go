@@ -13,11 +13,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/baton-go/baton/events"
 	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/handlecount"
 	"github.com/baton-go/baton/internal/handoff"
 	"github.com/baton-go/baton/internal/lifecycle"
+	"github.com/baton-go/baton/internal/observe"
 	"github.com/baton-go/baton/internal/release"
 	"github.com/baton-go/baton/internal/sdnotify"
 	"github.com/baton-go/baton/internal/sockstat"
@@ -53,7 +55,8 @@ type Supervisor struct {
 	// crashLoopSHA: what the generation that kept crashing ran, until the
 	// fallback serves.
 	crashLoopSHA string
-	reloading    bool // RELOADING=1 was sent for the upgrade under way
+	events       *observe.Recorder // nil when the events file cannot be written
+	reloading    bool              // RELOADING=1 was sent for the upgrade under way
 
 	ctlLn   net.Listener // the control endpoint, served once a generation serves
 	closers []func()     // what New took, released by Run
@@ -115,6 +118,14 @@ func New(cfg Config, out io.Writer) (_ *Supervisor, err error) {
 	}
 	closers = append(closers, s.host.close)
 	s.closers = closers
+	// Every lifecycle step is kept as an event record beside the control
+	// endpoint (baton events, baton report); not being able to keep them
+	// does not stop the service.
+	if el, err := events.Open(events.Path(s.runDir, cfg.Name), cfg.Name, "supervisor", 0); err != nil {
+		s.log.Warn("events are not recorded", "err", err)
+	} else {
+		s.events = &observe.Recorder{Log: el, Logger: s.log}
+	}
 	s.engine = lifecycle.New(platform{s}, lifecycle.Config{
 		ReadyTimeout: cfg.ReadyTimeout,
 		DrainTimeout: cfg.DrainTimeout,
@@ -285,6 +296,7 @@ func (p platform) Healthy(ctx context.Context, _ lifecycle.Proc) bool {
 // notice follows the engine: systemd's notifications, the first serving
 // generation, what a failed generation ran.
 func (s *Supervisor) notice(n lifecycle.Notice) {
+	s.events.Notice(n)
 	switch n.Kind {
 	case lifecycle.NoticeServing:
 		s.servOnce.Do(func() { close(s.serving) })

@@ -471,6 +471,10 @@ func (e *Engine) SetLast(o Outcome) {
 	e.mu.Unlock()
 }
 
+// WaitDrains waits until every generation told to drain has exited (or
+// been killed at the drain deadline) and its notice was sent.
+func (e *Engine) WaitDrains() { e.drains.Wait() }
+
 // WaitProbation waits until a background probation (BackgroundProbation)
 // has ended: a generation that handed over keeps what it needs to serve
 // again until then.

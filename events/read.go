@@ -1,0 +1,149 @@
+package events
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"time"
+)
+
+// timeNow is time.Now (a variable for tests of ordering).
+var timeNow = time.Now
+
+// maxLine bounds one record when reading: a longer line is skipped.
+const maxLine = 64 << 10
+
+// ReadFile returns the records kept at path, the rotated older file
+// (path.1) first, oldest first. A file that does not exist holds no
+// records; lines that are not records (cut by a crash, or not JSON) are
+// skipped and counted in skipped.
+func ReadFile(path string) (recs []Record, skipped int, err error) {
+	for _, p := range []string{path + ".1", path} {
+		f, err := os.Open(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, skipped, err
+		}
+		rs, sk, err := decode(f)
+		f.Close()
+		if err != nil {
+			return nil, skipped, err
+		}
+		recs, skipped = append(recs, rs...), skipped+sk
+	}
+	return recs, skipped, nil
+}
+
+func decode(r io.Reader) (recs []Record, skipped int, err error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		line, err := readLine(br)
+		if len(line) > 0 {
+			var rec Record
+			if json.Unmarshal(line, &rec) == nil && rec.Name != "" {
+				recs = append(recs, rec)
+			} else {
+				skipped++
+			}
+		}
+		if err == io.EOF {
+			return recs, skipped, nil
+		}
+		if err != nil {
+			return recs, skipped, err
+		}
+	}
+}
+
+// readLine returns the next line without its newline; a line longer than
+// maxLine is returned empty (skipped whole).
+func readLine(br *bufio.Reader) ([]byte, error) {
+	var line []byte
+	tooLong := false
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if !tooLong {
+			if len(line)+len(chunk) > maxLine {
+				tooLong, line = true, nil
+			} else {
+				line = append(line, chunk...)
+			}
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if tooLong {
+			return []byte("-"), err // counted as skipped
+		}
+		return bytes.TrimRight(line, "\r\n"), err
+	}
+}
+
+// Follow calls fn for every record appended to path from now on (after
+// the ones already there), until ctx ends; it follows the file across
+// rotations. It polls every interval (200ms when zero).
+func Follow(ctx context.Context, path string, interval time.Duration, fn func(Record)) error {
+	if interval <= 0 {
+		interval = 200 * time.Millisecond
+	}
+	var cur os.FileInfo
+	var off int64
+	if fi, err := os.Stat(path); err == nil {
+		cur, off = fi, fi.Size()
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		fi, err := os.Stat(path)
+		if err != nil {
+			continue // not created yet, or being rotated
+		}
+		if cur != nil && !os.SameFile(fi, cur) {
+			// Rotated: finish the old file (now path.1), then start over.
+			if old, err := os.Stat(path + ".1"); err == nil && os.SameFile(old, cur) {
+				readFrom(path+".1", off, fn)
+			}
+			off = 0
+		} else if fi.Size() < off {
+			off = 0 // truncated
+		}
+		cur = fi
+		off = readFrom(path, off, fn)
+	}
+}
+
+// readFrom reads whole records from off on and returns the offset after
+// the last whole line.
+func readFrom(path string, off int64, fn func(Record)) int64 {
+	f, err := os.Open(path)
+	if err != nil {
+		return off
+	}
+	defer f.Close()
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return off
+	}
+	br := bufio.NewReaderSize(f, 64<<10)
+	for {
+		line, err := br.ReadBytes('\n')
+		if err != nil {
+			return off // a partial last line is read next time, whole
+		}
+		off += int64(len(line))
+		var rec Record
+		if json.Unmarshal(bytes.TrimRight(line, "\r\n"), &rec) == nil && rec.Name != "" {
+			fn(rec)
+		}
+	}
+}
