@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/baton-go/baton/internal/contract"
@@ -61,21 +62,23 @@ func (f *stageFlags) options(installed string) release.CheckOptions {
 	}
 }
 
-// serviceStatus asks the service for its status.
-func serviceStatus(ctx context.Context, name string) (contract.Status, error) {
+// serviceStatus asks the service for its status; peer is what the system
+// says about who answered.
+func serviceStatus(ctx context.Context, name string) (contract.Status, ctl.Peer, error) {
 	var st contract.Status
-	resp, err := ctl.Do(ctx, name, ctl.Request{Op: ctl.OpStatus})
+	resp, peer, err := ctl.DoPeer(ctx, name, ctl.Request{Op: ctl.OpStatus})
 	if err != nil {
-		return st, err
+		return st, peer, err
 	}
 	if !resp.OK {
-		return st, fmt.Errorf("status of %s: %s (%s)", name, resp.Error, resp.Code)
+		return st, peer, fmt.Errorf("status of %s: %s (%s)", name, resp.Error, resp.Code)
 	}
-	return st, resp.Decode(&st)
+	return st, peer, resp.Decode(&st)
 }
 
 // installedPath is --path, or the binary path the running service
-// reports; symlinks resolved (the file they point to is replaced).
+// reports once corroborated (trustedBinary); symlinks resolved (the file
+// they point to is replaced).
 func installedPath(ctx context.Context, name, path string) (string, *contract.Status, error) {
 	p, st, err := installedPathRaw(ctx, name, path)
 	if err == nil {
@@ -94,7 +97,7 @@ func installedPathRaw(ctx context.Context, name, path string) (string, *contract
 		}
 		var st *contract.Status
 		if name != "" {
-			if s, err := serviceStatus(ctx, name); err == nil {
+			if s, _, err := serviceStatus(ctx, name); err == nil {
 				st = &s
 			}
 		}
@@ -103,7 +106,7 @@ func installedPathRaw(ctx context.Context, name, path string) (string, *contract
 	if name == "" {
 		return "", nil, &exitError{code: contract.CodeUsage, err: errors.New("--name or --path is required")}
 	}
-	st, err := serviceStatus(ctx, name)
+	st, peer, err := serviceStatus(ctx, name)
 	if err != nil {
 		ee := transportError(err)
 		ee.err = fmt.Errorf("%w (to learn where the binary is installed; give --path when the service is not running)", ee.err)
@@ -112,7 +115,42 @@ func installedPathRaw(ctx context.Context, name, path string) (string, *contract
 	if st.Binary == "" {
 		return "", nil, &exitError{code: contract.CodeInternal, err: fmt.Errorf("%s does not report its binary path; give --path", name)}
 	}
+	if err := trustedBinary(name, peer, st); err != nil {
+		return "", nil, err
+	}
 	return st.Binary, &st, nil
+}
+
+// trustedBinary decides whether the binary path in a service's status is
+// where the binary is installed. The status is the service's own word, and
+// install and upgrade --binary write a file there: a process that may
+// answer on the endpoint but should not choose what we overwrite (one that
+// dropped to another user after it made the socket, or was taken over)
+// could name any file. So the path is taken only when something the
+// service cannot forge agrees:
+//
+//   - our own records: the releases directory beside the path, made by an
+//     earlier install there, owned by us or root and writable by nobody
+//     else (release.Recorded); or
+//   - the system: the process serving the endpoint runs as us or root and
+//     runs that path (a library service), or supervises a generation that
+//     runs a copy of it (baton run) (ctl.Corroborate; Linux and Windows).
+//
+// Neither holds, e.g. on macOS for a binary never installed by baton, or a
+// service that changed its user: refused, and --path is the way to say
+// where the binary is.
+func trustedBinary(name string, peer ctl.Peer, st contract.Status) error {
+	recErr := release.Recorded(st.Binary)
+	if recErr == nil {
+		return nil
+	}
+	sysErr := ctl.Corroborate(name, peer, st, st.Binary)
+	if sysErr == nil {
+		return nil
+	}
+	return &exitError{code: contract.CodeOf(ctl.ErrUncorroborated), err: fmt.Errorf(
+		"%w: %s says its binary is %s, but neither our records (%v) nor the system (%v) confirm it; if that is where the binary is installed, say so with --path %s",
+		ctl.ErrUncorroborated, name, st.Binary, recErr, strings.TrimPrefix(sysErr.Error(), ctl.ErrUncorroborated.Error()+": "), st.Binary)}
 }
 
 // runningSHA256 is the sha256 of the binary the serving generation runs:
