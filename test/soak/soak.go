@@ -80,9 +80,14 @@ func Run(ctx context.Context, env *rig.Env, cfg Config, name string) (*Result, e
 			fmt.Fprintf(cfg.Progress, format+"\n", a...)
 		}
 	}
-	o := rig.Opts{Hello: []string{"-debug-goroutines", "-idle-grace", "100ms", "-drain-timeout", "5s", "-max-draining", "16"}}
+	// hello's default idle grace (2 s): an old generation whose clients
+	// all moved on exits before it. A shorter grace (100 ms was tried)
+	// closes keep-alive connections whose client was held up longer than
+	// that on this busy machine, and their next POST is lost (the race
+	// the grace is there for).
+	o := rig.Opts{Hello: []string{"-debug-goroutines", "-drain-timeout", "5s", "-max-draining", "64"}}
 	if cfg.Mode == rig.Run {
-		o.Run = []string{"--drain-timeout", "6s", "--max-draining", "16"}
+		o.Run = []string{"--drain-timeout", "6s", "--max-draining", "64"}
 	}
 	svc, err := env.Start(ctx, cfg.Mode, name, o)
 	if err != nil {
@@ -315,6 +320,12 @@ func Print(w io.Writer, r *Result) {
 			ratio = l / f
 		}
 		fmt.Fprintf(w, "  %-16s %12.1f %12.1f %8.2f %8.2f\n", k, f, l, ratio, Bounds[k])
+	}
+	for i, f := range r.Load.Failures {
+		if i == 10 {
+			break
+		}
+		fmt.Fprintf(w, "  FAILED +%v %s %s pid=%d: %s\n", f.At.Sub(r.Load.Start).Round(time.Millisecond), f.Kind, f.Phase, f.PID, f.Err)
 	}
 	for _, v := range r.Violations {
 		fmt.Fprintf(w, "  GREW: %s\n", v)
