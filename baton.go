@@ -81,6 +81,10 @@ var (
 	ErrUnsupported = contract.ErrUnsupported
 )
 
+// Counters count what happened to a service across its generations
+// (Status.Counters).
+type Counters = contract.Counters
+
 // ChildExitError describes a new generation that exited before Ready.
 type ChildExitError = contract.ExitError
 

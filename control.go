@@ -34,6 +34,9 @@ type Status struct {
 	Draining    []int           `json:"draining_pids"`
 	ParentPID   int             `json:"parent_pid,omitempty"`
 	Last        *UpgradeOutcome `json:"last_upgrade,omitempty"`
+	// Counters: upgrades, rollbacks and forced drains of the service
+	// across its generations (carried from each to the next).
+	Counters Counters `json:"counters"`
 }
 
 // Status reports this generation's state.
@@ -53,6 +56,7 @@ func (u *Upgrader) Status() Status {
 		OpenHandles: openHandles(),
 		Draining:    []int{},
 		Last:        outcomeOf(snap.Last),
+		Counters:    u.counters,
 	}
 	if s.Phase == PhaseServing && snap.Phase == lifecycle.PhaseUpgrading {
 		s.Phase = PhaseUpgrading
@@ -169,6 +173,7 @@ func (s Status) wire() contract.Status {
 		Draining:    s.Draining,
 		ParentPID:   s.ParentPID,
 		Last:        s.Last.wire(),
+		Counters:    &s.Counters,
 	}
 }
 

@@ -8,9 +8,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/baton-go/baton/events"
 	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/handoff"
 	"github.com/baton-go/baton/internal/lifecycle"
+	"github.com/baton-go/baton/internal/observe"
 )
 
 // UpgradeOutcome records the last upgrade attempt, for Status.
@@ -104,7 +106,7 @@ func (u *Upgrader) newEngine() {
 		// guards its successor (see Options.Probation and Stop).
 		Probation:           max(u.opts.Probation, 0),
 		BackgroundProbation: true,
-		Notify:              func(n lifecycle.Notice) { u.events.Notice(n) },
+		Notify:              u.notice,
 		Logger:              u.log,
 	})
 	u.self = u.engine.Adopt(selfProc{u}, u.generation)
@@ -136,6 +138,7 @@ func (p libPlatform) Start(ctx context.Context, req lifecycle.StartRequest) (lif
 	if !rescue {
 		u.reloading = true
 	}
+	counters := u.counters
 	u.mu.Unlock()
 	binary, argv0, note := u.binary, "", ""
 	if rescue {
@@ -180,6 +183,7 @@ func (p libPlatform) Start(ctx context.Context, req lifecycle.StartRequest) (lif
 			Binary:     u.binary,
 			Draining:   u.ancestors.list(),
 			RolledBack: note,
+			Counters:   &counters,
 		},
 		State:  state,
 		Logger: u.log,
@@ -340,4 +344,49 @@ func exitBrief(p lifecycle.Proc) string {
 		return err.Error()
 	}
 	return "exited"
+}
+
+// notice follows this process's engine: the events file, the counters
+// carried on, and the subscribers.
+func (u *Upgrader) notice(n lifecycle.Notice) {
+	u.events.Notice(n)
+	if n.Kind == lifecycle.NoticeFailed && n.Op == lifecycle.OpUpgrade {
+		u.mu.Lock()
+		u.counters.UpgradesFailed++
+		u.mu.Unlock()
+	}
+	u.subsMu.Lock()
+	fns := make([]func(events.Record), 0, len(u.subs))
+	for _, fn := range u.subs {
+		fns = append(fns, fn)
+	}
+	u.subsMu.Unlock()
+	if len(fns) > 0 {
+		r := observe.Record(n)
+		r.Service, r.Source = u.opts.Name, "library"
+		for _, fn := range fns {
+			fn(r)
+		}
+	}
+}
+
+// Subscribe calls fn with the record of every lifecycle step of this
+// generation's process from now on (an upgrade started, the next
+// generation started, ready, switched, failed, rolled back, this
+// generation drained...), the records the events file receives. fn is
+// called synchronously: keep it short. cancel ends the subscription.
+func (u *Upgrader) Subscribe(fn func(events.Record)) (cancel func()) {
+	u.subsMu.Lock()
+	defer u.subsMu.Unlock()
+	if u.subs == nil {
+		u.subs = map[int]func(events.Record){}
+	}
+	id := u.subsNext
+	u.subsNext++
+	u.subs[id] = fn
+	return func() {
+		u.subsMu.Lock()
+		delete(u.subs, id)
+		u.subsMu.Unlock()
+	}
 }

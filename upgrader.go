@@ -54,7 +54,10 @@ type Upgrader struct {
 	engine   *lifecycle.Engine
 	self     *lifecycle.Generation
 	events   *observe.Recorder // nil without a control endpoint name
-	binaryMu sync.Mutex        // UpgradeTo: one install at a time
+	subsMu   sync.Mutex
+	subs     map[int]func(events.Record)
+	subsNext int
+	binaryMu sync.Mutex // UpgradeTo: one install at a time
 
 	mu         sync.Mutex
 	entries    []*entry
@@ -64,6 +67,7 @@ type Upgrader struct {
 	handedOver bool
 	stopped    bool
 	reloading  bool            // RELOADING=1 was sent for the upgrade under way
+	counters   Counters        // carried from the parent, on to the child
 	ctl        controlEndpoint // nil without a control endpoint
 	ctlSrv     *ctl.Server
 	ctlStopped []*ctl.Server // stopped servers that may still be answering
@@ -121,6 +125,9 @@ func New(opts Options) (*Upgrader, error) {
 		u.generation = in.Msg.Generation
 		u.state = in.State
 		u.ancestors.add(in.Msg.Draining...)
+		if in.Msg.Counters != nil {
+			u.counters = *in.Msg.Counters
+		}
 		if !u.supervised {
 			// Under baton run (Windows) the parent is the supervisor, which
 			// does not drain.
@@ -155,6 +162,7 @@ func New(opts Options) (*Upgrader, error) {
 	u.newEngine()
 	if u.parent != nil && u.parent.Msg.RolledBack != "" {
 		// Started by a rescue: the upgrade before us did not hold.
+		u.counters.UpgradesRolledBack++
 		u.engine.SetLast(lifecycle.Outcome{At: time.Now(), Op: lifecycle.OpRollback,
 			Err: fmt.Errorf("%w: %s", ErrRolledBack, u.parent.Msg.RolledBack)})
 		u.log.Warn("started to replace a generation that died during its probation", "why", u.parent.Msg.RolledBack)
@@ -259,6 +267,9 @@ func (u *Upgrader) ready() error {
 	}
 	u.phase = PhaseServing
 	u.readyAt = time.Now()
+	if u.parent != nil && u.parent.Msg.RolledBack == "" && !u.supervised {
+		u.counters.UpgradesSucceeded++ // the upgrade that started us held
+	}
 	// Inherited sockets nobody asked for are closed here, not leaked.
 	for _, p := range u.pool {
 		u.log.Warn("inherited socket not claimed by this generation; closing it", "kind", p.desc.Kind, "network", p.desc.Network, "addr", p.desc.Addr, "name", p.desc.Name)

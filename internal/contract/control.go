@@ -126,8 +126,20 @@ type Status struct {
 	Draining    []int         `json:"draining_pids"`
 	ParentPID   int           `json:"parent_pid,omitempty"`
 	Last        *Outcome      `json:"last_upgrade,omitempty"`
+	Counters    *Counters     `json:"counters,omitempty"`
 	// Supervisor: under baton run only.
 	Supervisor *SupervisorInfo `json:"supervisor,omitempty"`
+}
+
+// Counters count what happened to a service across its generations: a
+// library service carries them from each generation to the next in the
+// handoff; the supervisor keeps them for its own life.
+type Counters struct {
+	UpgradesSucceeded  int64 `json:"upgrades_succeeded"`
+	UpgradesFailed     int64 `json:"upgrades_failed"`      // the serving generation stayed
+	UpgradesRolledBack int64 `json:"upgrades_rolled_back"` // the new generation failed its probation
+	Restarts           int64 `json:"restarts"`             // generations started after a crash
+	DrainsForced       int64 `json:"drains_forced"`        // generations killed at the drain deadline
 }
 
 // SupervisorInfo describes the supervisor (baton run).

@@ -107,8 +107,23 @@ func (in *Inherited) Ready(ctx context.Context) error {
 		in.endMu.Lock()
 		in.watch = in.conn
 		in.endMu.Unlock()
+		go in.dropWatchWhenParentGone(in.conn)
 	}
 	return nil
+}
+
+// dropWatchWhenParentGone closes the watch channel once the parent has
+// closed its end (it exits after our probation): nobody is left to tell,
+// and the descriptor must not outlive it.
+func (in *Inherited) dropWatchWhenParentGone(c net.Conn) {
+	var b [1]byte
+	_, _ = c.Read(b[:]) // the parent never writes after the go-ahead: EOF
+	in.endMu.Lock()
+	if in.watch == c {
+		in.watch = nil
+		c.Close()
+	}
+	in.endMu.Unlock()
 }
 
 // ReportEnd tells a parent that watches us (Ack.Watch) that this

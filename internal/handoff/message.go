@@ -105,9 +105,11 @@ type Handoff struct {
 	// RolledBack, when set, says why this generation was started: the
 	// generation the parent had handed over to died during its probation,
 	// and the parent started its own binary again (for Status).
-	RolledBack  string `json:"rolled_back,omitempty"`
-	StateLen    int64  `json:"state_len"`
-	StateSHA256 string `json:"state_sha256,omitempty"`
+	RolledBack string `json:"rolled_back,omitempty"`
+	// Counters: what happened to the service so far, carried on.
+	Counters    *contract.Counters `json:"counters,omitempty"`
+	StateLen    int64              `json:"state_len"`
+	StateSHA256 string             `json:"state_sha256,omitempty"`
 }
 
 // Reply is the child's answer.
