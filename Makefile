@@ -59,7 +59,8 @@ FUZZ_TARGETS = \
 	./internal/handoff:FuzzRecvHanded \
 	./cmd/baton:FuzzConfigFile \
 	./internal/release:FuzzInspect \
-	./supervisor:FuzzNotifyMsg
+	./supervisor:FuzzNotifyMsg \
+	./supervisor:FuzzParseNotify
 
 fuzz:
 	@fail=0; log=$$(mktemp); \
