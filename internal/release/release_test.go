@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"aead.dev/minisign"
+
+	"github.com/baton-go/baton/internal/testenv"
 )
 
 // Binaries built once for the package (TestMain).
@@ -135,7 +137,7 @@ func buildAll(dir string) error {
 func needBins(t *testing.T) {
 	t.Helper()
 	if len(bins) == 0 {
-		t.Skip("no go command to build the test programs")
+		testenv.Missing(t, "no go command to build the test programs")
 	}
 }
 
