@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -28,6 +29,8 @@ type gatedListener struct {
 	dlMu      sync.Mutex
 	deadline  time.Time     // last SetDeadline, also honoured while the gate is shut
 	dlChanged chan struct{} // closed (and replaced) by SetDeadline: a waiting Accept re-reads deadline
+
+	waiting atomic.Int32 // Accepts waiting for the gate (tests wait for one instead of sleeping)
 }
 
 func newGatedListener(ln net.Listener, g *gate) *gatedListener {
@@ -40,6 +43,8 @@ func (l *gatedListener) Accept() (net.Conn, error) {
 		return l.Listener.Accept()
 	default:
 	}
+	l.waiting.Add(1)
+	defer l.waiting.Add(-1)
 	for {
 		l.dlMu.Lock()
 		dl, changed := l.deadline, l.dlChanged

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -226,7 +227,15 @@ func TestGatedAcceptDeadlineSetWhileWaiting(t *testing.T) {
 		_, err := ln.Accept()
 		done <- err
 	}()
-	time.Sleep(50 * time.Millisecond)
+	gl, ok := ln.(*gatedListener)
+	if !ok {
+		t.Fatalf("a supervised generation's listener is %T, want *gatedListener", ln)
+	}
+	for waitUntil := time.Now().Add(10 * time.Second); gl.waiting.Load() == 0; runtime.Gosched() {
+		if time.Now().After(waitUntil) {
+			t.Fatal("Accept never started waiting for the gate")
+		}
+	}
 	d, ok := ln.(interface{ SetDeadline(time.Time) error })
 	if !ok {
 		t.Fatalf("%T has no SetDeadline", ln)

@@ -67,9 +67,9 @@ func ListenLink(name string) (*LinkListener, string, error) {
 // other than ctx's), so that a process connecting first does not take the
 // generation's place. A generation that speaks another link version is
 // refused, and so is a peer whose pid (where the kernel tells it: Linux
-// SO_PEERCRED, macOS LOCAL_PEERPID) is not the one it says; elsewhere the
-// pid in the hello is the peer's word. The hello is awaited for at most
-// linkTimeout (a generation says it at once).
+// SO_PEERCRED, macOS LOCAL_PEERPID, FreeBSD 13+ LOCAL_PEERCRED) is not the
+// one it says; elsewhere the pid in the hello is the peer's word. The
+// hello is awaited for at most linkTimeout (a generation says it at once).
 func AcceptLink(ctx context.Context, ln *net.UnixListener) (*LinkConn, LinkHello, error) {
 	var hello LinkHello
 	stop := context.AfterFunc(ctx, func() { _ = ln.SetDeadline(time.Now()) })

@@ -209,7 +209,7 @@ func TestFailedUpgradesOnWindows(t *testing.T) {
 		}
 		// The fewest handles over a few samples: threads that the Go
 		// runtime starts and parks for a moment hold handles too, and come
-		// and go (seen: +0, +4, +10 over the same 16 upgrades); a leak does
+		// and go (seen: +0, +4, +10, +11 over 16 upgrades); a leak does
 		// not go away.
 		settled := func() int {
 			least := -1
@@ -226,15 +226,18 @@ func TestFailedUpgradesOnWindows(t *testing.T) {
 			return least
 		}
 		before := settled()
-		for i := 0; i < 16; i++ {
+		const failed = 24
+		for i := 0; i < failed; i++ {
 			if rep := s.upgrade(ctx, "--binary", winPath(bins["badapp-exit"])); rep.Code != "child_exited" {
 				t.Fatalf("failed upgrade %d: %+v", i, rep)
 			}
 		}
 		after := settled()
-		t.Logf("open handles of the serving generation: %d before, %d after 16 failed upgrades", before, after)
-		if after > before+8 { // a leak per upgrade shows as 16 or more
-			t.Fatalf("handles grew from %d to %d over 16 failed upgrades", before, after)
+		t.Logf("open handles of the serving generation: %d before, %d after %d failed upgrades", before, after, failed)
+		// A leak of one handle per upgrade shows as 24 or more; the
+		// runtime's parked threads moved the count by up to +11 over 16.
+		if after > before+failed/2 {
+			t.Fatalf("handles grew from %d to %d over %d failed upgrades", before, after, failed)
 		}
 		stillServing(t)
 	})
