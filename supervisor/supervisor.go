@@ -57,6 +57,11 @@ type Supervisor struct {
 	crashLoopSHA string
 	events       *observe.Recorder // nil when the events file cannot be written
 	reloading    bool              // RELOADING=1 was sent for the upgrade under way
+	counters     contract.Counters // for the supervisor's life (Restarts: the engine's)
+
+	subsMu   sync.Mutex
+	subs     map[int]func(events.Record)
+	subsNext int
 
 	ctlLn   net.Listener // the control endpoint, served once a generation serves
 	closers []func()     // what New took, released by Run
@@ -297,6 +302,14 @@ func (p platform) Healthy(ctx context.Context, _ lifecycle.Proc) bool {
 // generation, what a failed generation ran.
 func (s *Supervisor) notice(n lifecycle.Notice) {
 	s.events.Notice(n)
+	s.count(n)
+	if fns := s.subscribers(); len(fns) > 0 {
+		r := observe.Record(n)
+		r.Service, r.Source = s.cfg.Name, "supervisor"
+		for _, fn := range fns {
+			fn(r)
+		}
+	}
 	switch n.Kind {
 	case lifecycle.NoticeServing:
 		s.servOnce.Do(func() { close(s.serving) })
@@ -340,6 +353,63 @@ func (s *Supervisor) notice(n lifecycle.Notice) {
 			go s.restoreInstalled(g, failed)
 		}
 	}
+}
+
+// count keeps the counters that status reports (Status.Counters), as the
+// library counts them: an upgrade succeeded when its new generation took
+// over (and passed its probation, when one is asked for), failed when its
+// new generation never took over, was rolled back when the new generation
+// failed its probation.
+func (s *Supervisor) count(n lifecycle.Notice) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := &s.counters
+	switch {
+	case n.Kind == lifecycle.NoticeKilled:
+		c.DrainsForced++
+	case n.Op != lifecycle.OpUpgrade:
+	case n.Kind == lifecycle.NoticeFailed:
+		c.UpgradesFailed++
+	case n.Kind == lifecycle.NoticeProbationFailed:
+		c.UpgradesRolledBack++
+	case n.Kind == lifecycle.NoticeProbationPassed:
+		c.UpgradesSucceeded++
+	case n.Kind == lifecycle.NoticeSwitched && s.cfg.Probation <= 0 && n.Gen != nil && n.Gen.Reason == lifecycle.ReasonUpgrade:
+		c.UpgradesSucceeded++
+	}
+}
+
+// Subscribe calls fn with the record of every lifecycle step of the
+// service from now on (an upgrade started, a generation started, got
+// ready, took over, drained, failed, was rolled back...; the records the
+// events file receives, and the control requests that --http-control
+// answered), as the library's Upgrader.Subscribe does for one generation.
+// fn is called synchronously: keep it short. cancel ends the
+// subscription.
+func (s *Supervisor) Subscribe(fn func(events.Record)) (cancel func()) {
+	s.subsMu.Lock()
+	defer s.subsMu.Unlock()
+	if s.subs == nil {
+		s.subs = map[int]func(events.Record){}
+	}
+	id := s.subsNext
+	s.subsNext++
+	s.subs[id] = fn
+	return func() {
+		s.subsMu.Lock()
+		delete(s.subs, id)
+		s.subsMu.Unlock()
+	}
+}
+
+func (s *Supervisor) subscribers() []func(events.Record) {
+	s.subsMu.Lock()
+	defer s.subsMu.Unlock()
+	fns := make([]func(events.Record), 0, len(s.subs))
+	for _, fn := range s.subs {
+		fns = append(fns, fn)
+	}
+	return fns
 }
 
 func (s *Supervisor) isServing() bool {
@@ -512,6 +582,11 @@ func (s *Supervisor) Status() Status {
 			StartedAt: v.Started, ReadyAfter: v.ReadyAfter, State: v.State.String()})
 	}
 	st.Supervisor = sup
+	s.mu.Lock()
+	c := s.counters
+	s.mu.Unlock()
+	c.Restarts = int64(snap.Restarts)
+	st.Counters = &c
 	return st
 }
 
