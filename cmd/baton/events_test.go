@@ -33,7 +33,9 @@ func TestTailEventsReportsEachRecordOnce(t *testing.T) {
 	defer cancel()
 	got := make(chan events.Record, 16)
 	done := make(chan error, 1)
-	go func() { done <- tailEvents(ctx, path, 5*time.Millisecond, time.Time{}, already, func(r events.Record) { got <- r }) }()
+	go func() {
+		done <- tailEvents(ctx, path, 5*time.Millisecond, time.Time{}, already, func(r events.Record) { got <- r })
+	}()
 	next := func() events.Record {
 		t.Helper()
 		select {

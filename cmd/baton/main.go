@@ -107,7 +107,7 @@ serving and you are told exactly why.
 		SilenceErrors: true,
 	}
 	root.AddCommand(newRunCmd(), newUpgradeCmd(), newRollbackCmd(), newStatusCmd(), newLogsCmd(), newStopCmd(),
-		newInstallCmd(), newCheckCmd(), newReleasesCmd(), newServiceCmd(), newEventsCmd())
+		newInstallCmd(), newCheckCmd(), newReleasesCmd(), newServiceCmd(), newEventsCmd(), newReportCmd())
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &exitError{code: contract.CodeUsage, err: fmt.Errorf("%w\nsee '%s --help'", err, c.CommandPath())}
 	})

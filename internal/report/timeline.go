@@ -33,8 +33,9 @@ var Phases = []Phase{Starting, Ready, Serving, Draining, Exited, Failed}
 // Span is one phase of a generation. Exited and Failed spans are instants
 // (From == To): the generation's end.
 type Span struct {
-	Phase    Phase     `json:"phase"`
-	From, To time.Time `json:"-"`
+	Phase Phase     `json:"phase"`
+	From  time.Time `json:"from"`
+	To    time.Time `json:"to"`
 	// Open: the phase still lasted when the records end.
 	Open bool `json:"open,omitempty"`
 	// Why is the record that ended it, for failures and kills.
