@@ -1,0 +1,5 @@
+//go:build !race
+
+package grpcdrain_test
+
+const raceEnabled = false
