@@ -1,0 +1,363 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/baton-go/baton/events"
+	"github.com/baton-go/baton/internal/contract"
+)
+
+// eventsOf runs `baton events --name name --json` and decodes its lines.
+func eventsOf(t *testing.T, name string) []events.Record {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code, out, errOut := batonRun(ctx, t, "events", "--name", name, "--json")
+	if code != 0 {
+		t.Fatalf("baton events --json: exit %d: %s", code, errOut)
+	}
+	return decodeEvents(t, out)
+}
+
+func decodeEvents(t *testing.T, out string) []events.Record {
+	t.Helper()
+	var recs []events.Record
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if line == "" {
+			continue
+		}
+		var r events.Record
+		if err := json.Unmarshal([]byte(line), &r); err != nil || r.Name == "" {
+			t.Fatalf("baton events --json printed a line that is not a record: %v: %q", err, line)
+		}
+		recs = append(recs, r)
+	}
+	return recs
+}
+
+// operation is one deployment's records, in order.
+type operation struct {
+	id, op string
+	recs   []events.Record
+}
+
+func operations(recs []events.Record) []operation {
+	idx := map[string]int{}
+	var ops []operation
+	for _, r := range recs {
+		if r.Deployment == "" {
+			continue
+		}
+		i, ok := idx[r.Deployment]
+		if !ok {
+			i = len(ops)
+			idx[r.Deployment] = i
+			ops = append(ops, operation{id: r.Deployment, op: r.Operation})
+		}
+		ops[i].recs = append(ops[i].recs, r)
+	}
+	return ops
+}
+
+// step finds the first record of o named name (and of pid, unless 0)
+// after index from, or fails saying what the operation holds.
+func (o operation) step(t *testing.T, from int, name string, pid int) (int, events.Record) {
+	t.Helper()
+	for i := from; i < len(o.recs); i++ {
+		if r := o.recs[i]; r.Name == name && (pid == 0 || r.PID == pid) {
+			return i, r
+		}
+	}
+	t.Fatalf("%s %s: no %s of pid %d after step %d in:\n%s", o.op, o.id, name, pid, from, o)
+	return 0, events.Record{}
+}
+
+func (o operation) String() string {
+	var b strings.Builder
+	for _, r := range o.recs {
+		fmt.Fprintf(&b, "  %s %s gen %d pid %d %.6fs %s\n", r.Time.Format("15:04:05.000000"), r.Name, r.Generation, r.PID, r.Duration, r.ErrorType)
+	}
+	return b.String()
+}
+
+// checkUpgrade: an upgrade from pid old to pid new went through its steps
+// in order, each with its duration: started, ready, took over, and the old
+// generation drained.
+func checkUpgrade(t *testing.T, o operation, old, new int) {
+	t.Helper()
+	i, _ := o.step(t, 0, events.UpgradeStarted, old)
+	i, started := o.step(t, i, events.Started, new)
+	i, ready := o.step(t, i, events.Ready, new)
+	_, switched := o.step(t, i, events.Switched, new)
+	_, drained := o.step(t, i, events.Drained, old)
+	for _, r := range []events.Record{started, ready, switched, drained} {
+		if r.Duration <= 0 {
+			t.Errorf("%s of %s %s has no duration: %+v", r.Name, o.op, o.id, r)
+		}
+	}
+}
+
+func checkInOrder(t *testing.T, recs []events.Record) {
+	t.Helper()
+	for i := 1; i < len(recs); i++ {
+		if recs[i].Time.Before(recs[i-1].Time) {
+			t.Errorf("record %d (%s at %v) listed after %s at %v", i, recs[i].Name, recs[i].Time, recs[i-1].Name, recs[i-1].Time)
+		}
+	}
+}
+
+// follower is `baton events -f --json` running.
+type follower struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  strings.Builder
+	done chan error
+}
+
+func startFollower(t *testing.T, name string) *follower {
+	t.Helper()
+	f := &follower{cmd: exec.Command(bins["baton"], "events", "--name", name, "-f", "--json"), done: make(chan error, 1)}
+	stdout, err := f.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.cmd.Stderr = os.Stderr
+	if err := f.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			f.mu.Lock()
+			f.out.WriteString(sc.Text() + "\n")
+			f.mu.Unlock()
+		}
+		f.done <- f.cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if f.cmd.ProcessState == nil {
+			signalEach(os.Kill, f.cmd.Process.Pid)
+		}
+	})
+	return f
+}
+
+func (f *follower) text() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.out.String()
+}
+
+// stop interrupts it (what Ctrl-C does) and returns what it printed.
+func (f *follower) stop(t *testing.T) []events.Record {
+	t.Helper()
+	if err := signalPID(t, f.cmd.Process.Pid, os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-f.done:
+		if err != nil {
+			t.Errorf("baton events -f, interrupted: %v (want exit 0)", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("baton events -f did not end when interrupted")
+	}
+	return decodeEvents(t, f.text())
+}
+
+// TestEventsOfSupervisedService: a `baton run` service upgraded three
+// times, rolled back, upgraded again: `baton events --json` lists every
+// step in order with its duration, `baton events -f` printed each one as
+// it happened (exactly once), and a name without events is exit 3 naming
+// the file looked for.
+func TestEventsOfSupervisedService(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test (-short)")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, "evsup", os.Environ(), "--listen", "tcp://"+addr,
+		"--", bins["hello"], "-addr", addr, "-idle-grace", "100ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fol := startFollower(t, "evsup")
+	// It printed what was there (the start) before following.
+	waitFor(t, 30*time.Second, "baton events -f printing the start", func() bool {
+		return strings.Contains(fol.text(), `"event.name":"baton.serving"`)
+	})
+
+	pids := []int{st.PID}
+	for i := 0; i < 3; i++ {
+		rep, err := svc.Upgrade(ctx)
+		if err != nil || !rep.OK {
+			t.Fatalf("upgrade %d: %v %+v", i+1, err, rep)
+		}
+		pids = append(pids, rep.Result.PID)
+	}
+	if code, out := runCLI("rollback", "--name", "evsup"); code != 0 {
+		t.Fatalf("baton rollback: exit %d: %s", code, out)
+	}
+	st, err = svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids = append(pids, st.PID)
+	rep, err := svc.Upgrade(ctx)
+	if err != nil || !rep.OK {
+		t.Fatalf("upgrade after the rollback: %v %+v", err, rep)
+	}
+	pids = append(pids, rep.Result.PID)
+	before := pids[len(pids)-2]
+	var recs []events.Record
+	waitFor(t, 30*time.Second, fmt.Sprintf("the drain of pid %d recorded", before), func() bool {
+		recs = eventsOf(t, "evsup")
+		for _, r := range recs {
+			if r.Name == events.Drained && r.PID == before {
+				return true
+			}
+		}
+		return false
+	})
+	checkInOrder(t, recs)
+	ops := operations(recs)
+	var kinds []string
+	for _, o := range ops {
+		kinds = append(kinds, o.op)
+	}
+	if got := strings.Join(kinds, " "); got != "start upgrade upgrade upgrade rollback upgrade" {
+		t.Fatalf("operations %q, want start, 3 upgrades, a rollback, an upgrade", got)
+	}
+	for n, o := range ops[1:] {
+		old, new := pids[n], pids[n+1]
+		if o.op == "rollback" {
+			i, started := o.step(t, 0, events.Started, new)
+			if started.Reason != "rollback" {
+				t.Errorf("the rollback's generation was started for %q", started.Reason)
+			}
+			i, _ = o.step(t, i, events.Ready, new)
+			i, _ = o.step(t, i, events.Switched, new)
+			o.step(t, i, events.RolledBack, new)
+			if _, d := o.step(t, 0, events.Drained, old); d.Duration <= 0 {
+				t.Errorf("the drain after the rollback has no duration")
+			}
+			continue
+		}
+		checkUpgrade(t, o, old, new)
+	}
+
+	// -f printed every record from the first upgrade on, once each.
+	waitFor(t, 30*time.Second, "baton events -f printing the last drain", func() bool {
+		return strings.Contains(fol.text(), fmt.Sprintf(`"event.name":"baton.drained","service.name":"evsup","deployment.id":%q`, ops[len(ops)-1].id))
+	})
+	followed := fol.stop(t)
+	count := map[string]int{}
+	for _, r := range followed {
+		count[fmt.Sprint(r.Time.UnixNano(), r.Name, r.PID)]++
+	}
+	for _, o := range ops[1:] {
+		for _, r := range o.recs {
+			if n := count[fmt.Sprint(r.Time.UnixNano(), r.Name, r.PID)]; n != 1 {
+				t.Errorf("baton events -f printed %s of pid %d (%s) %d times", r.Name, r.PID, o.op, n)
+			}
+		}
+	}
+	// The human table lists the same steps.
+	code, out, _ := batonRun(ctx, t, "events", "--name", "evsup")
+	if code != 0 || strings.Count(out, "switched") != 5 || !strings.Contains(out, "rolled_back") || !strings.Contains(out, "TOOK") {
+		t.Errorf("baton events: exit %d:\n%s", code, out)
+	}
+	t.Logf("baton events --name evsup:\n%s", out)
+
+	code, _, errOut := batonRun(ctx, t, "events", "--name", "evnosuch")
+	if code != contract.ExitUnreachable || !strings.Contains(errOut, "evnosuch.jsonl") {
+		t.Errorf("events of a service that never ran: exit %d (want %d): %s", code, contract.ExitUnreachable, errOut)
+	}
+}
+
+// TestEventsOfLibraryService: hello stand-alone (the library) upgraded
+// twice, then its third generation killed during its probation: the
+// previous one starts its binary again. baton events lists the upgrades
+// and the rollback, in order, with durations.
+func TestEventsOfLibraryService(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test (-short)")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, _ := startHello(t, "evlib", "-addr", addr, "-idle-grace", "100ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids := []int{st.PID}
+	for i := 0; i < 3; i++ {
+		rep, err := svc.Upgrade(ctx)
+		if err != nil || !rep.OK {
+			t.Fatalf("upgrade %d: %v %+v", i+1, err, rep)
+		}
+		pids = append(pids, rep.Result.PID)
+	}
+	dead := pids[3]
+	if err := signalPID(t, dead, os.Kill); err != nil {
+		t.Fatalf("killing the new generation: %v", err)
+	}
+	var rescued int
+	waitFor(t, 30*time.Second, "a rescued generation serving", func() bool {
+		st, err := svc.Status(ctx)
+		if err != nil || st.PID == dead || st.PID == pids[2] || st.PID <= 0 {
+			return false
+		}
+		rescued = st.PID
+		return true
+	})
+	svc.Tracker.Track(rescued)
+	var recs []events.Record
+	waitFor(t, 30*time.Second, "the rollback and the drains recorded", func() bool {
+		recs = eventsOf(t, "evlib")
+		var rolled, drained bool
+		for _, r := range recs {
+			rolled = rolled || (r.Name == events.RolledBack && r.PID == rescued)
+			drained = drained || (r.Name == events.Drained && r.PID == pids[2])
+		}
+		return rolled && drained
+	})
+	checkInOrder(t, recs)
+	ops := operations(recs)
+	if len(ops) != 3 {
+		t.Fatalf("%d operations recorded, want 3 upgrades:\n%v", len(ops), ops)
+	}
+	for i, o := range ops[:2] {
+		checkUpgrade(t, o, pids[i], pids[i+1])
+	}
+	o := ops[2]
+	i, _ := o.step(t, 0, events.UpgradeStarted, pids[2])
+	i, _ = o.step(t, i, events.Switched, dead)
+	i, failed := o.step(t, i, events.ProbationFailed, dead)
+	if failed.ErrorType == "" || failed.Duration <= 0 {
+		t.Errorf("probation failure without error type or duration: %+v", failed)
+	}
+	i, started := o.step(t, i, events.Started, rescued)
+	if started.Reason != "rollback" {
+		t.Errorf("the rescue was started for %q", started.Reason)
+	}
+	i, _ = o.step(t, i, events.Ready, rescued)
+	_, rolled := o.step(t, i, events.RolledBack, rescued)
+	if rolled.Duration <= 0 {
+		t.Errorf("the rollback has no duration: %+v", rolled)
+	}
+	t.Logf("the rolled back upgrade:\n%s", o)
+}
