@@ -195,4 +195,3 @@ func countColours(t *testing.T, shot string, colours map[string][3]int) map[stri
 }
 
 func near(a, b int) bool { return a-b <= 4 && b-a <= 4 }
-
