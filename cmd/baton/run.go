@@ -5,13 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/metrics"
 	"github.com/baton-go/baton/supervisor"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -27,6 +33,8 @@ type runFlags struct {
 	drainSig   string
 	configFile string
 	asService  bool // hidden: the process the SCM started (Windows)
+
+	metricsAddr string // --metrics: serve Prometheus metrics here
 }
 
 // bind registers the flags on fs.
@@ -52,6 +60,7 @@ func (r *runFlags) bind(f *pflag.FlagSet) {
 	f.StringVar(&cfg.LogFile, "log-file", "", "write the generations' output (tagged lines) here instead of stdout, rotated by size")
 	f.Int64Var(&cfg.LogMaxSize, "log-max-size", 10<<20, "rotate the log file when it would exceed this many bytes")
 	f.IntVar(&cfg.LogKeep, "log-keep", 3, "rotated log files to keep (FILE.1 ... FILE.N)")
+	f.StringVar(&r.metricsAddr, "metrics", "", "serve Prometheus metrics of the service (all its generations) at http://ADDR/metrics; use a loopback address such as 127.0.0.1:9464 unless the network in between is yours (docs/metrics.md)")
 }
 
 // runFlagNames are the long names bind registers, in its order.
@@ -198,15 +207,14 @@ entry.
 				return err
 			}
 			if r.asService {
+				if r.metricsAddr != "" {
+					return &exitError{code: contract.CodeUnsupported, err: errors.New("--metrics is not served by the Windows service yet: run baton run in a console, or leave --metrics out")}
+				}
 				// The process the SCM started (baton service install
 				// writes --as-service into its command line).
 				return runAsService(cfg)
 			}
-			// Run handles SIGHUP, SIGTERM and SIGINT itself.
-			if err := supervisor.Run(context.Background(), cfg, os.Stdout); err != nil {
-				return &exitError{code: contract.CodeFailed, err: err}
-			}
-			return nil
+			return r.run(cfg)
 		},
 	}
 	f := c.Flags()
@@ -214,6 +222,64 @@ entry.
 	f.BoolVar(&r.asService, asServiceFlag, false, "run as the Windows service the SCM started (written by baton service install)")
 	_ = f.MarkHidden(asServiceFlag)
 	return c
+}
+
+// run supervises the app, with the HTTP endpoints asked for (--metrics).
+// Their addresses are bound first: one that cannot be bound fails the
+// start before anything else is taken.
+func (r *runFlags) run(cfg supervisor.Config) error {
+	var metricsLn net.Listener
+	if r.metricsAddr != "" {
+		var err error
+		if metricsLn, err = listenFlag("metrics", r.metricsAddr); err != nil {
+			return err
+		}
+		defer metricsLn.Close()
+	}
+	s, err := supervisor.New(cfg, os.Stdout)
+	if err != nil {
+		return &exitError{code: contract.CodeFailed, err: err}
+	}
+	if metricsLn != nil {
+		stop := serveMetrics(metricsLn, s, cfg.Logger)
+		defer stop()
+	}
+	// Run handles SIGHUP, SIGTERM and SIGINT itself.
+	if err := s.Run(context.Background()); err != nil {
+		return &exitError{code: contract.CodeFailed, err: err}
+	}
+	return nil
+}
+
+// listenFlag binds the TCP address addr of --flag: a malformed address is
+// a usage error, one that cannot be bound (in use, not ours) a failure.
+func listenFlag(flag, addr string) (net.Listener, error) {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, &exitError{code: contract.CodeUsage, err: fmt.Errorf("--%s %q: want HOST:PORT, e.g. 127.0.0.1:9464: %w", flag, addr, err)}
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, &exitError{code: contract.CodeFailed, err: fmt.Errorf("--%s %s: cannot listen: %w", flag, addr, err)}
+	}
+	return ln, nil
+}
+
+// serveMetrics answers scrapes on ln at /metrics: the service's baton
+// metrics (the supervisor answers for every generation) and the
+// supervisor process's own (process_*, go_*). stop closes it.
+func serveMetrics(ln net.Listener, s *supervisor.Supervisor, log *slog.Logger) (stop func()) {
+	reg := prometheus.NewRegistry()
+	col := metrics.NewCollector(s)
+	reg.MustRegister(col, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
+	go srv.Serve(ln)
+	return func() {
+		srv.Close()
+		col.Close()
+	}
 }
 
 // asServiceFlag makes `baton run` the process of a Windows service.
