@@ -137,12 +137,17 @@ func (c unencryptedConn) UnencryptedNetConn() net.Conn { return c.conn }
 // been handed to it yet.
 type twoPhaseListener struct {
 	net.Listener
-	s *Server
+	s   *Server
+	mig Migrator // nil: the conns stay here (migrate.go)
 }
 
 func (l twoPhaseListener) Accept() (net.Conn, error) {
 	l.s.h2Once.Do(l.s.installHTTP2)
-	return l.Listener.Accept()
+	c, err := l.Listener.Accept()
+	if err != nil || l.mig == nil {
+		return c, err
+	}
+	return newMigratedConn(c, l.s, l.mig), nil
 }
 
 // h2Conn is an HTTP/2 connection as net/http's HTTP/2 server sees it. It
@@ -175,6 +180,9 @@ type h2TLSConn struct {
 func (c *h2TLSConn) ConnectionState() tls.ConnectionState { return c.tc.ConnectionState() }
 
 func (s *Server) newH2Conn(c, key net.Conn) *h2Conn {
+	if m, ok := key.(*migratedConn); ok {
+		m.markHTTP2() // an HTTP/2 conn's state lives here: never passed on
+	}
 	hc := &h2Conn{Conn: c, key: key, s: s}
 	s.mu.Lock()
 	s.h2conns[key] = hc

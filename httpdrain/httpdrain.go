@@ -38,6 +38,17 @@
 //     including hijacked ones registered with [Server.Hijacked], are closed
 //     and counted in the [Report].
 //
+// When the listener given to [Server.Serve] is a [Migrator] (baton's
+// listeners are, once their generation has handed over), the drain does
+// better than step 4 for HTTP/1.x: right after step 2 every connection
+// that waits for its next request with nothing of it read is passed to
+// the next server, which serves it as if it had just accepted it; a
+// connection busy with a request is passed once its response is written
+// (that response keeps the connection alive). The claim is exact: a
+// connection whose next request has started to arrive is answered here
+// instead (see migrate.go). TLS, HTTP/2 and hijacked connections, and
+// those the Migrator refuses, are drained by the steps above.
+//
 // Use [New] to wrap the server and [Server.Serve] instead of
 // [http.Server.Serve].
 package httpdrain
@@ -86,6 +97,10 @@ type Options struct {
 	// Zero means DefaultNewConnWait; a negative value means no wait.
 	NewConnWait time.Duration
 
+	// NoMigration keeps every connection here even when the listener is a
+	// [Migrator]: idle connections get the idle grace and are closed.
+	NoMigration bool
+
 	// Logger receives a few drain events. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -120,6 +135,12 @@ type Report struct {
 	HTTP2GoAways int
 	HTTP2Unacked int
 
+	// Migrated is the number of connections passed to the server that
+	// serves next (see [Migrator]); MigrationFailed the number that
+	// MigrateConns did not pass, which were drained here.
+	Migrated        int
+	MigrationFailed int
+
 	// HandlersAtDeadline is the number of handlers still running when the
 	// deadline expired (zero if the drain completed in time). It includes
 	// handlers of force-closed connections and handlers of hijacked
@@ -132,8 +153,11 @@ type Report struct {
 type Server struct {
 	srv       *http.Server
 	opts      Options
-	handler   http.Handler                   // user handler, nil means http.DefaultServeMux
-	connState func(net.Conn, http.ConnState) // user hook, may be nil
+	handler   http.Handler                                    // user handler, nil means http.DefaultServeMux
+	connState func(net.Conn, http.ConnState)                  // user hook, may be nil
+	connCtx   func(context.Context, net.Conn) context.Context // user hook, may be nil
+
+	migratable atomic.Bool // a listener served is a Migrator (migrate.go)
 
 	draining atomic.Bool  // Drain was called: responses get "Connection: close"
 	handlers atomic.Int64 // running handlers
@@ -156,9 +180,10 @@ type Server struct {
 	lateGoAways int                  // HTTP/2 conns that started after Drain
 }
 
-// New wraps srv. It replaces srv.Handler and srv.ConnState with its own
-// hooks, which call the previous ones (a nil Handler means
-// [http.DefaultServeMux]). Neither field may be changed afterwards.
+// New wraps srv. It replaces srv.Handler, srv.ConnState and
+// srv.ConnContext with its own hooks, which call the previous ones (a nil
+// Handler means [http.DefaultServeMux]). None of these fields may be
+// changed afterwards.
 //
 // srv must then be served with [Server.Serve] and stopped with
 // [Server.Drain] rather than through its own methods.
@@ -174,6 +199,7 @@ func New(srv *http.Server, opts Options) *Server {
 		opts:      opts,
 		handler:   srv.Handler,
 		connState: srv.ConnState,
+		connCtx:   srv.ConnContext,
 		conns:     make(map[net.Conn]http.ConnState),
 		listeners: make(map[*net.Listener]struct{}),
 		hijacked:  make(map[*hijackedConn]struct{}),
@@ -182,6 +208,7 @@ func New(srv *http.Server, opts Options) *Server {
 	}
 	srv.Handler = http.HandlerFunc(s.serveHTTP)
 	srv.ConnState = s.trackConn
+	srv.ConnContext = s.connContext
 	return s
 }
 
@@ -212,7 +239,14 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.serving++
 	s.mu.Unlock()
 
-	err := s.srv.Serve(twoPhaseListener{Listener: ln, s: s})
+	mig, _ := ln.(Migrator)
+	if s.opts.NoMigration {
+		mig = nil
+	}
+	if mig != nil {
+		s.migratable.Store(true)
+	}
+	err := s.srv.Serve(twoPhaseListener{Listener: ln, s: s, mig: mig})
 
 	s.mu.Lock()
 	delete(s.listeners, key)
@@ -291,6 +325,15 @@ func (s *Server) Drain(ctx context.Context) (Report, error) {
 		go ln.Close() // error ignored: already closed by the handover is fine
 	}
 	s.wait(ctx, 0, func() bool { return s.serving == 0 })
+
+	// Idle HTTP/1.x conns (and those that turn idle) go to the server that
+	// serves next, when the listeners can pass them (migrate.go).
+	if s.migrating() {
+		s.migrate(ctx, &rep)
+		if rep.Migrated > 0 || rep.MigrationFailed > 0 {
+			log.Info("httpdrain: connections passed on", "migrated", rep.Migrated, "failed", rep.MigrationFailed)
+		}
+	}
 
 	// Step 3: let just-accepted conns send their first request. Shutdown
 	// would drop it (go.dev/issue/65802).
@@ -439,6 +482,9 @@ func (s *Server) trackConn(c net.Conn, st http.ConnState) {
 	// net/http's HTTP/2 server reports the h2Conn it was given; the
 	// ConnState hook sees, and the maps hold, the conn net/http accepted.
 	c = h2Key(c)
+	if m, ok := c.(*migratedConn); ok {
+		m.setState(st) // before the waiters below are woken
+	}
 	s.mu.Lock()
 	if prev, ok := s.conns[c]; ok && prev == http.StateNew {
 		s.newConns--
@@ -476,12 +522,31 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		h = http.DefaultServeMux
 	}
 	rw := &responseWriter{ResponseWriter: w, s: s}
+	if m, ok := r.Context().Value(connKey{}).(*migratedConn); ok && r.ProtoMajor == 1 {
+		m.markHTTP1()
+		rw.mc = m
+	}
 	if r.ProtoMajor == 2 {
 		// The two-phase GOAWAY ends this conn, not "Connection: close"
 		// (net/http's single GOAWAY).
 		_, rw.twoPhase = r.Context().Value(h2ConnKey{}).(*h2Conn)
 	}
 	h.ServeHTTP(rw, r)
+}
+
+// connKey is the request context key of the *migratedConn a request came
+// on.
+type connKey struct{}
+
+// connContext is the http.Server.ConnContext hook.
+func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
+	if s.connCtx != nil {
+		ctx = s.connCtx(ctx, c)
+	}
+	if m, ok := c.(*migratedConn); ok {
+		ctx = context.WithValue(ctx, connKey{}, m)
+	}
+	return ctx
 }
 
 // broadcastLocked wakes up the waiters. s.mu must be held.

@@ -14,8 +14,9 @@ import (
 type responseWriter struct {
 	http.ResponseWriter
 	s        *Server
-	done     bool // the final header was sent (or the conn hijacked)
-	twoPhase bool // HTTP/2 conn ended by the two-phase GOAWAY (http2.go)
+	done     bool          // the final header was sent (or the conn hijacked)
+	twoPhase bool          // HTTP/2 conn ended by the two-phase GOAWAY (http2.go)
+	mc       *migratedConn // an HTTP/1.x conn the drain may pass on (migrate.go)
 }
 
 // beforeHeader is called before anything that may send the header with the
@@ -30,7 +31,9 @@ func (w *responseWriter) beforeHeader(code int) {
 		return
 	}
 	w.done = true
-	if w.s.draining.Load() && !w.twoPhase {
+	if w.s.draining.Load() && !w.twoPhase && !(w.mc != nil && w.s.migrating() && w.mc.keepsAlive()) {
+		// (A conn the drain passes on once idle stays open: its client
+		// goes on with the next server without reconnecting.)
 		// net/http closes the conn after such a response (HTTP/1) or
 		// starts a graceful shutdown with GOAWAY (HTTP/2 conns that
 		// httpdrain could not wrap).

@@ -1,0 +1,378 @@
+package httpdrain
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+)
+
+// Migrator is implemented by a listener whose connections can be passed to
+// the server that takes its socket over (baton's listeners, in a generation
+// that has handed over). When the listener given to [Server.Serve]
+// implements it, a drain passes every HTTP/1.x connection that is idle,
+// with nothing of its next request read, to MigrateConns instead of
+// leaving it open for [Options.IdleGrace] and then closing it; a
+// connection busy with a request at the drain start is passed as soon as
+// its response is written. Connections that are not passed (TLS,
+// HTTP/2, hijacked, or those MigrateConns refused) are drained as before.
+type Migrator interface {
+	// MigrateConns passes conns to the server that serves next and
+	// returns how many it passed: conns[:n] are served there from now on
+	// (the drain then closes its own descriptors of them, which the
+	// client does not notice); conns[n:] were not passed, err says why,
+	// and this server keeps serving them. Each conn is one the
+	// listener's Accept returned. MigrateConns is not called
+	// concurrently by one Server.
+	MigrateConns(conns []net.Conn) (n int, err error)
+}
+
+// migrateBatch bounds how many connections are claimed and handed to one
+// MigrateConns call.
+const migrateBatch = 256
+
+// aLongTimeAgo stops a pending Read at once (as net/http does).
+var aLongTimeAgo = time.Unix(1, 0)
+
+// claim phases of a migratedConn.
+const (
+	claimNone         = iota
+	claimInterrupting // the claimer stopped the pending Read; its verdict is awaited
+	claimHeld         // the Read stopped with nothing read: the reader waits for the claimer
+	claimGone         // passed to the next server: Read returns io.EOF from now on
+)
+
+// migratedConn wraps every connection accepted from a listener that is a
+// [Migrator], so that a drain can take it away exactly: only while
+// net/http waits in Read for the next request with its read buffer empty
+// and nothing arrived. A claim stops that Read by a deadline in the past;
+// if the Read comes back with bytes, the client was first and the
+// connection stays (answered here, with "Connection: close"); if it comes
+// back empty, no byte was read and the connection can go. Nothing is both
+// answered here and passed, and nothing is neither.
+//
+// net/http sees this type as the connection (ConnState, Hijack); NetConn
+// returns the accepted one.
+type migratedConn struct {
+	net.Conn
+	s   *Server
+	mig Migrator
+
+	mu       sync.Mutex
+	state    http.ConnState // the last ConnState net/http reported for this conn; -1 before
+	http1    bool           // an HTTP/1.x request was read from it
+	h2       bool           // served as HTTP/2: never passed
+	refused  bool           // a MigrateConns call refused it: drained here
+	closed   bool
+	read     int64     // bytes Read returned
+	bufSize  int       // len(p) of the first Read: net/http's read buffer size
+	reading  bool      // a Read is pending
+	readLen  int       // its len(p): == bufSize when net/http's buffer is empty
+	deadline time.Time // the read deadline net/http asked for (applied after a claim)
+	phase    int
+	verdict  chan struct{} // closed when the stopped Read came back (claimHeld, or claimNone: bytes came)
+	decided  chan struct{} // closed when a held conn was passed (claimGone) or kept (claimNone)
+}
+
+func newMigratedConn(c net.Conn, s *Server, mig Migrator) *migratedConn {
+	return &migratedConn{Conn: c, s: s, mig: mig, state: -1}
+}
+
+// NetConn returns the connection the listener accepted.
+func (m *migratedConn) NetConn() net.Conn { return m.Conn }
+
+func (m *migratedConn) Read(p []byte) (int, error) {
+	for {
+		m.mu.Lock()
+		if m.phase == claimGone {
+			m.mu.Unlock()
+			return 0, io.EOF // net/http closes its side; the client is served elsewhere
+		}
+		m.reading, m.readLen = true, len(p)
+		wake := m.state == http.StateIdle || m.state == http.StateNew
+		m.mu.Unlock()
+		if wake && m.s.draining.Load() {
+			m.s.broadcast() // a waiting drain may claim it now (s.mu is never taken under m.mu)
+		}
+
+		n, err := m.Conn.Read(p)
+
+		m.mu.Lock()
+		m.reading = false
+		if m.bufSize == 0 {
+			m.bufSize = len(p)
+		}
+		m.read += int64(n)
+		if m.phase != claimInterrupting {
+			m.mu.Unlock()
+			return n, err
+		}
+		if n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			// The client was first (or the conn failed): it stays.
+			m.phase = claimNone
+			_ = m.Conn.SetReadDeadline(m.deadline)
+			close(m.verdict)
+			m.mu.Unlock()
+			if n > 0 {
+				err = nil
+			}
+			return n, err
+		}
+		// Nothing was read: hold net/http here until the claimer decides.
+		m.phase = claimHeld
+		close(m.verdict)
+		decided := m.decided
+		m.mu.Unlock()
+		<-decided
+	}
+}
+
+// SetReadDeadline records net/http's deadline; during a claim it is
+// applied when the claim ends.
+func (m *migratedConn) SetReadDeadline(t time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.deadline = t
+	if m.phase != claimNone {
+		return nil
+	}
+	return m.Conn.SetReadDeadline(t)
+}
+
+func (m *migratedConn) SetDeadline(t time.Time) error {
+	if err := m.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return m.Conn.SetWriteDeadline(t)
+}
+
+func (m *migratedConn) Close() error {
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
+	return m.Conn.Close()
+}
+
+// CloseWrite keeps net/http's half-close after a "Connection: close"
+// response (it avoids a reset while the client still sends).
+func (m *migratedConn) CloseWrite() error {
+	if cw, ok := m.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return m.Conn.Close()
+}
+
+// ReadFrom keeps the sendfile/splice path of *net.TCPConn.
+func (m *migratedConn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := m.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{m.Conn}, r)
+}
+
+// setState records what net/http reported.
+func (m *migratedConn) setState(st http.ConnState) {
+	m.mu.Lock()
+	m.state = st
+	m.mu.Unlock()
+}
+
+func (m *migratedConn) markHTTP1() {
+	m.mu.Lock()
+	m.http1 = true
+	m.mu.Unlock()
+}
+
+func (m *migratedConn) markHTTP2() {
+	m.mu.Lock()
+	m.h2 = true
+	m.mu.Unlock()
+}
+
+// candidateLocked: the conn may still be passed (now or once its request
+// in flight is answered). m.mu must be held.
+func (m *migratedConn) candidateLocked() bool {
+	if m.h2 || m.refused || m.closed || m.phase == claimGone {
+		return false
+	}
+	switch m.state {
+	case http.StateNew:
+		return m.read == 0
+	case http.StateActive, http.StateIdle:
+		return m.http1
+	}
+	return false
+}
+
+// keepsAlive: a response written now should not close the conn, because
+// the drain will pass it on once idle.
+func (m *migratedConn) keepsAlive() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.candidateLocked()
+}
+
+// interrupt starts a claim if the conn can be taken now: net/http waits in
+// Read for a next request with an empty buffer (or for a first request,
+// nothing read yet). The returned channel is closed when the stopped Read
+// has come back.
+func (m *migratedConn) interrupt() (verdict <-chan struct{}, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.phase != claimNone || !m.candidateLocked() || !m.reading {
+		return nil, false
+	}
+	if m.state == http.StateIdle && m.readLen != m.bufSize {
+		// net/http holds bytes of a next request in its buffer (a
+		// pipelining client): they were read here, so the conn stays.
+		m.refused = true
+		return nil, false
+	}
+	if m.state != http.StateIdle && m.state != http.StateNew {
+		return nil, false
+	}
+	m.phase = claimInterrupting
+	m.verdict = make(chan struct{})
+	m.decided = make(chan struct{})
+	_ = m.Conn.SetReadDeadline(aLongTimeAgo)
+	return m.verdict, true
+}
+
+// held reports whether the stopped Read came back empty (the conn is ours
+// to pass); otherwise the claim is over.
+func (m *migratedConn) held() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.phase == claimHeld
+}
+
+// finish ends a held claim: passed, or kept (never tried again).
+func (m *migratedConn) finish(passed bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if passed {
+		m.phase = claimGone
+	} else {
+		m.phase = claimNone
+		m.refused = true
+		_ = m.Conn.SetReadDeadline(m.deadline)
+	}
+	close(m.decided)
+}
+
+// broadcast wakes the drain's waiters.
+func (s *Server) broadcast() {
+	s.mu.Lock()
+	s.broadcastLocked()
+	s.mu.Unlock()
+}
+
+// migrating reports whether this drain passes connections on.
+func (s *Server) migrating() bool { return !s.opts.NoMigration && s.migratable.Load() }
+
+// migrate passes connections on until none is left that could still be
+// (every candidate is passed, refused or gone), or ctx ends. It runs
+// before the idle grace, which is then left with what stays here.
+func (s *Server) migrate(ctx context.Context, rep *Report) {
+	for {
+		var take []*migratedConn
+		pending := false
+		s.mu.Lock()
+		for c := range s.conns {
+			m, ok := c.(*migratedConn)
+			if !ok {
+				continue
+			}
+			m.mu.Lock()
+			cand := m.candidateLocked()
+			m.mu.Unlock()
+			if !cand {
+				continue
+			}
+			pending = true
+			if len(take) < migrateBatch {
+				take = append(take, m)
+			}
+		}
+		var ch chan struct{}
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		ch = s.changed
+		s.mu.Unlock()
+		if !pending || ctx.Err() != nil {
+			return
+		}
+		if s.claim(ctx, take, rep) == 0 {
+			// Nothing could be taken now (requests in flight, or net/http
+			// not yet waiting in Read): wait for a change.
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// claim stops the pending Reads of take, passes the conns that came back
+// empty to their Migrator, and returns how many claims ended (passed or
+// kept).
+func (s *Server) claim(ctx context.Context, take []*migratedConn, rep *Report) int {
+	type claimed struct {
+		m       *migratedConn
+		verdict <-chan struct{}
+	}
+	var started []claimed
+	for _, m := range take {
+		if v, ok := m.interrupt(); ok {
+			started = append(started, claimed{m, v})
+		}
+	}
+	// Group the held conns by their Migrator (one per listener).
+	held := map[Migrator][]*migratedConn{}
+	var order []Migrator
+	ended := 0
+	for _, c := range started {
+		select {
+		case <-c.verdict:
+		case <-ctx.Done():
+			// The Read comes back at once (its deadline is in the past):
+			// wait for it so that no claim is left half done.
+			<-c.verdict
+		}
+		if !c.m.held() {
+			ended++ // the client was first: it stays, answered here
+			continue
+		}
+		if _, ok := held[c.m.mig]; !ok {
+			order = append(order, c.m.mig)
+		}
+		held[c.m.mig] = append(held[c.m.mig], c.m)
+	}
+	for _, mig := range order {
+		ms := held[mig]
+		conns := make([]net.Conn, len(ms))
+		for i, m := range ms {
+			conns[i] = m.Conn
+		}
+		n, err := mig.MigrateConns(conns)
+		if n < 0 || n > len(ms) {
+			n = 0
+		}
+		for i, m := range ms {
+			m.finish(i < n)
+		}
+		ended += len(ms)
+		rep.Migrated += n
+		if err != nil {
+			rep.MigrationFailed += len(ms) - n
+			s.logger().Warn("httpdrain: connections not passed on; drained here", "conns", len(ms)-n, "err", err)
+		}
+	}
+	return ended
+}
