@@ -298,7 +298,7 @@ func newView(t *Timeline) view {
 			r.To = fmt.Sprintf("gen %d · pid %d", u.To.Generation, u.To.PID)
 		}
 		if u.Error != "" {
-			r.Problem = firstLine(u.Error)
+			r.Problem = short(strings.Join(strings.Fields(u.Error), " "), 240)
 			if u.ErrorType != "" {
 				r.Problem = u.ErrorType + ": " + r.Problem
 			}
@@ -319,8 +319,12 @@ func newView(t *Timeline) view {
 	return v
 }
 
+// short cuts s to n runes (a longer one ends in "…").
 func short(s string, n int) string {
 	if r := []rune(s); len(r) > n {
+		if n > 8 {
+			return string(r[:n-1]) + "…"
+		}
 		return string(r[:n])
 	}
 	return s
@@ -355,12 +359,12 @@ h1 { font-size: 20px; margin: 0 0 4px; }
 .sw.line { height: 0; border-top: 2px dashed #444; border-radius: 0; }
 .sw.line.rollback { border-top: 3px solid #e07b00; }
 .sw.line.failed { border-top: 3px solid #c62828; }
-.starting { fill: #f2c14e; background: #f2c14e; }
-.ready { fill: #5aa9e6; background: #5aa9e6; }
-.serving { fill: #3c9a5f; background: #3c9a5f; }
-.draining { fill: #9b7fd1; background: #9b7fd1; }
-.exited { fill: #8a8a8a; background: #8a8a8a; }
-.failed { fill: #d64545; background: #d64545; }
+rect.starting { fill: #f2c14e; } .sw.starting { background: #f2c14e; }
+rect.ready { fill: #5aa9e6; } .sw.ready { background: #5aa9e6; }
+rect.serving { fill: #3c9a5f; } .sw.serving { background: #3c9a5f; }
+rect.draining { fill: #9b7fd1; } .sw.draining { background: #9b7fd1; }
+rect.exited { fill: #8a8a8a; } .sw.exited { background: #8a8a8a; }
+rect.failed { fill: #d64545; } .sw.failed { background: #d64545; }
 rect.killed { stroke: #c62828; stroke-width: 2; }
 svg { max-width: 100%; height: auto; border: 1px solid #ddd; background: #fff; }
 svg text { font: 12px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; fill: #1d1d1f; }
@@ -382,7 +386,7 @@ table { border-collapse: collapse; margin-top: 16px; font-size: 13px; }
 th, td { border-bottom: 1px solid #e3e3e3; padding: 4px 10px; text-align: left; white-space: nowrap; }
 th { background: #f3f3f5; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.problem { white-space: normal; max-width: 420px; color: #8a1c1c; }
+td.problem { white-space: normal; min-width: 280px; max-width: 480px; color: #8a1c1c; }
 td.result.ok { color: #1e7b3c; font-weight: 600; }
 td.result.failed { color: #c62828; font-weight: 600; }
 td.result.rolled_back { color: #b35f00; font-weight: 600; }
