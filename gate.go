@@ -31,6 +31,14 @@ type gatedListener struct {
 	dlChanged chan struct{} // closed (and replaced) by SetDeadline: a waiting Accept re-reads deadline
 
 	waiting atomic.Int32 // Accepts waiting for the gate (tests wait for one instead of sleeping)
+
+	// Client connections passed on at a handover (conns.go): migrate
+	// passes this generation's to its successor; passed holds those its
+	// predecessor passed to us, which Accept returns first.
+	migrate func([]net.Conn) (int, error)
+	passMu  sync.Mutex
+	passed  []net.Conn
+	woken   bool // a passed conn stopped Accept by a deadline in the past
 }
 
 func newGatedListener(ln net.Listener, g *gate) *gatedListener {
@@ -40,7 +48,7 @@ func newGatedListener(ln net.Listener, g *gate) *gatedListener {
 func (l *gatedListener) Accept() (net.Conn, error) {
 	select {
 	case <-l.gate.c:
-		return l.Listener.Accept()
+		return l.acceptOpen()
 	default:
 	}
 	l.waiting.Add(1)
@@ -64,7 +72,7 @@ func (l *gatedListener) Accept() (net.Conn, error) {
 			if timer != nil {
 				timer.Stop()
 			}
-			return l.Listener.Accept()
+			return l.acceptOpen()
 		case <-l.gate.shutC:
 		case <-l.done:
 		case <-changed:
@@ -95,8 +103,12 @@ func (l *gatedListener) SetDeadline(t time.Time) error {
 	if !ok {
 		return &net.OpError{Op: "set", Net: l.Addr().Network(), Addr: l.Addr(), Err: fmt.Errorf("listener deadline: %w", ErrUnsupported)}
 	}
-	if err := d.SetDeadline(t); err != nil {
-		return err
+	l.passMu.Lock()
+	defer l.passMu.Unlock()
+	if !l.woken { // else a passed conn is waking Accept: applied after it (acceptOpen)
+		if err := d.SetDeadline(t); err != nil {
+			return err
+		}
 	}
 	l.dlMu.Lock()
 	l.deadline = t
@@ -125,6 +137,7 @@ func (l *gatedListener) Close() error {
 func (l *gatedListener) closeSocket() {
 	l.once.Do(func() { close(l.done) })
 	l.Listener.Close()
+	l.closePassed()
 }
 
 // gate opens once (Ready), or shuts (Stop before Ready: Accept returns).

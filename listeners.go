@@ -118,6 +118,8 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 		g = openGate()
 	}
 	gl := newGatedListener(e.ln, g)
+	desc := e.desc
+	gl.migrate = func(conns []net.Conn) (int, error) { return u.passConns(desc, conns) }
 	e.ln = gl
 	e.item.Desc = e.desc
 	u.entries = append(u.entries, e)

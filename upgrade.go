@@ -211,14 +211,18 @@ func (p childProc) WaitReady(ctx context.Context) (lifecycle.ReadyInfo, error) {
 // Commit hands over: the control endpoint moves first, so that a request
 // arriving now is queued for the new generation instead of being answered
 // by us; then the go-ahead, asking the child to tell us how it ends when
-// we guard it through a probation. If the child died in between, we keep
-// both.
+// we guard it through a probation, and to take the client connections our
+// drain passes on. If the child died in between, we keep both.
 func (p childProc) Commit() error {
 	p.u.stopControl()
-	if err := p.c.Ack(p.u.opts.Probation > 0); err != nil {
+	if err := p.c.Ack(p.u.opts.Probation > 0, true); err != nil {
 		p.u.serveControl()
 		return fmt.Errorf("%w: go-ahead not delivered: %v", ErrRefused, err)
 	}
+	// Our drain passes idle client connections to it (conns.go).
+	p.u.mu.Lock()
+	p.u.successor = p.c
+	p.u.mu.Unlock()
 	return nil
 }
 

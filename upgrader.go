@@ -41,6 +41,7 @@ type Upgrader struct {
 	generation   int
 	binary       string
 	parent       *handoff.Inherited // nil for a first generation
+	successor    *handoff.Child     // the child this generation handed over to (u.mu)
 	state        []byte             // from the parent
 	ancestors    ancestors          // older generations that may still drain
 	startedAt    time.Time
@@ -122,6 +123,7 @@ func New(opts Options) (*Upgrader, error) {
 	u.binary = opts.Binary
 	if in != nil {
 		u.parent = in
+		in.TakeConns(u.takeConns) // idle client connections our parent's drain passes (conns.go)
 		u.generation = in.Msg.Generation
 		u.state = in.State
 		u.ancestors.add(in.Msg.Draining...)

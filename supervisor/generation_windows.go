@@ -206,7 +206,7 @@ func (g *generation) WaitReady(ctx context.Context) (lifecycle.ReadyInfo, error)
 }
 
 // Commit sends the go-ahead: the generation accepts from now on.
-func (g *generation) Commit() error { return g.child.Ack(false) }
+func (g *generation) Commit() error { return g.child.Ack(false, false) }
 
 func (g *generation) Abort(reason string) { g.child.Abort(reason) }
 

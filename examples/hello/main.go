@@ -289,7 +289,7 @@ func run() error {
 	rep, err := srv.Drain(ctx)
 	udpDone.Wait()
 	log.Info("drained", "took", rep.Finished.Sub(rep.Started).Round(time.Millisecond),
-		"conns_at_start", rep.ConnsAtStart, "forced_http", rep.ForcedHTTP, "forced_hijacked", rep.ForcedHijacked, "err", err)
+		"conns_at_start", rep.ConnsAtStart, "migrated", rep.Migrated, "migration_failed", rep.MigrationFailed, "forced_http", rep.ForcedHTTP, "forced_hijacked", rep.ForcedHijacked, "err", err)
 	return nil
 }
 

@@ -33,7 +33,9 @@ type Inherited struct {
 	unguard func()       // undoes guardStderrPipe
 
 	endMu sync.Mutex
-	watch net.Conn // kept after the go-ahead when the parent watches us
+	watch net.Conn // kept after the go-ahead when the parent watches us or passes connections
+
+	take func(network, addr string, files []*os.File) int // TakeConns (conns.go)
 }
 
 // Receive reads the handoff when this process was started by a baton
@@ -80,7 +82,7 @@ func (in *Inherited) Ready(ctx context.Context) error {
 			in.conn.Close()
 		}
 	}()
-	r := Reply{Type: "ready", PID: os.Getpid(), AppStartup: SinceStart(), ReportsEnd: true}
+	r := Reply{Type: "ready", PID: os.Getpid(), AppStartup: SinceStart(), ReportsEnd: true, TakesConns: connsSupported && in.take != nil}
 	if err := writeJSON(in.conn, r); err != nil {
 		return fmt.Errorf("%w: %v", ErrParentGone, err)
 	}
@@ -99,31 +101,18 @@ func (in *Inherited) Ready(ctx context.Context) error {
 	if !ack.Go {
 		return fmt.Errorf("%w: %s", ErrAborted, ack.Reason)
 	}
-	if ack.Watch {
-		// The parent guards us through a probation: the channel stays
-		// open, and ReportEnd tells it that our end was chosen.
+	if ack.Watch || ack.Conns {
+		// The parent guards us through a probation (ReportEnd tells it
+		// that our end was chosen), or passes us client connections
+		// while it drains: the channel stays open.
 		keep = true
 		_ = in.conn.SetReadDeadline(time.Time{})
 		in.endMu.Lock()
 		in.watch = in.conn
 		in.endMu.Unlock()
-		go in.dropWatchWhenParentGone(in.conn)
+		go in.serveChannel(in.conn, ack.Conns && in.take != nil)
 	}
 	return nil
-}
-
-// dropWatchWhenParentGone closes the watch channel once the parent has
-// closed its end (it exits after our probation): nobody is left to tell,
-// and the descriptor must not outlive it.
-func (in *Inherited) dropWatchWhenParentGone(c net.Conn) {
-	var b [1]byte
-	_, _ = c.Read(b[:]) // the parent never writes after the go-ahead: EOF
-	in.endMu.Lock()
-	if in.watch == c {
-		in.watch = nil
-		c.Close()
-	}
-	in.endMu.Unlock()
 }
 
 // ReportEnd tells a parent that watches us (Ack.Watch) that this

@@ -131,28 +131,9 @@ func recvHanded(conn net.Conn, maxState int64) (*Handed, error) {
 	if len(msg.Files) == 0 {
 		return h, nil
 	}
-	var b [1]byte
-	oob := make([]byte, unix.CmsgSpace(4*len(msg.Files)))
-	_, oobn, flags, _, err := c.ReadMsgUnix(b[:], oob)
+	fds, err := recvRights(c, len(msg.Files))
 	if err != nil {
 		return nil, linkErr("receiving %d files: %v", len(msg.Files), err)
-	}
-	var fds []int
-	if cmsgs, perr := unix.ParseSocketControlMessage(oob[:oobn]); perr == nil {
-		for _, m := range cmsgs {
-			if got, err := unix.ParseUnixRights(&m); err == nil {
-				fds = append(fds, got...)
-			}
-		}
-	}
-	for _, fd := range fds {
-		unix.CloseOnExec(fd)
-	}
-	if len(fds) != len(msg.Files) || flags&unix.MSG_CTRUNC != 0 {
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
-		return nil, linkErr("expected %d files, got %d", len(msg.Files), len(fds))
 	}
 	for i, d := range msg.Files {
 		h.Items = append(h.Items, Item{Desc: d, File: os.NewFile(uintptr(fds[i]), "file:"+d.Name)})

@@ -14,6 +14,12 @@
 //	                  only when the ready reply said ReportsEnd and the Ack
 //	                  asked Watch: the parent guards the child through a
 //	                  probation and must tell a chosen end from a crash
+//	parent -> child   ConnsMsg{Type: "conns"} and the connections' sockets
+//	                  (Unix: one SCM_RIGHTS message), any number of times,
+//	                  only when the ready reply said TakesConns and the Ack
+//	                  said Conns: idle client connections the parent's
+//	                  drain passes on (conns.go)
+//	child  -> parent  Reply{Type: "conns_taken", Taken: n} for each
 //
 // How the channel and the sockets reach the child is platform code
 // (spawn_unix.go, spawn_windows.go); everything here is shared.
@@ -122,6 +128,12 @@ type Reply struct {
 	// ReportsEnd (in "ready"): this child can keep the channel after the
 	// go-ahead and say how it ends (older children close it at once).
 	ReportsEnd bool `json:"reports_end,omitempty"`
+	// TakesConns (in "ready"): this child serves client connections the
+	// parent passes after the go-ahead (conns.go).
+	TakesConns bool `json:"takes_conns,omitempty"`
+	// Taken (in "conns_taken"): how many of the connections of the last
+	// ConnsMsg the child serves; it closed its copies of the others.
+	Taken int `json:"taken,omitempty"`
 }
 
 // End reports sent by a watched child (Reply.Type) when it ends by choice.
@@ -139,6 +151,9 @@ type Ack struct {
 	// guards it through a probation (an end without that report is a
 	// crash).
 	Watch bool `json:"watch,omitempty"`
+	// Conns tells a child that TakesConns that the channel stays open and
+	// connections may come on it (also without Watch).
+	Conns bool `json:"conns,omitempty"`
 }
 
 func writeFrame(w io.Writer, b []byte) error {

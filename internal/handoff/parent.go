@@ -79,7 +79,11 @@ type Child struct {
 	once    sync.Once
 
 	reportsEnd bool          // its ready reply said it can report its end
+	takesConns bool          // its ready reply said it takes connections (conns.go)
 	watched    bool          // Ack asked it to (Watch)
+	passMu     sync.Mutex    // PassConns, one at a time
+	passing    bool          // Ack said Conns: PassConns may send
+	taken      chan int      // its answers to PassConns
 	end        string        // what it reported: EndHandedOver, EndStopping
 	endRead    chan struct{} // closed when the report (or EOF) was read
 	chose      chan struct{} // closed when it reported an end by choice
@@ -240,6 +244,7 @@ func (c *Child) checkReply(r Reply) (Reply, error) {
 	switch r.Type {
 	case "ready":
 		c.reportsEnd = r.ReportsEnd
+		c.takesConns = r.TakesConns
 		return r, nil
 	case "refused":
 		return r, fmt.Errorf("%w: new generation (pid %d) refused the handoff: %s", contract.RefusalError(r.Code), c.PID, r.Reason)
@@ -249,26 +254,48 @@ func (c *Child) checkReply(r Reply) (Reply, error) {
 
 // Ack tells the child that the sockets are now its own. With watch, a
 // child that can report its end keeps the channel open for it, and
-// EndedByChoice tells its chosen end from a crash.
-func (c *Child) Ack(watch bool) error {
+// EndedByChoice tells its chosen end from a crash. With conns, a child
+// that takes connections keeps the channel open for PassConns.
+func (c *Child) Ack(watch, conns bool) error {
 	if c.beforeAck != nil {
 		c.beforeAck()
 	}
 	watch = watch && c.reportsEnd
+	conns = conns && c.takesConns
 	_ = c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	err := writeJSON(c.conn, Ack{Go: true, Watch: watch})
-	if err != nil || !watch {
+	err := writeJSON(c.conn, Ack{Go: true, Watch: watch, Conns: conns})
+	if err != nil || !(watch || conns) {
 		c.conn.Close()
 		return err
 	}
-	c.watched = true
+	c.watched = watch
+	c.passMu.Lock()
+	c.passing = conns
+	c.taken = make(chan int, 1)
+	c.passMu.Unlock()
 	go func() {
 		defer close(c.endRead)
 		defer c.conn.Close()
-		var r Reply
-		if readJSON(c.conn, &r) == nil && r.PID == c.PID && (r.Type == EndHandedOver || r.Type == EndStopping) {
-			c.end = r.Type
-			close(c.chose)
+		for {
+			var r Reply
+			if readJSON(c.conn, &r) != nil || r.PID != c.PID {
+				return
+			}
+			switch r.Type {
+			case ConnsTaken:
+				select {
+				case c.taken <- r.Taken:
+				default: // nobody asked: not what we agreed on
+					return
+				}
+			case EndHandedOver, EndStopping:
+				if c.end == "" {
+					c.end = r.Type
+					close(c.chose)
+				}
+			default:
+				return
+			}
 		}
 	}()
 	return nil

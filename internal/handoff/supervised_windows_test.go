@@ -140,7 +140,7 @@ func helperSupervisor() error {
 	if _, err := c.WaitReady(ctx); err != nil {
 		return err
 	}
-	if err := c.Ack(false); err != nil {
+	if err := c.Ack(false, false); err != nil {
 		return err
 	}
 	fmt.Printf("child %d\n", c.PID)
@@ -223,7 +223,7 @@ func TestSupervisedSpawn(t *testing.T) {
 	if _, err := c.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Ack(false); err != nil {
+	if err := c.Ack(false, false); err != nil {
 		t.Fatal(err)
 	}
 	stdout.waitFor(t, "out: generation 5 state \"s=1\" before ready\n")
@@ -276,7 +276,7 @@ func TestSupervisedKillAfterAck(t *testing.T) {
 	if _, err := c.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Ack(false); err != nil {
+	if err := c.Ack(false, false); err != nil {
 		t.Fatal(err)
 	}
 	if c.ExitErr() != nil {

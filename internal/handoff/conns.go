@@ -1,0 +1,138 @@
+package handoff
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+)
+
+// Client connections passed from a generation that handed over to its
+// successor (issue 11): the old generation's HTTP drain gives up idle
+// keep-alive connections instead of closing them, and the new one serves
+// them as if it had just accepted them. They travel on the handoff
+// channel, which stays open after the go-ahead for that (Ack.Conns).
+
+// ConnsMsg announces connections accepted on the listener (Network, Addr);
+// their sockets follow it (platform code: one SCM_RIGHTS message on Unix).
+type ConnsMsg struct {
+	Type    string `json:"type"` // "conns"
+	Network string `json:"network"`
+	Addr    string `json:"addr"`
+	N       int    `json:"n"`
+}
+
+const (
+	msgConns = "conns"
+	// ConnsTaken is the child's answer to each ConnsMsg (Reply.Taken).
+	ConnsTaken = "conns_taken"
+	// maxConnsPerMsg keeps one message's descriptors under Linux's limit
+	// for one SCM_RIGHTS message (253).
+	maxConnsPerMsg = 250
+	// connsTimeout bounds one message's delivery and its answer.
+	connsTimeout = 10 * time.Second
+)
+
+// ErrConnsNotTaken is returned by PassConns when the child does not take
+// connections (an older binary, a platform without it, or the channel is
+// gone): the caller keeps serving them.
+var ErrConnsNotTaken = errors.New("the new generation does not take connections")
+
+// TakeConns registers take, which serves the connections a parent passes
+// after the go-ahead; call it before Ready. take owns the files: it serves
+// the first ones it can, in order, closes every file (the connections it
+// serves hold their own descriptors), and returns how many it serves.
+func (in *Inherited) TakeConns(take func(network, addr string, files []*os.File) int) {
+	in.take = take
+}
+
+// serveChannel reads what the parent sends on the channel it keeps after
+// the go-ahead: connections (when conns), else nothing but its EOF. It
+// closes the channel once the parent is gone (the parent exits after its
+// drain and our probation): the descriptor must not outlive it.
+func (in *Inherited) serveChannel(c net.Conn, conns bool) {
+	for {
+		var m ConnsMsg
+		if err := readJSON(c, &m); err != nil {
+			break
+		}
+		if !conns || m.Type != msgConns || m.N <= 0 || m.N > maxConnsPerMsg {
+			break // not what we agreed on: stop listening
+		}
+		files, err := recvConns(c, m.N)
+		if err != nil {
+			break
+		}
+		// Under endMu: ReportEnd (we hand over ourselves) must not close
+		// the channel between taking connections and saying so; once it
+		// has, we take none, and the parent keeps them.
+		in.endMu.Lock()
+		taken := 0
+		if in.watch == c && in.take != nil {
+			taken = in.take(m.Network, m.Addr, files)
+		} else {
+			for _, f := range files {
+				f.Close()
+			}
+		}
+		if in.watch == c {
+			_ = c.SetWriteDeadline(time.Now().Add(connsTimeout))
+			_ = writeJSON(c, Reply{Type: ConnsTaken, PID: os.Getpid(), Taken: taken})
+		}
+		in.endMu.Unlock()
+	}
+	in.endMu.Lock()
+	if in.watch == c {
+		in.watch = nil
+		c.Close()
+	}
+	in.endMu.Unlock()
+}
+
+// PassConns passes conns, accepted on the listener (network, addr), to
+// the child, which serves them from now on, and returns how many it took:
+// conns[:n] are the child's (the caller closes its own descriptors without
+// a word to the client), conns[n:] stay with the caller, and err says why.
+// Calls are serialised.
+func (c *Child) PassConns(network, addr string, conns []net.Conn) (int, error) {
+	c.passMu.Lock()
+	defer c.passMu.Unlock()
+	if !c.passing {
+		return 0, ErrConnsNotTaken
+	}
+	passed := 0
+	for len(conns) > 0 {
+		batch := conns[:min(len(conns), maxConnsPerMsg)]
+		_ = c.conn.SetWriteDeadline(time.Now().Add(connsTimeout))
+		err := writeJSON(c.conn, ConnsMsg{Type: msgConns, Network: network, Addr: addr, N: len(batch)})
+		if err == nil {
+			err = sendConns(c.conn, batch)
+		}
+		if err != nil {
+			// The channel may be out of step now: no more tries.
+			c.passing = false
+			return passed, fmt.Errorf("%w: passing %d connections to pid %d: %v", ErrConnsNotTaken, len(batch), c.PID, err)
+		}
+		timer := time.NewTimer(connsTimeout)
+		select {
+		case n := <-c.taken:
+			timer.Stop()
+			passed += n
+			if n < len(batch) {
+				return passed, fmt.Errorf("%w: pid %d took %d of %d connections", ErrConnsNotTaken, c.PID, n, len(batch))
+			}
+		case <-c.endRead:
+			timer.Stop()
+			c.passing = false
+			return passed, fmt.Errorf("%w: pid %d closed the channel", ErrConnsNotTaken, c.PID)
+		case <-timer.C:
+			// It may serve them or not: we cannot tell. Keeping them is
+			// the lesser harm (the client may see two servers reading).
+			c.passing = false
+			return passed, fmt.Errorf("%w: pid %d did not answer within %s", ErrConnsNotTaken, c.PID, connsTimeout)
+		}
+		conns = conns[len(batch):]
+	}
+	return passed, nil
+}

@@ -1,0 +1,101 @@
+//go:build unix
+
+package handoff
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// connsSupported: connections travel as descriptors (SCM_RIGHTS).
+const connsSupported = true
+
+// sendConns sends the sockets of conns in one message of one byte. Each
+// is duplicated for the send (close-on-exec) and the duplicate closed
+// after it: the kernel holds its own reference while the message travels.
+func sendConns(ch net.Conn, conns []net.Conn) error {
+	uc, ok := ch.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("handoff channel is a %T, not a unix socket", ch)
+	}
+	fds := make([]int, 0, len(conns))
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	for _, c := range conns {
+		sc, ok := c.(syscall.Conn)
+		if !ok {
+			return fmt.Errorf("connection %T has no descriptor", c)
+		}
+		rc, err := sc.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var dup int
+		var derr error
+		if err := rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+			return err
+		}
+		if derr != nil {
+			return fmt.Errorf("duplicating a connection's descriptor: %w", derr)
+		}
+		fds = append(fds, dup)
+	}
+	if _, _, err := uc.WriteMsgUnix([]byte{'C'}, unix.UnixRights(fds...), nil); err != nil {
+		return fmt.Errorf("sending %d connections: %w", len(fds), err)
+	}
+	return nil
+}
+
+// recvConns receives the n sockets sendConns sent.
+func recvConns(ch net.Conn, n int) ([]*os.File, error) {
+	uc, ok := ch.(*net.UnixConn)
+	if !ok {
+		return nil, fmt.Errorf("handoff channel is a %T, not a unix socket", ch)
+	}
+	fds, err := recvRights(uc, n)
+	if err != nil {
+		return nil, err
+	}
+	files := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		files[i] = os.NewFile(uintptr(fd), "baton-conn")
+	}
+	return files, nil
+}
+
+// recvRights reads a one-byte message that carries exactly n descriptors
+// (marked close-on-exec); anything else is an error, and what did arrive
+// is closed.
+func recvRights(c *net.UnixConn, n int) ([]int, error) {
+	var b [1]byte
+	oob := make([]byte, unix.CmsgSpace(4*n))
+	_, oobn, flags, _, err := c.ReadMsgUnix(b[:], oob)
+	if err != nil {
+		return nil, err
+	}
+	var fds []int
+	if cmsgs, perr := unix.ParseSocketControlMessage(oob[:oobn]); perr == nil {
+		for _, m := range cmsgs {
+			if got, err := unix.ParseUnixRights(&m); err == nil {
+				fds = append(fds, got...)
+			}
+		}
+	}
+	for _, fd := range fds {
+		unix.CloseOnExec(fd)
+	}
+	if len(fds) != n || flags&unix.MSG_CTRUNC != 0 {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return nil, fmt.Errorf("expected %d descriptors, got %d", n, len(fds))
+	}
+	return fds, nil
+}

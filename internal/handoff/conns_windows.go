@@ -1,0 +1,18 @@
+package handoff
+
+import (
+	"errors"
+	"net"
+	"os"
+)
+
+// connsSupported: not yet on Windows (it would take WSADuplicateSocket for
+// the child's pid, as for listeners); a Windows child never says
+// TakesConns, so its parent drains every connection itself.
+const connsSupported = false
+
+var errConnsWindows = errors.New("passing client connections is not supported on Windows yet")
+
+func sendConns(net.Conn, []net.Conn) error { return errConnsWindows }
+
+func recvConns(net.Conn, int) ([]*os.File, error) { return nil, errConnsWindows }
