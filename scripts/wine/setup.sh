@@ -19,6 +19,9 @@ if ((${#need_install[@]})); then
 		exit 2
 	fi
 	echo "wine lane: installing ${need_install[*]} ..." >&2
+	# One apt-get at a time with the tests' installs (scripts/need.sh).
+	exec 9>/tmp/baton-need.lock
+	flock 9
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq >/dev/null || true
 	if ! apt-get install -y -qq "${need_install[@]}" >/tmp/baton-wine-apt.log 2>&1; then
