@@ -35,6 +35,12 @@ type runFlags struct {
 	asService  bool // hidden: the process the SCM started (Windows)
 
 	metricsAddr string // --metrics: serve Prometheus metrics here
+
+	// --http-control: the control operations over HTTP.
+	httpControl       string
+	httpTokenFile     string
+	httpAllowRemote   bool
+	httpRatePerMinute int
 }
 
 // bind registers the flags on fs.
@@ -61,6 +67,10 @@ func (r *runFlags) bind(f *pflag.FlagSet) {
 	f.Int64Var(&cfg.LogMaxSize, "log-max-size", 10<<20, "rotate the log file when it would exceed this many bytes")
 	f.IntVar(&cfg.LogKeep, "log-keep", 3, "rotated log files to keep (FILE.1 ... FILE.N)")
 	f.StringVar(&r.metricsAddr, "metrics", "", "serve Prometheus metrics of the service (all its generations) at http://ADDR/metrics; use a loopback address such as 127.0.0.1:9464 unless the network in between is yours (docs/metrics.md)")
+	f.StringVar(&r.httpControl, "http-control", "", "also answer the control operations over HTTP+JSON at ADDR (POST /v1/upgrade, POST /v1/rollback, GET /v1/status, POST /v1/stop, GET /v1/logs), each request with the bearer token of --http-control-token-file; a loopback address (docs/http-control.md)")
+	f.StringVar(&r.httpTokenFile, "http-control-token-file", "", "the file holding --http-control's bearer token (required with it; mode 600, owned by this user)")
+	f.BoolVar(&r.httpAllowRemote, "http-control-allow-remote", false, "let --http-control listen on an address other than a loopback one (anyone who can reach it and has the token can upgrade or stop the service)")
+	f.IntVar(&r.httpRatePerMinute, "http-control-rate", supervisor.DefaultHTTPControlRate, "--http-control answers at most this many requests a minute (in bursts of as many); more get 429")
 }
 
 // runFlagNames are the long names bind registers, in its order.
@@ -207,8 +217,8 @@ entry.
 				return err
 			}
 			if r.asService {
-				if r.metricsAddr != "" {
-					return &exitError{code: contract.CodeUnsupported, err: errors.New("--metrics is not served by the Windows service yet: run baton run in a console, or leave --metrics out")}
+				if r.metricsAddr != "" || r.httpControl != "" {
+					return &exitError{code: contract.CodeUnsupported, err: errors.New("--metrics and --http-control are not served by the Windows service yet: run baton run in a console, or leave them out")}
 				}
 				// The process the SCM started (baton service install
 				// writes --as-service into its command line).
@@ -224,17 +234,24 @@ entry.
 	return c
 }
 
-// run supervises the app, with the HTTP endpoints asked for (--metrics).
-// Their addresses are bound first: one that cannot be bound fails the
-// start before anything else is taken.
+// run supervises the app, with the HTTP endpoints asked for (--metrics,
+// --http-control). Their addresses are bound and their token read first:
+// any of them failing fails the start before anything else is taken.
 func (r *runFlags) run(cfg supervisor.Config) error {
-	var metricsLn net.Listener
+	var metricsLn, controlLn net.Listener
+	var err error
 	if r.metricsAddr != "" {
-		var err error
 		if metricsLn, err = listenFlag("metrics", r.metricsAddr); err != nil {
 			return err
 		}
 		defer metricsLn.Close()
+	}
+	var controlCfg supervisor.HTTPControlConfig
+	if r.httpControl != "" {
+		if controlLn, controlCfg, err = r.openHTTPControl(cfg.Logger); err != nil {
+			return err
+		}
+		defer controlLn.Close()
 	}
 	s, err := supervisor.New(cfg, os.Stdout)
 	if err != nil {
@@ -244,11 +261,46 @@ func (r *runFlags) run(cfg supervisor.Config) error {
 		stop := serveMetrics(metricsLn, s, cfg.Logger)
 		defer stop()
 	}
+	if controlLn != nil {
+		stop, err := s.ServeHTTPControl(controlLn, controlCfg)
+		if err != nil {
+			return &exitError{code: contract.CodeUsage, err: err}
+		}
+		defer stop()
+	}
 	// Run handles SIGHUP, SIGTERM and SIGINT itself.
 	if err := s.Run(context.Background()); err != nil {
 		return &exitError{code: contract.CodeFailed, err: err}
 	}
 	return nil
+}
+
+// openHTTPControl reads --http-control's token and binds its address, a
+// loopback one unless --http-control-allow-remote.
+func (r *runFlags) openHTTPControl(log *slog.Logger) (net.Listener, supervisor.HTTPControlConfig, error) {
+	var cfg supervisor.HTTPControlConfig
+	if r.httpTokenFile == "" {
+		return nil, cfg, &exitError{code: contract.CodeUsage, err: errors.New("--http-control needs --http-control-token-file FILE: the bearer token every request must carry (e.g. head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE)")}
+	}
+	if r.httpRatePerMinute < 1 {
+		return nil, cfg, &exitError{code: contract.CodeUsage, err: fmt.Errorf("--http-control-rate %d: at least 1 request a minute", r.httpRatePerMinute)}
+	}
+	tok, err := supervisor.ReadTokenFile(r.httpTokenFile)
+	if err != nil {
+		return nil, cfg, &exitError{code: contract.CodeUsage, err: err}
+	}
+	ln, err := listenFlag("http-control", r.httpControl)
+	if err != nil {
+		return nil, cfg, err
+	}
+	if err := supervisor.CheckHTTPControlAddr(ln.Addr(), r.httpAllowRemote); err != nil {
+		ln.Close()
+		return nil, cfg, &exitError{code: contract.CodeUsage, err: fmt.Errorf("--http-control %s: %w", r.httpControl, err)}
+	}
+	if supervisor.CheckHTTPControlAddr(ln.Addr(), false) != nil {
+		log.Warn("--http-control listens beyond this host: whoever reaches it with the token can upgrade, roll back or stop the service; put TLS in front of it (the token travels in clear HTTP)", "addr", ln.Addr().String())
+	}
+	return ln, supervisor.HTTPControlConfig{Token: tok, RatePerMinute: r.httpRatePerMinute}, nil
 }
 
 // listenFlag binds the TCP address addr of --flag: a malformed address is
