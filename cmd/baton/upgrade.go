@@ -151,7 +151,16 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 	} else if st != nil {
 		req.ExpectSHA256 = st.release.SHA256 // what we installed, not another deploy's
 	}
+	// On a terminal, the steps as they happen (from the events file);
+	// pipes and --json get the output they always had.
+	var watch *progressWatch
+	if !f.json && isTerminal(out) {
+		watch = watchProgress(ctx, newProgress(out, f.name, time.Now()))
+	}
 	resp, err := ctl.Do(ctx, f.name, req)
+	if watch != nil {
+		watch.finish(ctx, err == nil && resp.OK)
+	}
 	if st != nil && library {
 		defer pruneReleases(st)
 	}

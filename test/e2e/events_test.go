@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +17,7 @@ import (
 
 	"github.com/baton-go/baton/events"
 	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/testenv"
 )
 
 // eventsOf runs `baton events --name name --json` and decodes its lines.
@@ -360,4 +364,83 @@ func TestEventsOfLibraryService(t *testing.T) {
 		t.Errorf("the rollback has no duration: %+v", rolled)
 	}
 	t.Logf("the rolled back upgrade:\n%s", o)
+}
+
+// TestUpgradeProgress: `baton upgrade` on a terminal (under script(1)'s
+// pty) prints the steps as they happen, with timings, from the events
+// file: starting, ready, handed over, old drained, then the line it always
+// printed; in a pipe it prints only that line, and with --json on a
+// terminal only the JSON report.
+func TestUpgradeProgress(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test (-short)")
+	}
+	script := testenv.Command(t, "script", "bsdutils")
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, "progsup", os.Environ(), "--listen", "tcp://"+addr,
+		"--", bins["hello"], "-addr", addr, "-idle-grace", "100ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := svc.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// A pipe: the one line, as before.
+	code, out, errOut := batonRun(ctx, t, "upgrade", "--name", "progsup")
+	m := regexp.MustCompile(`^upgraded progsup: generation 2, pid (\d+), ready after [0-9.]+(µs|ms|s|m[0-9.]+s)\n$`).FindStringSubmatch(out)
+	if code != 0 || m == nil {
+		t.Fatalf("baton upgrade in a pipe: exit %d, output %q (want the one line it always printed) %s", code, out, errOut)
+	}
+	gen2, _ := strconv.Atoi(m[1])
+	svc.Tracker.Track(gen2)
+
+	// A terminal.
+	onTTY := func(args string) (int, string) {
+		cmd := exec.CommandContext(ctx, script, "-qec", bins["baton"]+" "+args, "/dev/null")
+		b, err := cmd.Output()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode(), strings.ReplaceAll(string(b), "\r\n", "\n")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0, strings.ReplaceAll(string(b), "\r\n", "\n")
+	}
+	code, out = onTTY("upgrade --name progsup")
+	if code != 0 {
+		t.Fatalf("baton upgrade on a terminal: exit %d:\n%s", code, out)
+	}
+	steps := []string{
+		fmt.Sprintf(`upgrading progsup: generation 2 \(pid %d\) serves`, gen2),
+		`\+\S+ +starting +generation 3 \(pid (\d+)\)`,
+		`\+\S+ +ready +generation 3 \(pid \d+\), \S+ after its start`,
+		`\+\S+ +handed over +to generation 3 \(pid \d+\) \(handover \S+\); the old generation drains`,
+		fmt.Sprintf(`\+\S+ +old drained +generation 2 \(pid %d\) drained in \S+`, gen2),
+		`upgraded progsup: generation 3, pid \d+, ready after \S+`,
+	}
+	rest := out
+	for _, s := range steps {
+		loc := regexp.MustCompile(`(?m)^\s*` + s + `$`).FindStringIndex(rest)
+		if loc == nil {
+			t.Fatalf("baton upgrade on a terminal: no line %q (in this order) in:\n%s", s, out)
+		}
+		rest = rest[loc[1]:]
+	}
+	t.Logf("baton upgrade on a terminal:\n%s", out)
+	if s, err := svc.Status(ctx); err == nil && s.PID > 0 {
+		svc.Tracker.Track(s.PID)
+	}
+
+	// --json on a terminal: the report only.
+	code, out = onTTY("upgrade --name progsup --json")
+	var rep struct {
+		OK     bool `json:"ok"`
+		Result struct {
+			Generation int `json:"generation"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil || !rep.OK || rep.Result.Generation != 4 {
+		t.Fatalf("baton upgrade --json on a terminal: exit %d, %v: %q", code, err, out)
+	}
 }
