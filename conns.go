@@ -78,6 +78,9 @@ func (u *Upgrader) takeConns(network, addr string, files []*os.File) int {
 		}
 		f.Close()
 	}
+	u.mu.Lock()
+	u.connsTaken += taken
+	u.mu.Unlock()
 	if taken < len(files) {
 		u.log.Warn("connections passed by the previous generation not taken; it keeps them", "listener", network+" "+addr, "taken", taken, "passed", len(files))
 	}

@@ -30,10 +30,13 @@ type Status struct {
 	Listeners  []string      `json:"listeners"`
 	// OpenHandles: open file descriptors (Unix) or handles (Windows) of
 	// this process; flat across upgrades unless something leaks.
-	OpenHandles int             `json:"open_handles"`
-	Draining    []int           `json:"draining_pids"`
-	ParentPID   int             `json:"parent_pid,omitempty"`
-	Last        *UpgradeOutcome `json:"last_upgrade,omitempty"`
+	OpenHandles int   `json:"open_handles"`
+	Draining    []int `json:"draining_pids"`
+	ParentPID   int   `json:"parent_pid,omitempty"`
+	// ConnsTaken counts the idle client connections the previous
+	// generation passed to this one at its handover (httpdrain.Migrator).
+	ConnsTaken int             `json:"conns_taken,omitempty"`
+	Last       *UpgradeOutcome `json:"last_upgrade,omitempty"`
 	// Counters: upgrades, rollbacks and forced drains of the service
 	// across its generations (carried from each to the next).
 	Counters Counters `json:"counters"`
@@ -57,6 +60,7 @@ func (u *Upgrader) Status() Status {
 		Draining:    []int{},
 		Last:        outcomeOf(snap.Last),
 		Counters:    u.counters,
+		ConnsTaken:  u.connsTaken,
 	}
 	if s.Phase == PhaseServing && snap.Phase == lifecycle.PhaseUpgrading {
 		s.Phase = PhaseUpgrading

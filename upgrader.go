@@ -69,6 +69,7 @@ type Upgrader struct {
 	stopped    bool
 	reloading  bool            // RELOADING=1 was sent for the upgrade under way
 	counters   Counters        // carried from the parent, on to the child
+	connsTaken int             // client connections the parent passed to us (conns.go)
 	ctl        controlEndpoint // nil without a control endpoint
 	ctlSrv     *ctl.Server
 	ctlStopped []*ctl.Server // stopped servers that may still be answering

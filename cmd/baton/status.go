@@ -64,6 +64,9 @@ func runStatus(out io.Writer, f commonFlags) error {
 	if len(st.Draining) > 0 {
 		fmt.Fprintf(out, "draining    %v\n", st.Draining)
 	}
+	if st.ConnsTaken > 0 {
+		fmt.Fprintf(out, "taken over  %d idle connection(s) from the previous generation\n", st.ConnsTaken)
+	}
 	if sup := st.Supervisor; sup != nil {
 		fmt.Fprintf(out, "supervisor  pid %d, %d restart(s), runs %s\n", sup.PID, sup.Restarts, strings.Join(sup.Command, " "))
 		for _, g := range sup.Generations {

@@ -125,8 +125,11 @@ type Status struct {
 	OpenHandles int           `json:"open_handles"` // open fds (Unix) or handles (Windows); -1 unknown
 	Draining    []int         `json:"draining_pids"`
 	ParentPID   int           `json:"parent_pid,omitempty"`
-	Last        *Outcome      `json:"last_upgrade,omitempty"`
-	Counters    *Counters     `json:"counters,omitempty"`
+	// ConnsTaken counts the idle client connections the previous
+	// generation passed to this one at its handover (library mode).
+	ConnsTaken int       `json:"conns_taken,omitempty"`
+	Last       *Outcome  `json:"last_upgrade,omitempty"`
+	Counters   *Counters `json:"counters,omitempty"`
 	// Supervisor: under baton run only.
 	Supervisor *SupervisorInfo `json:"supervisor,omitempty"`
 }

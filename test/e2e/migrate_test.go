@@ -101,6 +101,9 @@ func TestIdleConnsMoveToNewGeneration(t *testing.T) {
 				t.Fatalf("upgrade %d, conn %d: answered by pid %d (close %v), want the new generation %d on the same connection", u, i, pid, closing, next)
 			}
 		}
+		if st, err := svc.Status(ctx); err != nil || st.ConnsTaken != conns {
+			t.Fatalf("upgrade %d: status of the new generation: conns_taken %d (want %d), %v", u, st.ConnsTaken, conns, err)
+		}
 		prev = next
 	}
 }
