@@ -55,6 +55,10 @@ type Config struct {
 	Pause       time.Duration // pause between requests of one worker (not Slow); 0 = 2ms, negative = none
 	Timeout     time.Duration // per-request timeout covering dial, write and read; default 10s
 	MaxRequests int64         // bound on requests issued over all workers; default 10 million
+	// Stagger spreads the workers' first requests evenly over this span
+	// (worker i of n starts after i*Stagger/n), so that clients with a
+	// long Pause do not all send at the same instant; 0 = all at once.
+	Stagger time.Duration
 }
 
 // Load is a running load generator.
@@ -145,9 +149,14 @@ func Start(ctx context.Context, cfg Config) (*Load, error) {
 			l.kinds[k] = &kindStats{}
 		}
 	}
+	i := 0
 	for k, n := range cfg.Workers {
 		for range n {
 			w := &worker{l: l, kind: k, reqs: l.requests(k), br: bufio.NewReader(nil)}
+			if cfg.Stagger > 0 {
+				w.delay = time.Duration(int64(cfg.Stagger) * int64(i) / int64(total))
+			}
+			i++
 			l.wg.Add(1)
 			go w.run()
 		}
@@ -347,12 +356,16 @@ type worker struct {
 	n       int
 	conn    net.Conn
 	br      *bufio.Reader
-	connPID int // X-Pid of the last response on conn, 0 if none
+	connPID int           // X-Pid of the last response on conn, 0 if none
+	delay   time.Duration // before the first request (Config.Stagger)
 }
 
 func (w *worker) run() {
 	defer w.l.wg.Done()
 	defer w.closeConn()
+	if w.delay > 0 && !w.l.pause(w.delay) {
+		return
+	}
 	for i := 0; ; i++ {
 		if i > 0 && w.kind != Slow {
 			if !w.l.pause(w.l.cfg.Pause) {

@@ -526,3 +526,46 @@ func TestHistogram(t *testing.T) {
 		t.Errorf("p100 = %v", p)
 	}
 }
+
+// Stagger spreads the workers' first requests: the k-th first request
+// (k = 0..n-1) arrives no earlier than k*Stagger/n after Start (a lower
+// bound only: a slow machine makes them later, never earlier). A long
+// Pause keeps each worker at one request, and Stop ends the pauses.
+func TestStaggeredStart(t *testing.T) {
+	const n = 4
+	const stagger = 400 * time.Millisecond
+	arrived := make(chan time.Time, n)
+	addr := rawServer(t, func(c net.Conn, br *bufio.Reader) {
+		for readRequest(br) {
+			arrived <- time.Now()
+			if _, err := io.WriteString(c, rawOK); err != nil {
+				return
+			}
+		}
+	})
+	start := time.Now()
+	l, err := Start(context.Background(), Config{
+		Addr: addr, Workers: map[Kind]int{KeepAlivePOST: n}, Pause: time.Hour, Stagger: stagger,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var at []time.Duration
+	for range n {
+		select {
+		case a := <-arrived:
+			at = append(at, a.Sub(start))
+		case <-time.After(60 * time.Second):
+			t.Fatalf("only %d of %d first requests arrived", len(at), n)
+		}
+	}
+	r := l.Stop()
+	if r.TotalOK() != n || r.TotalFailed() != 0 {
+		t.Fatalf("report:\n%s", r)
+	}
+	for k, d := range at { // arrivals are in order: each at or after its slot
+		if slot := stagger * time.Duration(k) / n; d < slot {
+			t.Errorf("first request %d arrived %v after Start, before its slot %v (all: %v)", k, d, slot, at)
+		}
+	}
+}
