@@ -12,7 +12,9 @@ import (
 var _ = []any{
 	New, Run, ParseListen,
 	(*Supervisor).Run, (*Supervisor).Serving, (*Supervisor).Stop, (*Supervisor).ReopenLog,
-	(*Supervisor).Upgrade, (*Supervisor).Rollback, (*Supervisor).Status,
+	(*Supervisor).Upgrade, (*Supervisor).Rollback, (*Supervisor).Status, (*Supervisor).Subscribe,
+	(*Supervisor).HTTPControl, (*Supervisor).ServeHTTPControl, ReadTokenFile, CheckHTTPControlAddr,
+	ErrTokenFile, ErrNotLoopback, HTTPControlConfig{},
 	GuardPdeathsig, GuardWatchdog, PhaseRestarting,
 	ErrGaveUp, ErrNoPrevious, ErrRolledBack,
 	Config{}, ListenSpec{}, Readiness{}, Status{}, Info{}, GenInfo{}, LogsResult{}, LogLine{},
