@@ -152,8 +152,9 @@ func eventsPath(name string) (string, error) {
 // tailEvents calls fn for every record appended to path from now on,
 // until ctx ends (events.Follow), and once, a moment after the start, for
 // the records since cutoff that were not in already and that Follow could
-// not see (appended between the caller's read and Follow's first look):
-// each record is reported once.
+// not see (appended between the caller's read and Follow's first look);
+// when ctx ends, a last read reports the records newer than any reported
+// that Follow had no time to see. Each record is reported once.
 func tailEvents(ctx context.Context, path string, interval time.Duration, cutoff time.Time, already []events.Record, fn func(events.Record)) error {
 	type key struct {
 		at             int64
@@ -179,6 +180,26 @@ func tailEvents(ctx context.Context, path string, interval time.Duration, cutoff
 			}
 		})
 	}()
+	var newest time.Time // of the records reported or already there
+	report := func(r events.Record) {
+		if r.Time.After(newest) {
+			newest = r.Time
+		}
+		fn(r)
+	}
+	for _, r := range already {
+		if r.Time.After(newest) {
+			newest = r.Time
+		}
+	}
+	read := func() []events.Record {
+		recs, _, err := events.ReadFile(path)
+		if err != nil {
+			return nil // Follow goes on
+		}
+		sort.SliceStable(recs, func(i, j int) bool { return recs[i].Time.Before(recs[j].Time) })
+		return recs
+	}
 	catchUp := time.NewTimer(3 * interval)
 	defer catchUp.Stop()
 	caughtUp := false
@@ -192,21 +213,26 @@ func tailEvents(ctx context.Context, path string, interval time.Duration, cutoff
 			if !caughtUp {
 				seen[k] = true // the catch-up must not report it again
 			}
-			fn(r)
+			report(r)
 		case <-catchUp.C:
 			caughtUp = true
-			recs, _, err := events.ReadFile(path)
-			if err != nil {
-				continue // Follow goes on
-			}
-			sort.SliceStable(recs, func(i, j int) bool { return recs[i].Time.Before(recs[j].Time) })
-			for _, r := range recs {
+			for _, r := range read() {
 				if k := keyOf(r); !seen[k] && !r.Time.Before(cutoff) {
 					seen[k] = true
-					fn(r)
+					report(r)
 				}
 			}
 		case err := <-done:
+			for len(followed) > 0 {
+				if r := <-followed; !seen[keyOf(r)] {
+					report(r)
+				}
+			}
+			for _, r := range read() {
+				if r.Time.After(newest) && !r.Time.Before(cutoff) {
+					report(r)
+				}
+			}
 			return err
 		}
 	}
@@ -263,4 +289,59 @@ func (p eventPrinter) print(r events.Record) {
 	}
 	fmt.Fprintf(p.w, eventFormat, r.Time.Local().Format("2006-01-02 15:04:05.000"), strings.TrimPrefix(r.Name, "baton."),
 		num(r.Generation), num(r.PID), or(r.Operation), or(dep), took, what)
+}
+
+// eventLogIDs are the Windows Event Log event ids of the lifecycle records
+// (the Windows service writes every record there too, source NAME,
+// Application log; its own log lines are ids 1-3). One id per step, so
+// that Event Viewer and Get-WinEvent can filter on it.
+var eventLogIDs = map[string]uint32{
+	events.UpgradeStarted:  100,
+	events.Started:         101,
+	events.Ready:           102,
+	events.StartFailed:     103,
+	events.Switched:        104,
+	events.Serving:         105,
+	events.UpgradeFailed:   106,
+	events.ProbationPassed: 107,
+	events.ProbationFailed: 108,
+	events.RolledBack:      109,
+	events.Crashed:         110,
+	events.GaveUp:          111,
+	events.FallingBack:     112,
+	events.Drained:         113,
+	events.Killed:          114,
+	events.Stopping:        115,
+	events.ControlRequest:  116,
+}
+
+// eventLogOther is the id of a record whose name has no id of its own (a
+// newer baton's).
+const eventLogOther = 199
+
+// eventLogEntry is how record r goes to the Windows Event Log: its id, its
+// type (error for a service that gave up, warning for a record with an
+// error, else information), and its text: the record's message, then the
+// record itself as the one JSON line of the events file.
+func eventLogEntry(r events.Record) (id uint32, typ string, text string) {
+	id, ok := eventLogIDs[r.Name]
+	if !ok {
+		id = eventLogOther
+	}
+	typ = "info"
+	switch {
+	case r.Name == events.GaveUp || r.Level == "ERROR":
+		typ = "error"
+	case r.Error != "" || r.Level == "WARN":
+		typ = "warning"
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return id, typ, r.Message
+	}
+	msg := r.Message
+	if msg == "" {
+		msg = r.Name
+	}
+	return id, typ, msg + "\r\n\r\n" + string(b)
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +16,7 @@ import (
 // tailEvents reports every record once: those appended before Follow took
 // its starting point (the catch-up) and those after.
 func TestTailEventsReportsEachRecordOnce(t *testing.T) {
-	path := events.Path(t.TempDir(), "web")
+	path := events.Path(scratchDir(t), "web")
 	l, err := events.Open(path, "web", "supervisor", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -97,4 +99,52 @@ func TestEventPrinter(t *testing.T) {
 		!strings.Contains(b.String(), `"event.name":"baton.generation_failed"`) || !strings.Contains(b.String(), `"baton.duration_s":0.0123`) {
 		t.Errorf("json: %v %s", err, b.String())
 	}
+}
+
+func TestEventLogEntry(t *testing.T) {
+	ids := map[uint32]string{}
+	for name, id := range eventLogIDs {
+		if other, dup := ids[id]; dup {
+			t.Errorf("%s and %s share the Event Log id %d", name, other, id)
+		}
+		ids[id] = name
+		if id <= 3 || id == eventLogOther {
+			t.Errorf("%s has id %d, taken by the service's log lines or by unknown records", name, id)
+		}
+	}
+	r := events.Record{Time: time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC), Name: events.Switched, Service: "web",
+		Message: "generation 3 (pid 42) took over", PID: 42, Generation: 3, Duration: 0.0002}
+	id, typ, text := eventLogEntry(r)
+	if id != 104 || typ != "info" || !strings.HasPrefix(text, "generation 3 (pid 42) took over\r\n\r\n{") ||
+		!strings.Contains(text, `"event.name":"baton.switched"`) || !strings.Contains(text, `"baton.duration_s":0.0002`) {
+		t.Errorf("switched: %d %s %q", id, typ, text)
+	}
+	if id, typ, _ := eventLogEntry(events.Record{Name: events.UpgradeFailed, Error: "boom", Level: "WARN"}); id != 106 || typ != "warning" {
+		t.Errorf("upgrade_failed: %d %s", id, typ)
+	}
+	if id, typ, _ := eventLogEntry(events.Record{Name: events.GaveUp, Error: "boom"}); id != 111 || typ != "error" {
+		t.Errorf("gave_up: %d %s", id, typ)
+	}
+	if id, _, _ := eventLogEntry(events.Record{Name: "baton.something_new"}); id != eventLogOther {
+		t.Errorf("an unknown record: id %d", id)
+	}
+}
+
+// scratchDir is a temporary directory for a test, removed after it on a
+// best-effort basis: not t.TempDir, whose os.RemoveAll fails under Wine
+// with Go 1.26 ("unlinkat: Invalid function"), where these tests run too.
+func scratchDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "batonev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ents, _ := os.ReadDir(d)
+		for _, e := range ents {
+			os.RemoveAll(filepath.Join(d, e.Name()))
+		}
+		os.Remove(d)
+	})
+	return d
 }

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
+	"github.com/baton-go/baton/events"
 	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
 )
@@ -23,4 +27,36 @@ func eventsDirs(name string) []string {
 		dirs = append(dirs, filepath.Join(d, "baton"))
 	}
 	return append(dirs, filepath.Join(serviceDir(name), "run"))
+}
+
+// eventSink is where forwardEvents writes: an *eventlog.Log.
+type eventSink interface {
+	Info(eid uint32, msg string) error
+	Warning(eid uint32, msg string) error
+	Error(eid uint32, msg string) error
+}
+
+// forwardEvents writes every lifecycle record appended to the events file
+// at path from now on to the Windows Event Log (eventLogEntry), until ctx
+// ends; records already there (earlier runs) are not. A write error is
+// logged once; forwarding goes on.
+func forwardEvents(ctx context.Context, el eventSink, path string, log *slog.Logger) error {
+	already, _, _ := events.ReadFile(path)
+	warned := false
+	return tailEvents(ctx, path, 250*time.Millisecond, time.Now(), already, func(r events.Record) {
+		id, typ, text := eventLogEntry(r)
+		var err error
+		switch typ {
+		case "error":
+			err = el.Error(id, text)
+		case "warning":
+			err = el.Warning(id, text)
+		default:
+			err = el.Info(id, text)
+		}
+		if err != nil && !warned {
+			warned = true
+			log.Warn("cannot write lifecycle records to the Event Log", "err", err)
+		}
+	})
 }

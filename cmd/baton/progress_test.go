@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -81,7 +82,7 @@ func TestIsTerminal(t *testing.T) {
 	if isTerminal(w) || isTerminal(&bytes.Buffer{}) {
 		t.Error("a pipe or a buffer taken for a terminal")
 	}
-	f, err := os.Create(t.TempDir() + "/out")
+	f, err := os.Create(filepath.Join(scratchDir(t), "out"))
 	if err != nil {
 		t.Fatal(err)
 	}

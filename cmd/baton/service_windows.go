@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/baton-go/baton/events"
 	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/wine"
@@ -430,11 +431,23 @@ func runAsService(cfg supervisor.Config) error {
 		defer slogFile.Close()
 		handlers = append(handlers, slog.NewTextHandler(slogFile, nil))
 	}
-	if el, err := eventlog.Open(name); err == nil {
+	el, elErr := eventlog.Open(name)
+	if elErr == nil {
 		defer el.Close()
 		handlers = append(handlers, &eventHandler{el: el})
 	}
 	log := slog.New(teeHandler(handlers)).With("supervisor", name)
+	if elErr == nil {
+		// Every lifecycle record (baton events) goes to the Event Log too,
+		// ids 100 and up (eventLogIDs), the record's JSON in the text.
+		fctx, fstop := context.WithCancel(context.Background())
+		fdone := make(chan struct{})
+		go func() {
+			defer close(fdone)
+			forwardEvents(fctx, el, events.Path(os.Getenv(contract.EnvRuntimeDir), name), log)
+		}()
+		defer func() { fstop(); <-fdone }() // before el.Close: the last records are written
+	}
 	cfg.Logger = log
 	h := &winsvc.Handler{
 		New: func() (winsvc.Supervisor, error) {
