@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/baton-go/baton/internal/loadgen"
 	"github.com/baton-go/baton/internal/proctest"
 )
 
@@ -43,7 +42,7 @@ var signalApps = map[string]signalApp{
 		dir: filepath.Join("test", "bench", "peers", "tableflip"), pkg: ".",
 		refusal: "Upgrade failed:", // the wording of tableflip's own example
 		args: func(addr, pidFile string, cfg Config) []string {
-			return []string{"-addr", addr, "-pidfile", pidFile, "-drain-timeout", cfg.DrainTimeout.String()}
+			return []string{"-addr", addr, "-pidfile", pidFile, "-drain-timeout", peerDrainTimeout(cfg).String()}
 		},
 	},
 	PeerBatonSignal: {
@@ -125,7 +124,7 @@ func runPeer(ctx context.Context, cfg Config, say func(string, ...any)) (*Result
 		if p, err := os.FindProcess(current); err == nil {
 			p.Signal(syscall.SIGTERM)
 		}
-		reapAll(tracker, cfg.DrainTimeout+5*time.Second)
+		reapAll(tracker, peerDrainTimeout(cfg)+5*time.Second)
 	}()
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	_, err = waitPeer(sctx, tracker, pidFile, logPath, app.refusal, 0, 0)
@@ -135,12 +134,12 @@ func runPeer(ctx context.Context, cfg Config, say func(string, ...any)) (*Result
 	}
 	say("%s peer serving on http://%s (pid %d)", cfg.Peer, addr, current)
 
-	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: cfg.Workers, MaxRequests: 5_000_000})
+	load, err := startLoad(ctx, addr, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer load.Stop()
-	time.Sleep(500 * time.Millisecond)
+	warmup(cfg)
 
 	res := &Result{}
 	var ups []pending
@@ -192,7 +191,7 @@ func runPeer(ctx context.Context, cfg Config, say func(string, ...any)) (*Result
 	}
 	time.Sleep(cfg.Interval)
 	res.Load = load.Stop()
-	if res.Upgrades, err = settle(ctx, tracker, load, ups, cfg.DrainTimeout+5*time.Second); err != nil {
+	if res.Upgrades, err = settle(ctx, tracker, load, ups, peerDrainTimeout(cfg)+5*time.Second); err != nil {
 		return nil, err
 	}
 	return res, nil
@@ -244,6 +243,15 @@ func waitPeer(ctx context.Context, t *proctest.Tracker, pidFile, logPath, refusa
 		case <-time.After(time.Millisecond):
 		}
 	}
+}
+
+// peerDrainTimeout is the peer's drain deadline: cfg.DrainTimeout, or
+// 30s (its default, as hello's) when that is not set.
+func peerDrainTimeout(cfg Config) time.Duration {
+	if cfg.DrainTimeout > 0 {
+		return cfg.DrainTimeout
+	}
+	return 30 * time.Second
 }
 
 func readPID(path string) (int, error) {

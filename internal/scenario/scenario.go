@@ -39,6 +39,22 @@ type Config struct {
 	// SIGHUP to the pid in its PID file; Supervised, FailingLast,
 	// IdleGrace and StartupDelay do not apply to it.
 	Peer string
+	// HelloDefaults runs hello (and `baton run`) with their default flags:
+	// only the address and the name are passed, and IdleGrace,
+	// DrainTimeout and StartupDelay are not. DrainTimeout, when set,
+	// still bounds the wait for old generations to exit (default 30s,
+	// hello's own).
+	HelloDefaults bool
+	// Pause and Stagger go to the load (loadgen.Config): a think time
+	// between one client's requests, and the span over which the clients'
+	// first requests are spread.
+	Pause, Stagger time.Duration
+	// Warmup is how long the load runs before the first upgrade (default
+	// 500ms; set it to at least Stagger so every client is connected).
+	Warmup time.Duration
+	// CountTaken asks the serving generation's status before each upgrade
+	// and at the end, for Upgrade.ConnsTaken.
+	CountTaken bool
 }
 
 // Upgrade is one measured upgrade.
@@ -49,6 +65,23 @@ type Upgrade struct {
 	AppStartup     time.Duration // the app's own part of ReadyAfter
 	OldExit        time.Duration // handover -> old process gone
 	AfterLast      time.Duration // last response from the old pid -> old process gone
+	// Handover as the run saw it: when `baton upgrade` returned, or (a
+	// peer) when the new pid appeared in the PID file.
+	Handover time.Time
+
+	// From hello's log (zero for a peer, or when not logged): when the
+	// old generation's drain started (its "handed over; draining" line,
+	// millisecond precision), how long the drain took (its "drained"
+	// line), how long after the drain start the process was gone, and how
+	// many connections the drain passed to the next generation (-1: no
+	// "drained" line).
+	DrainStart time.Time
+	DrainDone  time.Duration
+	DrainExit  time.Duration
+	Migrated   int
+	// ConnsTaken: the new generation's status conns_taken just before the
+	// next upgrade or the end (Config.CountTaken; -1 unknown).
+	ConnsTaken int
 }
 
 // Overhead is the part of the switch time that is not the app's own
@@ -131,11 +164,20 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	helloArgs := []string{"-addr", addr,
 		"-idle-grace", cfg.IdleGrace.String(), "-drain-timeout", cfg.DrainTimeout.String(),
 		"-startup-delay", cfg.StartupDelay.String(), "-ready-timeout", "10s"}
+	runArgs := []string{"run", "--name", "scenario", "--listen", "tcp://" + addr,
+		"--drain-timeout", (cfg.DrainTimeout + time.Second).String(), "--ready-timeout", "10s"}
+	if cfg.HelloDefaults {
+		helloArgs = []string{"-addr", addr}
+		runArgs = []string{"run", "--name", "scenario", "--listen", "tcp://" + addr}
+	}
+	drainWait := cfg.DrainTimeout
+	if drainWait <= 0 {
+		drainWait = 30 * time.Second
+	}
 	var svc *proctest.Service
 	if cfg.Supervised {
 		svc, err = proctest.Start(sctx, tracker, bins["baton"], "scenario", os.Environ(), logf, bins["baton"],
-			append([]string{"run", "--name", "scenario", "--listen", "tcp://" + addr,
-				"--drain-timeout", (cfg.DrainTimeout + time.Second).String(), "--ready-timeout", "10s", "--", installed}, helloArgs...)...)
+			append(append(runArgs, "--", installed), helloArgs...)...)
 	} else {
 		svc, err = proctest.Start(sctx, tracker, bins["baton"], "scenario", os.Environ(), logf, installed,
 			append([]string{"-name", "scenario"}, helloArgs...)...)
@@ -152,7 +194,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				p.Signal(os.Interrupt)
 			}
 		}
-		reapAll(tracker, cfg.DrainTimeout+5*time.Second)
+		reapAll(tracker, drainWait+5*time.Second)
 	}()
 	st, err := svc.Status(ctx)
 	if err != nil {
@@ -161,20 +203,32 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	tracker.Track(st.PID) // under `baton run` a child of the supervisor, not ours
 	say("hello serving on http://%s (pid %d)", addr, st.PID)
 
-	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: cfg.Workers, MaxRequests: 5_000_000})
+	load, err := startLoad(ctx, addr, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer load.Stop()
-	time.Sleep(500 * time.Millisecond)
+	warmup(cfg)
 
 	res := &Result{}
 	var ups []pending
 	current := st.PID
+	// taken records the serving generation's conns_taken in the last
+	// upgrade (Config.CountTaken).
+	taken := func() {
+		if !cfg.CountTaken || len(ups) == 0 {
+			return
+		}
+		ups[len(ups)-1].up.ConnsTaken = -1
+		if st, err := svc.Status(ctx); err == nil && st.PID == current {
+			ups[len(ups)-1].up.ConnsTaken = st.ConnsTaken
+		}
+	}
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
 	for i := 0; i < cfg.Upgrades; i++ {
 		<-tick.C
+		taken() // the previous upgrade's: its old generation had an interval to pass them
 		// Alternate releases: each upgrade starts what is on disk now.
 		version := []string{"v2", "v1"}[i%2]
 		if err := copyFile(bins["hello-"+version], installed); err != nil {
@@ -221,8 +275,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		say("failed upgrade: exit code %d, code %q; pid %d still serving (%s)", rep.ExitCode, rep.Code, st.PID, st.Phase)
 	}
 	time.Sleep(cfg.Interval)
+	taken()
 	res.Load = load.Stop()
-	if res.Upgrades, err = settle(ctx, tracker, load, ups, cfg.DrainTimeout+5*time.Second); err != nil {
+	if res.Upgrades, err = settle(ctx, tracker, load, ups, drainWait+5*time.Second); err != nil {
+		return nil, err
+	}
+	if err := drainLog(filepath.Join(dir, "hello.log"), res.Upgrades, tracker); err != nil {
 		return nil, err
 	}
 	if cfg.Supervised {
@@ -322,6 +380,7 @@ func settle(ctx context.Context, tracker *proctest.Tracker, load *loadgen.Load, 
 			return nil, fmt.Errorf("old generation %d did not exit: %w", p.up.OldPID, err)
 		}
 		p.up.OldExit = ex.At.Sub(p.handover)
+		p.up.Handover = p.handover
 		if last, ok := load.LastSeen(p.up.OldPID); ok {
 			p.up.AfterLast = ex.At.Sub(last)
 		}
