@@ -176,6 +176,7 @@ func (s Status) wire() contract.Status {
 		OpenHandles: s.OpenHandles,
 		Draining:    s.Draining,
 		ParentPID:   s.ParentPID,
+		ConnsTaken:  s.ConnsTaken,
 		Last:        s.Last.wire(),
 		Counters:    &s.Counters,
 	}
