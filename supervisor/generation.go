@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -207,6 +208,12 @@ func healthAddr(rawURL string) string {
 // for any running program.
 func saveBinary(src, dst string) error {
 	os.Remove(dst)
+	// link(2) does not follow a symbolic link (Linux links the link
+	// itself: /bin/sh -> dash would become a dangling relative link in the
+	// runtime directory): save what it points to.
+	if real, err := filepath.EvalSymlinks(src); err == nil {
+		src = real
+	}
 	if err := os.Link(src, dst); err == nil {
 		return nil
 	}
