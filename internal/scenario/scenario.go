@@ -55,6 +55,9 @@ type Config struct {
 	// CountTaken asks the serving generation's status before each upgrade
 	// and at the end, for Upgrade.ConnsTaken.
 	CountTaken bool
+	// KeepLog, when set, is where hello's log (every generation's lines,
+	// and baton run's) is copied at the end of the run.
+	KeepLog string
 }
 
 // Upgrade is one measured upgrade.
@@ -282,6 +285,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	if err := drainLog(filepath.Join(dir, "hello.log"), res.Upgrades, tracker); err != nil {
 		return nil, err
+	}
+	if cfg.KeepLog != "" {
+		if err := copyFile(filepath.Join(dir, "hello.log"), cfg.KeepLog); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Supervised {
 		idle := cfg.IdleFor

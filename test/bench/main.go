@@ -26,6 +26,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -45,6 +46,7 @@ func main() {
 	flag.DurationVar(&idle.interval, "idle-interval", 3*time.Second, "idle block: time between upgrades")
 	flag.DurationVar(&idle.span, "idle-for", 45*time.Second, "idle block: how long upgrades go on")
 	flag.StringVar(&idle.modes, "idle-modes", "library,run,tableflip", "idle block: the modes to run, comma-separated")
+	flag.StringVar(&idle.logs, "idle-logs", "", "idle block: copy hello's log of each baton mode into this directory (idle-MODE.log)")
 	flag.Parse()
 	failed := false
 	switch *only {
@@ -205,7 +207,7 @@ func failures(res *scenario.Result) {
 type idleConfig struct {
 	clients               int
 	think, interval, span time.Duration
-	modes                 string
+	modes, logs           string
 }
 
 // idleMode is one mode of the idle-clients block.
@@ -250,6 +252,10 @@ func runIdle(c idleConfig) bool {
 		if !want[m.key] {
 			continue
 		}
+		keepLog := ""
+		if c.logs != "" && m.peer == "" {
+			keepLog = filepath.Join(c.logs, "idle-"+m.key+".log")
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		res, err := scenario.Run(ctx, scenario.Config{
 			Upgrades: upgrades, Interval: c.interval,
@@ -257,6 +263,7 @@ func runIdle(c idleConfig) bool {
 			Pause:   c.think, Stagger: c.think, Warmup: c.think + time.Second,
 			HelloDefaults: true, CountTaken: m.peer == "",
 			Supervised: m.supervised, Peer: m.peer,
+			KeepLog: keepLog,
 		})
 		cancel()
 		if err != nil {
