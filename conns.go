@@ -32,12 +32,16 @@ func (l *gatedListener) MigrateConns(conns []net.Conn) (int, error) {
 }
 
 // passConns is the migrate function of the listener desc: to the child
-// this generation handed over to.
+// this generation handed over to, or under baton run through the
+// supervisor.
 func (u *Upgrader) passConns(desc handoff.FileDesc, conns []net.Conn) (int, error) {
 	u.mu.Lock()
 	succ := u.successor
 	u.mu.Unlock()
 	if succ == nil {
+		if u.link != nil && u.link.PassesConns() {
+			return u.passViaSupervisor(desc, conns)
+		}
 		return 0, errNoSuccessor
 	}
 	n, err := succ.PassConns(desc.Network, desc.Addr, conns)
@@ -157,5 +161,80 @@ func (l *gatedListener) closePassed() {
 	l.passMu.Unlock()
 	for _, c := range cs {
 		c.Close()
+	}
+}
+
+// Under baton run the supervisor carries our connections to the serving
+// generation: it pulls batches from us over our link (handoff's
+// LinkConnsHooks: nextConnBatch, connBatchResult).
+
+// connBatch is one batch of connections waiting for the supervisor.
+type connBatch struct {
+	network, addr string
+	conns         []net.Conn
+	taken         chan int // how many the serving generation took (buffered)
+}
+
+// connsPullTimeout bounds the wait for the supervisor to pull a batch (it
+// pulls from the moment it asked us to drain) and for its outcome.
+const connsPullTimeout = 10 * time.Second
+
+// passViaSupervisor queues conns for the supervisor in batches and returns
+// how many the serving generation took (a prefix of conns).
+func (u *Upgrader) passViaSupervisor(desc handoff.FileDesc, conns []net.Conn) (int, error) {
+	passed := 0
+	for len(conns) > 0 {
+		b := connBatch{network: desc.Network, addr: desc.Addr, conns: conns[:min(len(conns), handoff.MaxConnsPerMsg)], taken: make(chan int, 1)}
+		timer := time.NewTimer(connsPullTimeout)
+		select {
+		case u.connOut <- b:
+		case <-u.linkDone:
+			timer.Stop()
+			return passed, fmt.Errorf("%w: the supervisor link is closed", errNoSuccessor)
+		case <-timer.C:
+			return passed, fmt.Errorf("%w: the supervisor did not ask for connections within %s", errNoSuccessor, connsPullTimeout)
+		}
+		var n int
+		select {
+		case n = <-b.taken:
+			timer.Stop()
+		case <-u.linkDone:
+			timer.Stop()
+			select {
+			case n = <-b.taken:
+			default:
+				// Sent or not, we cannot tell: keeping them is the lesser harm.
+				return passed, fmt.Errorf("%w: the supervisor link closed while passing connections", errNoSuccessor)
+			}
+		case <-timer.C:
+			return passed, fmt.Errorf("%w: no word from the supervisor on %d connections within %s", errNoSuccessor, len(b.conns), connsPullTimeout)
+		}
+		passed += n
+		if n < len(b.conns) {
+			return passed, fmt.Errorf("baton: the serving generation took %d of %d connections", n, len(b.conns))
+		}
+		conns = conns[len(b.conns):]
+	}
+	return passed, nil
+}
+
+// nextConnBatch gives the supervisor the next batch, waiting at most wait.
+func (u *Upgrader) nextConnBatch(wait time.Duration) (network, addr string, conns []net.Conn) {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case b := <-u.connOut:
+		u.pulled = b
+		return b.network, b.addr, b.conns
+	case <-timer.C:
+		return "", "", nil
+	}
+}
+
+// connBatchResult tells the batch pulled last how many were taken.
+func (u *Upgrader) connBatchResult(taken int) {
+	if u.pulled.taken != nil {
+		u.pulled.taken <- taken
+		u.pulled = connBatch{}
 	}
 }

@@ -53,7 +53,9 @@ func (u *Upgrader) serveSupervisor() {
 		return
 	}
 	go func() {
-		err := u.link.Serve(u.handOverToSupervisor, u.drainForSupervisor)
+		hooks := &handoff.LinkConnsHooks{Take: u.takeConns, Next: u.nextConnBatch, Result: u.connBatchResult}
+		err := u.link.Serve(u.handOverToSupervisor, u.drainForSupervisor, hooks)
+		close(u.linkDone)
 		u.mu.Lock()
 		stopped := u.stopped
 		u.mu.Unlock()

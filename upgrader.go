@@ -42,6 +42,9 @@ type Upgrader struct {
 	binary       string
 	parent       *handoff.Inherited // nil for a first generation
 	successor    *handoff.Child     // the child this generation handed over to (u.mu)
+	connOut      chan connBatch     // under baton run: batches of client connections for the supervisor to pull (conns.go)
+	pulled       connBatch          // the batch the supervisor pulled last (its link goroutine only)
+	linkDone     chan struct{}      // closed when the supervisor link's Serve returns
 	state        []byte             // from the parent
 	ancestors    ancestors          // older generations that may still drain
 	startedAt    time.Time
@@ -100,6 +103,8 @@ func New(opts Options) (*Upgrader, error) {
 		exitC:      make(chan struct{}),
 		stoppedC:   make(chan struct{}),
 		stopDone:   make(chan struct{}),
+		connOut:    make(chan connBatch),
+		linkDone:   make(chan struct{}),
 	}
 	if opts.Name != "" {
 		if err := ctl.CheckName(opts.Name); err != nil {

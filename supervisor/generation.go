@@ -133,6 +133,7 @@ func (s *Supervisor) acceptLink(g *generation, ln *handoff.LinkListener, handed 
 	handed.Msg.Generation = g.n
 	handed.Msg.Parent = handoff.Self()
 	handed.Msg.Binary = g.binary
+	handed.Msg.Conns = link.PassesConns() // we relay its client connections (relayConns)
 	if err := link.Give(handed); err != nil {
 		s.log.Warn("handing over to the generation's link failed", "gen", g.n, "pid", g.pid, "err", err)
 		link.Close()
@@ -249,4 +250,53 @@ func (g *generation) hashBinary() {
 	g.mu.Lock()
 	g.sha256 = sum
 	g.mu.Unlock()
+}
+
+// relayConns carries the idle client connections a draining library
+// generation passes on (its HTTP drain gives them up instead of closing
+// them) to the generation serving at that moment, until the draining one
+// is gone (issue 11; handoff's linkconns.go). Each pull tells the draining
+// generation how many of its previous batch were taken, so nothing is
+// both kept and passed.
+func (s *Supervisor) relayConns(old *generation) {
+	link := old.getLink()
+	if link == nil || !link.PassesConns() {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-old.exited:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	taken, total := 0, 0
+	for ctx.Err() == nil {
+		network, addr, files, err := link.PullConns(ctx, taken)
+		if err != nil {
+			break // gone, or the link failed: it keeps what it has
+		}
+		taken = 0
+		if len(files) == 0 {
+			continue
+		}
+		if cur := s.currentGen(); cur != nil && cur != old {
+			if to := cur.getLink(); to != nil && to.PassesConns() {
+				n, err := to.PassConns(ctx, network, addr, files)
+				if err != nil {
+					s.log.Warn("passing client connections to the serving generation failed; the old one keeps them", "from", old.pid, "to", cur.pid, "err", err)
+				}
+				taken = n
+			}
+		}
+		total += taken
+		for _, f := range files {
+			f.Close() // the serving generation has its own copies
+		}
+	}
+	if total > 0 {
+		s.log.Info("client connections moved to the serving generation", "from", old.pid, "conns", total)
+	}
 }

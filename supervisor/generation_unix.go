@@ -362,6 +362,7 @@ func (g *generation) Drain() {
 		err := link.Drain(ctx)
 		cancel()
 		if err == nil {
+			go s.relayConns(g) // its idle client connections go to the serving generation
 			return
 		}
 		s.log.Warn("drain request over the link failed; sending the drain signal", "gen", g.n, "pid", g.pid, "err", err)

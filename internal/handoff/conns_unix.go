@@ -47,6 +47,23 @@ func sendConns(ch net.Conn, conns []net.Conn) error {
 		}
 		fds = append(fds, dup)
 	}
+	return sendFDs(uc, fds)
+}
+
+// sendFiles sends the descriptors of files in one message of one byte.
+func sendFiles(ch net.Conn, files []*os.File) error {
+	uc, ok := ch.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("link is a %T, not a unix socket", ch)
+	}
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	return sendFDs(uc, fds)
+}
+
+func sendFDs(uc *net.UnixConn, fds []int) error {
 	if _, _, err := uc.WriteMsgUnix([]byte{'C'}, unix.UnixRights(fds...), nil); err != nil {
 		return fmt.Errorf("sending %d connections: %w", len(fds), err)
 	}

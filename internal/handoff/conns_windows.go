@@ -15,4 +15,6 @@ var errConnsWindows = errors.New("passing client connections is not supported on
 
 func sendConns(net.Conn, []net.Conn) error { return errConnsWindows }
 
+func sendFiles(net.Conn, []*os.File) error { return errConnsWindows }
+
 func recvConns(net.Conn, int) ([]*os.File, error) { return nil, errConnsWindows }

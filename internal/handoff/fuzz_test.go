@@ -117,7 +117,7 @@ func FuzzLinkServe(f *testing.F) {
 		c := &scriptConn{in: bytes.NewReader(b)}
 		l := &LinkConn{c: c, peer: 1}
 		drains := 0
-		err := l.Serve(func() (*Handed, error) { return nil, errors.New("no state in this test") }, func() { drains++ })
+		err := l.Serve(func() (*Handed, error) { return nil, errors.New("no state in this test") }, func() { drains++ }, nil)
 		if err == nil {
 			t.Fatal("Serve returned without an error")
 		}

@@ -41,6 +41,9 @@ const (
 	LinkVersion  = contract.LinkVersion
 	LinkHandover = contract.LinkHandover // send your state and named files
 	LinkDrain    = contract.LinkDrain    // stop accepting and drain (close Exit)
+
+	LinkConnsPull = contract.LinkConnsPull // linkconns.go
+	LinkConns     = contract.LinkConns
 )
 
 // ErrLink reports a failure on the supervisor link; ErrNoState, an app
@@ -91,6 +94,7 @@ type LinkConn struct {
 	peer   int        // the other end's pid (from the kernel where it tells)
 	mu     sync.Mutex // one exchange at a time
 	broken bool       // an exchange failed half-way: the stream is out of step
+	conns  bool       // the generation passes and takes client connections (linkconns.go)
 }
 
 // Close closes the link.
@@ -123,14 +127,26 @@ func (l *LinkConn) usable() error {
 
 // Serve answers the supervisor's requests until the link closes:
 // handover returns what the next generation gets (the items stay the
-// caller's), drain makes this generation drain.
-func (l *LinkConn) Serve(handover func() (*Handed, error), drain func()) error {
+// caller's), drain makes this generation drain, conns (may be nil) passes
+// and takes client connections (linkconns.go).
+func (l *LinkConn) Serve(handover func() (*Handed, error), drain func(), conns *LinkConnsHooks) error {
+	var pulled bool // a batch went out on the last LinkConnsPull
 	for {
 		var req LinkRequest
 		if err := readJSON(l.c, &req); err != nil {
 			return err
 		}
 		switch req.Op {
+		case LinkConnsPull, LinkConns:
+			if conns == nil {
+				if err := writeJSON(l.c, LinkReply{Code: "protocol", Error: "this generation does not pass connections"}); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := l.serveConns(req, conns, &pulled); err != nil {
+				return err
+			}
 		case LinkHandover:
 			h, err := handover()
 			if err != nil {
@@ -260,5 +276,5 @@ func acceptHello(ctx context.Context, c net.Conn, kpid int, known bool) (*LinkCo
 		c.Close()
 		return nil, hello, linkErr("generation (pid %d) speaks link version %d, this supervisor %d", hello.PID, hello.Version, LinkVersion)
 	}
-	return &LinkConn{c: c, peer: hello.PID}, hello, nil
+	return &LinkConn{c: c, peer: hello.PID, conns: hello.Conns && connsSupported}, hello, nil
 }

@@ -28,7 +28,7 @@ func DialLink(timeout time.Duration, maxState int64) (*LinkConn, *Handed, error)
 	}
 	l := &LinkConn{c: c}
 	_ = l.c.SetDeadline(time.Now().Add(timeout))
-	if err := writeJSON(l.c, LinkHello{Version: LinkVersion, PID: os.Getpid()}); err != nil {
+	if err := writeJSON(l.c, LinkHello{Version: LinkVersion, PID: os.Getpid(), Conns: connsSupported}); err != nil {
 		l.c.Close()
 		return nil, nil, linkErr("hello: %v", err)
 	}
@@ -38,6 +38,7 @@ func DialLink(timeout time.Duration, maxState int64) (*LinkConn, *Handed, error)
 		return nil, nil, err
 	}
 	_ = l.c.SetDeadline(time.Time{})
+	l.conns = h.Msg.Conns && connsSupported // the supervisor carries connections
 	return l, h, nil
 }
 

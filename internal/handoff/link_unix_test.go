@@ -83,7 +83,7 @@ func TestLinkRoundTrip(t *testing.T) {
 			return nil, errors.New("cannot marshal")
 		}
 		return &Handed{State: []byte("counter=42"), Items: handed.Items}, nil
-	}, func() { close(drained) })
+	}, func() { close(drained) }, nil)
 
 	back, err := sup.Take(context.Background())
 	if err != nil {
@@ -123,7 +123,7 @@ func TestLinkTimeoutClosesTheLink(t *testing.T) {
 			<-release // the first answer comes late
 		}
 		return &Handed{State: []byte{byte('0' + n)}}, nil
-	}, func() {})
+	}, func() {}, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	_, err := sup.Take(ctx)
 	cancel()

@@ -115,7 +115,7 @@ func DialLink(timeout time.Duration, maxState int64) (*LinkConn, *Handed, error)
 	}
 	l := &LinkConn{c: c, peer: int(pid)}
 	_ = c.SetDeadline(time.Now().Add(timeout))
-	if err := writeJSON(c, LinkHello{Version: LinkVersion, PID: os.Getpid()}); err != nil {
+	if err := writeJSON(c, LinkHello{Version: LinkVersion, PID: os.Getpid(), Conns: connsSupported}); err != nil {
 		c.Close()
 		return nil, nil, linkErr("hello: %v", err)
 	}
@@ -125,6 +125,7 @@ func DialLink(timeout time.Duration, maxState int64) (*LinkConn, *Handed, error)
 		return nil, nil, err
 	}
 	_ = c.SetDeadline(time.Time{})
+	l.conns = h.Msg.Conns && connsSupported // the supervisor carries connections
 	return l, h, nil
 }
 

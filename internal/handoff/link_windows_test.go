@@ -71,7 +71,7 @@ func helperLink() error {
 		}
 		return &Handed{Msg: Handoff{Generation: 3}, State: []byte("counter=42"),
 			Items: []Item{{Desc: FileDesc{Kind: KindFile, Name: "mine"}, File: mine}}}, nil
-	}, func() { fmt.Println("drained") })
+	}, func() { fmt.Println("drained") }, nil)
 	fmt.Println("link closed:", err)
 	return nil
 }

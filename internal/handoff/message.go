@@ -113,9 +113,12 @@ type Handoff struct {
 	// and the parent started its own binary again (for Status).
 	RolledBack string `json:"rolled_back,omitempty"`
 	// Counters: what happened to the service so far, carried on.
-	Counters    *contract.Counters `json:"counters,omitempty"`
-	StateLen    int64              `json:"state_len"`
-	StateSHA256 string             `json:"state_sha256,omitempty"`
+	Counters *contract.Counters `json:"counters,omitempty"`
+	// Conns (on a supervisor link): the supervisor carries client
+	// connections between generations (linkconns.go).
+	Conns       bool   `json:"conns,omitempty"`
+	StateLen    int64  `json:"state_len"`
+	StateSHA256 string `json:"state_sha256,omitempty"`
 }
 
 // Reply is the child's answer.

@@ -9,9 +9,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/baton-go/baton/internal/proctest"
 )
 
 // keepAliveConn is one client connection that sends non-retried POSTs.
@@ -56,14 +59,27 @@ func (k *keepAliveConn) post(body string) (pid int, closing bool, err error) {
 // TestIdleConnsMoveToNewGeneration (issue 11): keep-alive connections that
 // are idle at the handover are served by the new generation on the same
 // TCP connection (no reconnect, no "Connection: close"), across several
-// upgrades of a library service; their next POST, sent long after the
-// handover, never fails.
+// upgrades, in library mode and under baton run; their next POST, sent
+// once the old generation is gone, never fails.
 func TestIdleConnsMoveToNewGeneration(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test")
 	}
-	addr := freeAddr(t, "tcp")
-	svc, _ := startHello(t, "migrate", "-addr", addr)
+	for _, mode := range []string{"library", "baton run"} {
+		t.Run(mode, func(t *testing.T) {
+			addr := freeAddr(t, "tcp")
+			var svc *proctest.Service
+			if mode == "library" {
+				svc, _ = startHello(t, "migrate", "-addr", addr)
+			} else {
+				svc, _ = startSupervised(t, "migratesup", os.Environ(), "--listen", "tcp://"+addr, "--", bins["hello"], "-addr", addr, "-name", "")
+			}
+			testIdleConnsMove(t, svc, addr, mode == "library")
+		})
+	}
+}
+
+func testIdleConnsMove(t *testing.T, svc *proctest.Service, addr string, library bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	st, err := svc.Status(ctx)
@@ -81,6 +97,7 @@ func TestIdleConnsMoveToNewGeneration(t *testing.T) {
 		cs = append(cs, k)
 	}
 	prev := st.PID
+	tracker.Track(prev)
 	for u := 1; u <= 3; u++ {
 		rep, err := svc.Upgrade(ctx)
 		if err != nil || rep.ExitCode != 0 || rep.Result == nil {
@@ -101,8 +118,10 @@ func TestIdleConnsMoveToNewGeneration(t *testing.T) {
 				t.Fatalf("upgrade %d, conn %d: answered by pid %d (close %v), want the new generation %d on the same connection", u, i, pid, closing, next)
 			}
 		}
-		if st, err := svc.Status(ctx); err != nil || st.ConnsTaken != conns {
-			t.Fatalf("upgrade %d: status of the new generation: conns_taken %d (want %d), %v", u, st.ConnsTaken, conns, err)
+		if library {
+			if st, err := svc.Status(ctx); err != nil || st.ConnsTaken != conns {
+				t.Fatalf("upgrade %d: status of the new generation: conns_taken %d (want %d), %v", u, st.ConnsTaken, conns, err)
+			}
 		}
 		prev = next
 	}
