@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -140,11 +141,14 @@ func scratchDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ents, _ := os.ReadDir(d)
-		for _, e := range ents {
-			os.RemoveAll(filepath.Join(d, e.Name()))
+		var paths []string
+		filepath.WalkDir(d, func(p string, _ fs.DirEntry, _ error) error {
+			paths = append(paths, p)
+			return nil
+		})
+		for i := len(paths) - 1; i >= 0; i-- { // the deepest first
+			os.Remove(paths[i])
 		}
-		os.Remove(d)
 	})
 	return d
 }

@@ -36,27 +36,34 @@ type eventSink interface {
 	Error(eid uint32, msg string) error
 }
 
-// forwardEvents writes every lifecycle record appended to the events file
-// at path from now on to the Windows Event Log (eventLogEntry), until ctx
-// ends; records already there (earlier runs) are not. A write error is
+// forwardEvents starts writing every lifecycle record appended to the
+// events file at path from now on (the ones there already, of earlier
+// runs, are not) to the Windows Event Log (eventLogEntry), until ctx ends;
+// done is closed once the last records are written. A write error is
 // logged once; forwarding goes on.
-func forwardEvents(ctx context.Context, el eventSink, path string, log *slog.Logger) error {
+func forwardEvents(ctx context.Context, el eventSink, path string, log *slog.Logger) (done <-chan struct{}) {
 	already, _, _ := events.ReadFile(path)
+	since := time.Now()
 	warned := false
-	return tailEvents(ctx, path, 250*time.Millisecond, time.Now(), already, func(r events.Record) {
-		id, typ, text := eventLogEntry(r)
-		var err error
-		switch typ {
-		case "error":
-			err = el.Error(id, text)
-		case "warning":
-			err = el.Warning(id, text)
-		default:
-			err = el.Info(id, text)
-		}
-		if err != nil && !warned {
-			warned = true
-			log.Warn("cannot write lifecycle records to the Event Log", "err", err)
-		}
-	})
+	d := make(chan struct{})
+	go func() {
+		defer close(d)
+		tailEvents(ctx, path, 250*time.Millisecond, since, already, func(r events.Record) {
+			id, typ, text := eventLogEntry(r)
+			var err error
+			switch typ {
+			case "error":
+				err = el.Error(id, text)
+			case "warning":
+				err = el.Warning(id, text)
+			default:
+				err = el.Info(id, text)
+			}
+			if err != nil && !warned {
+				warned = true
+				log.Warn("cannot write lifecycle records to the Event Log", "err", err)
+			}
+		})
+	}()
+	return d
 }

@@ -84,8 +84,7 @@ func forward(t *testing.T, s *sink) {
 	}
 	l.Emit(events.Record{Name: events.Serving, PID: 1, Generation: 1}) // an earlier run's: not forwarded
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- forwardEvents(ctx, s, path, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	done := forwardEvents(ctx, s, path, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	want := []entry{
 		{"info", 100, "upgrade started"},
 		{"info", 101, "generation 2 (pid 12) started"},

@@ -441,11 +441,7 @@ func runAsService(cfg supervisor.Config) error {
 		// Every lifecycle record (baton events) goes to the Event Log too,
 		// ids 100 and up (eventLogIDs), the record's JSON in the text.
 		fctx, fstop := context.WithCancel(context.Background())
-		fdone := make(chan struct{})
-		go func() {
-			defer close(fdone)
-			forwardEvents(fctx, el, events.Path(os.Getenv(contract.EnvRuntimeDir), name), log)
-		}()
+		fdone := forwardEvents(fctx, el, events.Path(os.Getenv(contract.EnvRuntimeDir), name), log)
 		defer func() { fstop(); <-fdone }() // before el.Close: the last records are written
 	}
 	cfg.Logger = log
