@@ -62,7 +62,7 @@ func main() {
 		os.Exit(2)
 	}
 	if failed {
-		fmt.Fprintln(os.Stderr, "bench: baton lost requests during upgrades")
+		fmt.Fprintln(os.Stderr, "bench: baton lost requests during upgrades, or a baton run did not complete (see above)")
 		os.Exit(1)
 	}
 }
@@ -242,6 +242,12 @@ func runIdle(c idleConfig) bool {
 	fmt.Printf("idle clients (issue 11): %d keep-alive clients, each sends a non-retried POST, then stays idle %v (first POSTs spread over %v);\n", n, c.think, c.think)
 	fmt.Printf("once all are connected, an upgrade every %v for %v (%d upgrades). examples/hello with its default flags\n", c.interval, c.span, upgrades)
 	fmt.Printf("(idle grace 2s, drain timeout 30s; the library keeps an old generation through its successor's 3s probation). %s\n\n", limitNote)
+	if c.logs != "" {
+		if err := os.MkdirAll(c.logs, 0o755); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: -idle-logs: %v\n", err)
+			return true
+		}
+	}
 	want := map[string]bool{}
 	for _, m := range strings.Split(c.modes, ",") {
 		want[strings.TrimSpace(m)] = true
@@ -402,7 +408,7 @@ func failureTiming(res *scenario.Result, interval time.Duration) {
 	}
 	fmt.Printf("  when (the first %d failures, time since the latest handover before each, %v buckets):", len(res.Load.Failures), bucket)
 	if before > 0 {
-		fmt.Printf(" before the first: %d;", before)
+		fmt.Printf(" before the first handover was seen: %d;", before)
 	}
 	for b, c := range counts {
 		if c > 0 {
