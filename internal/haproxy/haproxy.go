@@ -178,12 +178,14 @@ func (c *Client) roundTrip(ctx context.Context, cmd string) (string, error) {
 		return "", dialError(c, err)
 	}
 	defer conn.Close()
+	// The context (with the timeout above) is the only deadline: when it
+	// ends, a past deadline stops the write or read, and ctx.Err() says why.
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
 	if _, err := io.WriteString(conn, cmd+"\n"); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
+		}
 		return "", fmt.Errorf("%w: %s: writing %q: %w", ErrSocket, c, cmd, err)
 	}
 	b, err := io.ReadAll(conn)
