@@ -102,6 +102,7 @@ func NewHTTP(set *Set, opts HTTPOptions) *HTTPProxy {
 		Rewrite:       p.rewrite,
 		Transport:     roundTripper{p},
 		FlushInterval: -1, // stream: flush after every write
+		BufferPool:    bufferPool{},
 		ErrorHandler:  p.fail,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 	}
@@ -187,9 +188,10 @@ func quoteIfNeeded(s string) string {
 	if token {
 		return s
 	}
-	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
-	return `"` + r.Replace(s) + `"`
+	return `"` + quoteEscaper.Replace(s) + `"`
 }
+
+var quoteEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`)
 
 // fail answers a request that got no response from any backend.
 func (p *HTTPProxy) fail(w http.ResponseWriter, r *http.Request, err error) {
@@ -224,6 +226,20 @@ func (p *HTTPProxy) transport(b *backend) *http.Transport {
 		return tr
 	}
 	return b.tr.Load()
+}
+
+// bufferPool recycles ReverseProxy's 32 KiB copy buffers (it allocates
+// one per request otherwise).
+type bufferPool struct{}
+
+var copyBuffers = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
+func (bufferPool) Get() []byte { return copyBuffers.Get().(*[32 << 10]byte)[:] }
+
+func (bufferPool) Put(b []byte) {
+	if cap(b) == 32<<10 {
+		copyBuffers.Put((*[32 << 10]byte)(b[:32<<10]))
+	}
 }
 
 var errNoRewind = errors.New("proxy: request body partly sent, not replayed")
