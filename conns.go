@@ -153,8 +153,34 @@ func (l *gatedListener) acceptOpen() (net.Conn, error) {
 	}
 }
 
-// closePassed closes passed connections nobody accepted (Stop).
+// passQueued passes on (in the background: Close never blocks) the
+// connections our predecessor passed that the app had not accepted yet
+// when this listener closed at our own handover: nobody else holds them,
+// and closing them would reset a client that sends at that moment. Those
+// the successor does not take are closed.
+func (l *gatedListener) passQueued() {
+	l.passMu.Lock()
+	cs := l.passed
+	l.passed = nil
+	l.passMu.Unlock()
+	if len(cs) == 0 {
+		return
+	}
+	l.passing.Add(1)
+	go func() {
+		defer l.passing.Done()
+		n, _ := l.MigrateConns(cs)
+		for _, c := range cs[max(n, 0):] {
+			c.Close()
+		}
+	}()
+}
+
+// closePassed closes passed connections nobody accepted (Stop), once
+// those being passed on (passQueued) are on their way: this process may
+// exit right after.
 func (l *gatedListener) closePassed() {
+	l.passing.Wait() // bounded by MigrateConns' own timeouts
 	l.passMu.Lock()
 	cs := l.passed
 	l.passed = nil

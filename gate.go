@@ -38,7 +38,8 @@ type gatedListener struct {
 	migrate func([]net.Conn) (int, error)
 	passMu  sync.Mutex
 	passed  []net.Conn
-	woken   bool // a passed conn stopped Accept by a deadline in the past
+	woken   bool           // a passed conn stopped Accept by a deadline in the past
+	passing sync.WaitGroup // passQueued at work
 }
 
 func newGatedListener(ln net.Listener, g *gate) *gatedListener {
@@ -126,6 +127,7 @@ func (l *gatedListener) SetDeadline(t time.Time) error {
 // its successor's probation.
 func (l *gatedListener) Close() error {
 	l.once.Do(func() { close(l.done) })
+	l.passQueued()
 	if s, ok := l.Listener.(interface{ StopAccepting() }); ok {
 		s.StopAccepting()
 		return nil

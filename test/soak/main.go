@@ -30,6 +30,8 @@ func main() {
 	}
 	upgrades := flag.Int("upgrades", def, "upgrades per mode (default: $SOAK_UPGRADES, else 10000)")
 	modes := flag.String("modes", "library,run", "modes to soak: library, run")
+	idleClients := flag.Int("idle-clients", 0, "also this many keep-alive clients that POST once every -think (their connections move between generations)")
+	think := flag.Duration("think", time.Second, "pause between two POSTs of an idle client")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Hour)
 	defer cancel()
@@ -46,7 +48,7 @@ func main() {
 		if strings.TrimSpace(m) == "run" {
 			mode = rig.Run
 		}
-		res, err := Run(ctx, env, Config{Mode: mode, Upgrades: *upgrades, Progress: os.Stdout}, fmt.Sprintf("soak%d", i))
+		res, err := Run(ctx, env, Config{Mode: mode, Upgrades: *upgrades, Progress: os.Stdout, IdleClients: *idleClients, Think: *think}, fmt.Sprintf("soak%d", i))
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "soak (%s): %v\n", mode, err)
 			env.Close()

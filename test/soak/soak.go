@@ -17,6 +17,7 @@ import (
 	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/loadgen"
 	"github.com/baton-go/baton/internal/proctest"
+	"github.com/baton-go/baton/internal/sockstat"
 	"github.com/baton-go/baton/test/faults/rig"
 )
 
@@ -35,8 +36,8 @@ func Targets() map[string]rig.Target {
 // moment of the sample). The supervisor lives throughout: its heap may
 // settle higher once, not grow with the count.
 var Bounds = map[string]float64{
-	"gen fds":        1.25,
-	"gen goroutines": 1.25,
+	"gen fds":        1.25, // not counting client connections
+	"gen goroutines": 1.25, // not counting client connections' (one each)
 	"gen RSS KiB":    1.25,
 	"sup fds":        1.25,
 	"sup threads":    1.5,
@@ -55,6 +56,7 @@ type Result struct {
 	Upgrades, Busy      int
 	Took                time.Duration
 	Load                loadgen.Report
+	Idle                *loadgen.Report    // the idle clients' (Config.IdleClients), if any
 	First, Last         map[string]float64 // averages over the windows
 	Window              int
 	Left                int // old generations still running at the end
@@ -68,6 +70,11 @@ type Config struct {
 	Mode     rig.Mode
 	Upgrades int
 	Progress io.Writer
+	// IdleClients keep-alive clients that POST once every Think (their
+	// first requests spread over Think): idle at most handovers, their
+	// connections move from generation to generation (issue 11).
+	IdleClients int
+	Think       time.Duration
 }
 
 // window is how many upgrades the first and last averages cover.
@@ -100,6 +107,15 @@ func Run(ctx context.Context, env *rig.Env, cfg Config, name string) (*Result, e
 		return nil, err
 	}
 	defer load.Stop()
+	var idle *loadgen.Load
+	if cfg.IdleClients > 0 {
+		idle, err = loadgen.Start(ctx, loadgen.Config{Addr: svc.Addr, MaxRequests: 200_000_000, Pause: cfg.Think, Stagger: cfg.Think,
+			Timeout: 30 * time.Second, Workers: map[loadgen.Kind]int{loadgen.KeepAlivePOST: cfg.IdleClients}})
+		if err != nil {
+			return nil, err
+		}
+		defer idle.Stop()
+	}
 	pid := svc.Serving(ctx)
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	ok := rig.WaitAnswers(wctx, load, pid, 20)
@@ -170,6 +186,10 @@ func Run(ctx context.Context, env *rig.Env, cfg Config, name string) (*Result, e
 	rig.WaitAnswers(wctx, load, pid, 20)
 	cancel()
 	res.Load = load.Stop()
+	if idle != nil {
+		r := idle.Stop()
+		res.Idle = &r
+	}
 	wctx, cancel = context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	for _, p := range pids {
@@ -222,21 +242,44 @@ func average(ss []Sample) map[string]float64 {
 // goroutine count), and the files in the runtime directory.
 func sample(ctx context.Context, env *rig.Env, svc *rig.Svc, pid int) (Sample, error) {
 	s := Sample{Values: map[string]float64{}}
-	fds, err := proctest.CountFDs(pid)
-	if err != nil {
-		return s, fmt.Errorf("fds of pid %d: %w", pid, err)
+	// Client connections come and go with the load (idle clients' move in
+	// right after the switch), each with its descriptor and goroutine:
+	// what must stay flat is the rest. Descriptors, goroutines and the
+	// connection count are read until the count is the same before and
+	// after (a snapshot no connection moved through).
+	port := 0
+	if _, p, err := net.SplitHostPort(svc.Addr); err == nil {
+		port, _ = strconv.Atoi(p)
+	}
+	var fds, g, conns int
+	for try := 0; ; try++ {
+		before, err := sockstat.Conns(pid, []int{port}, nil)
+		if err != nil {
+			return s, fmt.Errorf("connections of pid %d: %w", pid, err)
+		}
+		if fds, err = proctest.CountFDs(pid); err != nil {
+			return s, fmt.Errorf("fds of pid %d: %w", pid, err)
+		}
+		if g, err = goroutines(ctx, svc.Addr, pid); err != nil {
+			return s, err
+		}
+		after, err := sockstat.Conns(pid, []int{port}, nil)
+		if err != nil {
+			return s, fmt.Errorf("connections of pid %d: %w", pid, err)
+		}
+		conns = after
+		if before == after || try == 50 {
+			break
+		}
+		pace(5 * time.Millisecond) // connections still moving in: sample again
 	}
 	u, err := proctest.ReadUsage(pid)
 	if err != nil {
 		return s, err
 	}
-	g, err := goroutines(ctx, svc.Addr, pid)
-	if err != nil {
-		return s, err
-	}
-	s.Values["gen fds"] = float64(fds)
+	s.Values["gen fds"] = float64(fds - conns)
 	s.Values["gen RSS KiB"] = float64(u.RSSKiB)
-	s.Values["gen goroutines"] = float64(g)
+	s.Values["gen goroutines"] = float64(g - conns)
 	if svc.SupPID > 0 {
 		fds, err := proctest.CountFDs(svc.SupPID)
 		if err != nil {
@@ -254,6 +297,10 @@ func sample(ctx context.Context, env *rig.Env, svc *rig.Svc, pid int) (Sample, e
 	s.Values["runtime files"] = float64(len(ents))
 	return s, nil
 }
+
+// pace spaces samples (not a synchronisation: sample loops until what
+// they read is consistent).
+func pace(d time.Duration) { time.Sleep(d) }
 
 // goroutines asks hello (-debug-goroutines) for its goroutine count; the
 // answer must come from pid (an old generation may still take a
@@ -308,6 +355,15 @@ func Print(w io.Writer, r *Result) {
 	fmt.Fprintf(w, "%s: %d upgrades in %v (%.1f ms each), generations %d..%d, %d answered busy and retried\n",
 		r.Mode, r.Upgrades, r.Took.Round(time.Second), float64(r.Took.Milliseconds())/float64(max(r.Upgrades, 1)), r.FirstGen, r.LastGenNo, r.Busy)
 	fmt.Fprintf(w, "  requests: %d ok, %s failed; old generations left running: %d\n", r.Load.TotalOK(), rig.Failed(r.Load), r.Left)
+	if r.Idle != nil {
+		fmt.Fprintf(w, "  idle clients' requests: %d ok, %s failed\n", r.Idle.TotalOK(), rig.Failed(*r.Idle))
+		for i, f := range r.Idle.Failures {
+			if i == 10 {
+				break
+			}
+			fmt.Fprintf(w, "  FAILED (idle) +%v %s %s pid=%d: %s\n", f.At.Sub(r.Idle.Start).Round(time.Millisecond), f.Kind, f.Phase, f.PID, f.Err)
+		}
+	}
 	fmt.Fprintf(w, "  %-16s %12s %12s %8s %8s   (averages over the first and the last %d upgrades)\n", "", "first", "last", "ratio", "bound", r.Window)
 	for _, k := range []string{"gen fds", "gen goroutines", "gen RSS KiB", "sup fds", "sup threads", "sup RSS KiB", "runtime files"} {
 		f, ok := r.First[k]
@@ -335,5 +391,5 @@ func Print(w io.Writer, r *Result) {
 // Failed reports whether a mode's soak failed: a failed request, an old
 // generation left running, or a figure over its bound.
 func (r *Result) Failed() bool {
-	return r.Load.TotalFailed() != 0 || r.Left != 0 || len(r.Violations) != 0
+	return r.Load.TotalFailed() != 0 || (r.Idle != nil && r.Idle.TotalFailed() != 0) || r.Left != 0 || len(r.Violations) != 0
 }
