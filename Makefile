@@ -50,7 +50,9 @@ cross:
 		done; \
 	done
 
-## bench: hello under mixed load with an upgrade every 500 ms; prints the figures
+## bench: hello under mixed load with an upgrade every 500 ms, then 10,000 idle
+## keep-alive clients with an upgrade every 3 s (go run ./test/bench -only idle
+## for that block alone); baton beside tableflip; prints the figures
 bench:
 	$(GO) run ./test/bench
 
