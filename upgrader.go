@@ -335,6 +335,9 @@ func (u *Upgrader) Stop() {
 	// parent's files; one that handed over leaves them to its successor.
 	last := (u.parent == nil || !u.readyAt.IsZero()) && !u.handedOver && !u.engine.HandingOver(u.self)
 	u.mu.Unlock()
+	if last {
+		u.engine.RecordStop() // recorded (events, subscribers) like baton run's stop
+	}
 	if u.stopSig != nil {
 		u.stopSig()
 	}

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/baton-go/baton/events"
 )
 
 func newTestUpgrader(t *testing.T, opts Options) *Upgrader {
@@ -116,4 +120,30 @@ func TestAcceptWaitsForReady(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestStopIsRecorded: the serving generation's Stop is one stop operation
+// in the records subscribers (and the events file) get, as under baton run.
+func TestStopIsRecorded(t *testing.T) {
+	u := newTestUpgrader(t, Options{})
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []events.Record
+	cancel := u.Subscribe(func(r events.Record) {
+		mu.Lock()
+		got = append(got, r)
+		mu.Unlock()
+	})
+	defer cancel()
+	u.Stop()
+	mu.Lock()
+	defer mu.Unlock()
+	for _, r := range got {
+		if r.Name == "baton.stopping" && r.Operation == "stop" && r.Deployment != "" && r.PID == os.Getpid() {
+			return
+		}
+	}
+	t.Fatalf("no stop record among %+v", got)
 }

@@ -23,7 +23,7 @@ const maxLine = 64 << 10
 // skipped and counted in skipped.
 func ReadFile(path string) (recs []Record, skipped int, err error) {
 	for _, p := range []string{path + ".1", path} {
-		f, err := os.Open(p)
+		f, err := openRead(p)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
@@ -126,7 +126,7 @@ func Follow(ctx context.Context, path string, interval time.Duration, fn func(Re
 // readFrom reads whole records from off on and returns the offset after
 // the last whole line.
 func readFrom(path string, off int64, fn func(Record)) int64 {
-	f, err := os.Open(path)
+	f, err := openRead(path)
 	if err != nil {
 		return off
 	}

@@ -1069,11 +1069,29 @@ type opInfo struct {
 // beginOp names the operation that starts now (its notices carry the id)
 // and returns what endOp takes to end it.
 func (e *Engine) beginOp(kind Op) *opInfo {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	o := &opInfo{kind: kind, id: hex.EncodeToString(b[:]), start: time.Now()}
+	o := newOp(kind)
 	e.op.Store(o)
 	return o
+}
+
+func newOp(kind Op) *opInfo {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return &opInfo{kind: kind, id: hex.EncodeToString(b[:]), start: time.Now()}
+}
+
+// RecordStop records that the host stops its serving generation itself
+// (the library's Stop: the app drains, not Proc.Drain) as a stop
+// operation of its own. It does not wait for an operation under way.
+func (e *Engine) RecordStop() {
+	e.mu.Lock()
+	cur := e.current
+	e.mu.Unlock()
+	if cur == nil {
+		return
+	}
+	o := newOp(OpStop)
+	e.notify(Notice{Kind: NoticeStopping, Gen: cur.view(), Op: o.kind, Deployment: o.id})
 }
 
 func (e *Engine) endOp(o *opInfo) { e.op.CompareAndSwap(o, nil) }
