@@ -8,10 +8,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/baton-go/baton/internal/testenv"
 )
 
 func TestEmitAndRead(t *testing.T) {
-	path := Path(t.TempDir(), "web")
+	path := Path(testenv.TempDir(t), "web")
 	l, err := Open(path, "web", "supervisor", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +57,7 @@ func TestEmitAndRead(t *testing.T) {
 // Two writers (as two generations would be) append to one file, which
 // stays within its bound: every line a whole record, the newest kept.
 func TestBoundedAndSharedByWriters(t *testing.T) {
-	path := Path(t.TempDir(), "web")
+	path := Path(testenv.TempDir(t), "web")
 	const max = 16 << 10
 	var wg sync.WaitGroup
 	for w := 0; w < 2; w++ {
@@ -105,7 +107,7 @@ func TestBoundedAndSharedByWriters(t *testing.T) {
 }
 
 func TestFollowAcrossRotation(t *testing.T) {
-	path := Path(t.TempDir(), "web")
+	path := Path(testenv.TempDir(t), "web")
 	l, err := Open(path, "web", "supervisor", 2<<10)
 	if err != nil {
 		t.Fatal(err)

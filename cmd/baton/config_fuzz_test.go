@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"github.com/baton-go/baton/internal/fuzzseed"
+	"github.com/baton-go/baton/internal/testenv"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -87,7 +88,7 @@ func FuzzConfigFile(f *testing.F) {
 // Keys in table headers, dotted and quoted keys are refused with their line
 // (they were reported at line 0).
 func TestConfigKeyLines(t *testing.T) {
-	dir := tempDir(t)
+	dir := testenv.TempDir(t)
 	cases := []struct{ text, want string }{
 		{"name = \"x\"\n\n[ready-http]\npath = \"/\"\n", `:3: bad value for ready-http`},
 		{"name = \"x\"\n[[drain]]\n", `:2: unknown key "drain"`},

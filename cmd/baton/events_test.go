@@ -4,20 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/baton-go/baton/events"
+	"github.com/baton-go/baton/internal/testenv"
 )
 
 // tailEvents reports every record once: those appended before Follow took
 // its starting point (the catch-up) and those after.
 func TestTailEventsReportsEachRecordOnce(t *testing.T) {
-	path := events.Path(scratchDir(t), "web")
+	path := events.Path(testenv.TempDir(t), "web")
 	l, err := events.Open(path, "web", "supervisor", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -129,26 +127,4 @@ func TestEventLogEntry(t *testing.T) {
 	if id, _, _ := eventLogEntry(events.Record{Name: "baton.something_new"}); id != eventLogOther {
 		t.Errorf("an unknown record: id %d", id)
 	}
-}
-
-// scratchDir is a temporary directory for a test, removed after it on a
-// best-effort basis: not t.TempDir, whose os.RemoveAll fails under Wine
-// with Go 1.26 ("unlinkat: Invalid function"), where these tests run too.
-func scratchDir(t *testing.T) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "batonev")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		var paths []string
-		filepath.WalkDir(d, func(p string, _ fs.DirEntry, _ error) error {
-			paths = append(paths, p)
-			return nil
-		})
-		for i := len(paths) - 1; i >= 0; i-- { // the deepest first
-			os.Remove(paths[i])
-		}
-	})
-	return d
 }

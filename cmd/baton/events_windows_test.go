@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/baton-go/baton/events"
+	"github.com/baton-go/baton/internal/testenv"
 	"github.com/baton-go/baton/internal/wine"
 	"golang.org/x/sys/windows/svc/eventlog"
 )
@@ -77,7 +78,7 @@ func (s *sink) count() int {
 // forward runs forwardEvents into s while records are written, and
 // checks that each new one arrived once, with its id and type.
 func forward(t *testing.T, s *sink) {
-	path := events.Path(scratchDir(t), "web")
+	path := events.Path(testenv.TempDir(t), "web")
 	l, err := events.Open(path, "web", "supervisor", 0)
 	if err != nil {
 		t.Fatal(err)

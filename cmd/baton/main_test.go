@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/testenv"
 )
 
 // The test binary doubles as the CLI so that exit codes are checked for
@@ -89,7 +90,7 @@ func TestHelpDocumentsExitCodes(t *testing.T) {
 // A config file with an unknown key, a bad value or broken syntax is
 // refused, naming the line; nothing is started.
 func TestRunConfigFileRefusals(t *testing.T) {
-	dir := tempDir(t)
+	dir := testenv.TempDir(t)
 	cases := []struct{ name, text, want string }{
 		{"unknown.toml", "name = \"x\"\nlisten = [\"tcp://127.0.0.1:1\"]\ndrain-timeuot = \"1s\"\n", `unknown.toml:3: unknown key "drain-timeuot"`},
 		{"badvalue.toml", "name = \"x\"\n\nmax-draining = \"many\"\n", "badvalue.toml:3: bad value for max-draining"},
@@ -109,21 +110,9 @@ func TestRunConfigFileRefusals(t *testing.T) {
 	}
 }
 
-// tempDir is t.TempDir without failing the test when the clean-up cannot
-// remove a file: under Wine, Go's os.RemoveAll fails with "Invalid
-// function" (an NT call Wine lacks).
-func tempDir(t *testing.T) string {
-	d, err := os.MkdirTemp("", "bcli")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-
 // A readiness option on the command line replaces the file's (one choice).
 func TestRunConfigReadinessOverride(t *testing.T) {
-	path := tempDir(t) + "/ready.toml"
+	path := testenv.TempDir(t) + "/ready.toml"
 	os.WriteFile(path, []byte("name = \"x\"\nlisten = [\"tcp://127.0.0.1:1\"]\nready-http = \"http://127.0.0.1:1/healthz\"\n"), 0o644)
 	code, _, stderr := runCLI(t, "run", "--config", path, "--ready-delay", "1s")
 	if code != exitUsage || strings.Contains(stderr, "choose one") || !strings.Contains(stderr, "no app to run") {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/baton-go/baton/events"
+	"github.com/baton-go/baton/internal/testenv"
 )
 
 func TestProgressOfAnUpgrade(t *testing.T) {
@@ -82,7 +83,7 @@ func TestIsTerminal(t *testing.T) {
 	if isTerminal(w) || isTerminal(&bytes.Buffer{}) {
 		t.Error("a pipe or a buffer taken for a terminal")
 	}
-	f, err := os.Create(filepath.Join(scratchDir(t), "out"))
+	f, err := os.Create(filepath.Join(testenv.TempDir(t), "out"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,4 +71,27 @@ func ModuleRoot() (string, error) {
 		}
 		dir = parent
 	}
+}
+
+// TempDir is t.TempDir for tests that also run as Windows binaries under
+// Wine: there Go's os.RemoveAll fails ("unlinkat: Invalid function", an NT
+// call Wine lacks) and t.TempDir's clean-up would fail the test. The
+// directory is removed file by file, the deepest first, best effort.
+func TempDir(t testing.TB) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "baton-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		var paths []string
+		_ = filepath.WalkDir(d, func(p string, _ fs.DirEntry, _ error) error {
+			paths = append(paths, p)
+			return nil
+		})
+		for i := len(paths) - 1; i >= 0; i-- {
+			os.Remove(paths[i])
+		}
+	})
+	return d
 }
