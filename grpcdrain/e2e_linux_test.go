@@ -3,8 +3,6 @@ package grpcdrain_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -415,23 +413,7 @@ func pidOf(md metadata.MD) int {
 // binary is never written to.
 func install(t *testing.T, src, dst string) {
 	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	tmp := dst + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, dst); err != nil {
+	if err := proctest.InstallCopy(src, dst); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -439,12 +421,11 @@ func install(t *testing.T, src, dst string) {
 // freeLoopback returns a loopback TCP address that was free a moment ago.
 func freeLoopback(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := proctest.FreeAddr("tcp")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return a
 }
 
 // stopAll stops the service with `baton stop` and waits for every tracked

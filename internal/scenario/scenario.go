@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"github.com/baton-go/baton/internal/contract"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -313,17 +312,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	return res, nil
 }
 
-func copyFile(src, dst string) error {
-	b, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	tmp := dst + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o755); err != nil {
-		return err
-	}
-	return os.Rename(tmp, dst)
-}
+func copyFile(src, dst string) error { return proctest.InstallCopy(src, dst) }
 
 // Stats summarises durations.
 type Stats struct{ Min, Median, P90, Max time.Duration }
@@ -346,15 +335,7 @@ func (s Stats) String() string {
 	return fmt.Sprintf("median %-8s p90 %-8s max %-8s", r(s.Median), r(s.P90), r(s.Max))
 }
 
-// freeAddr returns a loopback TCP address that was free a moment ago.
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
+func freeAddr() (string, error) { return proctest.FreeAddr("tcp") }
 
 // reapAll waits (bounded) for every tracked process to exit and kills the
 // ones that do not: nothing outlives a run.

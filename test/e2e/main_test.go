@@ -220,47 +220,21 @@ func holdRequest(t testing.TB, addr string, ms int) *heldRequest {
 // wait returns how the slow request ended: nil when pid answered it, 200.
 func (h *heldRequest) wait() error { return <-h.done }
 
-// freeAddr returns a loopback TCP address that was free a moment ago.
+// freeAddr returns a loopback address of network that was free a moment ago.
 func freeAddr(t *testing.T, network string) string {
 	t.Helper()
-	if network == "udp" {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer pc.Close()
-		return pc.LocalAddr().String()
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := proctest.FreeAddr(network)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return a
 }
 
 // installCopy copies the hello binary to a per-test path, the "installed"
 // binary that upgrades re-read from disk and that tests replace.
 func installCopy(t *testing.T, src, dst string) {
 	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	tmp := dst + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-	// rename: the running generation's text is never written to.
-	if err := os.Rename(tmp, dst); err != nil {
+	if err := proctest.InstallCopy(src, dst); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -480,12 +480,11 @@ func signalPID(t *testing.T, pid int, sig syscall.Signal) error {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := proctest.FreeAddr("tcp")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return a
 }
 
 func readTail(path string) string {

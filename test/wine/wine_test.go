@@ -136,11 +136,7 @@ func freeUDPPort(t *testing.T) string {
 
 func install(t *testing.T, src, dst string) {
 	t.Helper()
-	b, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dst, b, 0o755); err != nil {
+	if err := proctest.InstallCopy(src, dst); err != nil {
 		t.Fatal(err)
 	}
 }
