@@ -1,3 +1,5 @@
+//go:build unix
+
 package httpdrain_test
 
 import (
@@ -15,7 +17,8 @@ import (
 	"github.com/baton-go/baton/httpdrain"
 )
 
-// A hand-over in one process, with real sockets: the old server serves a
+// A hand-over in one process, with real sockets (Unix: descriptors are
+// duplicated; baton passes no connections on Windows yet): the old server serves a
 // duplicate of the listening socket's descriptor (as a process that handed
 // over does), the new one the socket itself; the old one's listener is a
 // Migrator that passes a connection by duplicating its descriptor (what
