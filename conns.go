@@ -31,6 +31,26 @@ func (l *gatedListener) MigrateConns(conns []net.Conn) (int, error) {
 	return l.migrate(conns)
 }
 
+// MigrationReady reports whether MigrateConns can pass connections now
+// (httpdrain.Migrator): this generation handed over to one that takes
+// them.
+func (l *gatedListener) MigrationReady() bool {
+	return l.migrationReady != nil && l.migrationReady()
+}
+
+// migrationReady: our successor takes connections (library: the child we
+// handed over to said so; baton run: the supervisor, which relays them,
+// asked us to drain over the link).
+func (u *Upgrader) migrationReady() bool {
+	u.mu.Lock()
+	succ := u.successor
+	u.mu.Unlock()
+	if succ != nil {
+		return succ.TakesConns()
+	}
+	return u.link != nil && u.link.PassesConns() && u.linkDrained.Load()
+}
+
 // passConns is the migrate function of the listener desc: to the child
 // this generation handed over to, or under baton run through the
 // supervisor.
@@ -99,13 +119,11 @@ func (l *gatedListener) inject(c net.Conn) bool {
 	if !ok {
 		return false
 	}
-	select {
-	case <-l.done:
-		return false
-	default:
-	}
 	l.passMu.Lock()
 	defer l.passMu.Unlock()
+	if l.passClosed {
+		return false // closed (handed over or stopped): passQueued has run
+	}
 	l.passed = append(l.passed, c)
 	if !l.woken {
 		l.woken = true
@@ -162,6 +180,7 @@ func (l *gatedListener) passQueued() {
 	l.passMu.Lock()
 	cs := l.passed
 	l.passed = nil
+	l.passClosed = true
 	l.passMu.Unlock()
 	if len(cs) == 0 {
 		return
@@ -205,35 +224,46 @@ type connBatch struct {
 // pulls from the moment it asked us to drain) and for its outcome.
 const connsPullTimeout = 10 * time.Second
 
+// connsAnswerTimeout bounds the wait for how many of a pulled batch were
+// taken: well beyond the supervisor's exchange with the serving
+// generation (bounded by its own timeout), so that an answer is never
+// given up on while the connections may be served there.
+const connsAnswerTimeout = 60 * time.Second
+
 // passViaSupervisor queues conns for the supervisor in batches and returns
 // how many the serving generation took (a prefix of conns).
 func (u *Upgrader) passViaSupervisor(desc handoff.FileDesc, conns []net.Conn) (int, error) {
 	passed := 0
 	for len(conns) > 0 {
 		b := connBatch{network: desc.Network, addr: desc.Addr, conns: conns[:min(len(conns), handoff.MaxConnsPerMsg)], taken: make(chan int, 1)}
-		timer := time.NewTimer(connsPullTimeout)
+		pull := time.NewTimer(connsPullTimeout)
 		select {
 		case u.connOut <- b:
+			pull.Stop()
 		case <-u.linkDone:
-			timer.Stop()
+			pull.Stop()
 			return passed, fmt.Errorf("%w: the supervisor link is closed", errNoSuccessor)
-		case <-timer.C:
+		case <-pull.C:
 			return passed, fmt.Errorf("%w: the supervisor did not ask for connections within %s", errNoSuccessor, connsPullTimeout)
 		}
+		// Pulled: the supervisor's answer comes with its next pull, once
+		// the serving generation said how many it took (its own exchange
+		// is bounded); the link's end tells the rest.
+		answer := time.NewTimer(connsAnswerTimeout)
 		var n int
 		select {
 		case n = <-b.taken:
-			timer.Stop()
+			answer.Stop()
 		case <-u.linkDone:
-			timer.Stop()
+			answer.Stop()
 			select {
 			case n = <-b.taken:
 			default:
 				// Sent or not, we cannot tell: keeping them is the lesser harm.
 				return passed, fmt.Errorf("%w: the supervisor link closed while passing connections", errNoSuccessor)
 			}
-		case <-timer.C:
-			return passed, fmt.Errorf("%w: no word from the supervisor on %d connections within %s", errNoSuccessor, len(b.conns), connsPullTimeout)
+		case <-answer.C:
+			return passed, fmt.Errorf("%w: no word from the supervisor on %d connections within %s", errNoSuccessor, len(b.conns), connsAnswerTimeout)
 		}
 		passed += n
 		if n < len(b.conns) {

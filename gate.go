@@ -35,11 +35,13 @@ type gatedListener struct {
 	// Client connections passed on at a handover (conns.go): migrate
 	// passes this generation's to its successor; passed holds those its
 	// predecessor passed to us, which Accept returns first.
-	migrate func([]net.Conn) (int, error)
-	passMu  sync.Mutex
-	passed  []net.Conn
-	woken   bool           // a passed conn stopped Accept by a deadline in the past
-	passing sync.WaitGroup // passQueued at work
+	migrate        func([]net.Conn) (int, error)
+	migrationReady func() bool
+	passMu         sync.Mutex
+	passed         []net.Conn
+	passClosed     bool           // closed: no more conns taken (passQueued has run)
+	woken          bool           // a passed conn stopped Accept by a deadline in the past
+	passing        sync.WaitGroup // passQueued at work
 }
 
 func newGatedListener(ln net.Listener, g *gate) *gatedListener {

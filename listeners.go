@@ -120,6 +120,7 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 	gl := newGatedListener(e.ln, g)
 	desc := e.desc
 	gl.migrate = func(conns []net.Conn) (int, error) { return u.passConns(desc, conns) }
+	gl.migrationReady = u.migrationReady
 	e.ln = gl
 	e.item.Desc = e.desc
 	u.entries = append(u.entries, e)

@@ -54,7 +54,11 @@ func (u *Upgrader) serveSupervisor() {
 	}
 	go func() {
 		hooks := &handoff.LinkConnsHooks{Take: u.takeConns, Next: u.nextConnBatch, Result: u.connBatchResult}
-		err := u.link.Serve(u.handOverToSupervisor, u.drainForSupervisor, hooks)
+		drain := func() {
+			u.linkDrained.Store(true) // the supervisor pulls our idle conns from now on
+			u.drainForSupervisor()
+		}
+		err := u.link.Serve(u.handOverToSupervisor, drain, hooks)
 		close(u.linkDone)
 		u.mu.Lock()
 		stopped := u.stopped

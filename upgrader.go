@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/baton-go/baton/events"
@@ -45,6 +46,7 @@ type Upgrader struct {
 	connOut      chan connBatch     // under baton run: batches of client connections for the supervisor to pull (conns.go)
 	pulled       connBatch          // the batch the supervisor pulled last (its link goroutine only)
 	linkDone     chan struct{}      // closed when the supervisor link's Serve returns
+	linkDrained  atomic.Bool        // the supervisor asked us to drain over the link (it relays our conns)
 	state        []byte             // from the parent
 	ancestors    ancestors          // older generations that may still drain
 	startedAt    time.Time

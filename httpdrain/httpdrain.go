@@ -157,7 +157,8 @@ type Server struct {
 	connState func(net.Conn, http.ConnState)                  // user hook, may be nil
 	connCtx   func(context.Context, net.Conn) context.Context // user hook, may be nil
 
-	migratable atomic.Bool // a listener served is a Migrator (migrate.go)
+	migrators   map[Migrator]struct{} // of the listeners served (migrate.go); under mu
+	migrateOpen atomic.Bool           // the drain passes conns on (until migrate ends)
 
 	draining atomic.Bool  // Drain was called: responses get "Connection: close"
 	handlers atomic.Int64 // running handlers
@@ -244,7 +245,12 @@ func (s *Server) Serve(ln net.Listener) error {
 		mig = nil
 	}
 	if mig != nil {
-		s.migratable.Store(true)
+		s.mu.Lock()
+		if s.migrators == nil {
+			s.migrators = map[Migrator]struct{}{}
+		}
+		s.migrators[mig] = struct{}{}
+		s.mu.Unlock()
 	}
 	err := s.srv.Serve(twoPhaseListener{Listener: ln, s: s, mig: mig})
 
@@ -284,6 +290,10 @@ func (s *Server) Draining() bool { return s.draining.Load() }
 // for the first one and return the same Report and error. If their own ctx
 // expires first, they return a zero Report and ctx.Err().
 func (s *Server) Drain(ctx context.Context) (Report, error) {
+	// Connections are passed on only when a listener can pass them now;
+	// known before the first response is written without "Connection:
+	// close" for that reason.
+	ready := s.migrationReady()
 	s.mu.Lock()
 	if s.started {
 		s.mu.Unlock()
@@ -295,6 +305,7 @@ func (s *Server) Drain(ctx context.Context) (Report, error) {
 		}
 	}
 	s.started = true
+	s.migrateOpen.Store(ready && !s.opts.NoMigration)
 	s.draining.Store(true) // from now on responses carry "Connection: close"
 	rep := Report{
 		Started:         time.Now(),
@@ -330,6 +341,7 @@ func (s *Server) Drain(ctx context.Context) (Report, error) {
 	// serves next, when the listeners can pass them (migrate.go).
 	if s.migrating() {
 		s.migrate(ctx, &rep)
+		s.migrateOpen.Store(false)
 		if rep.Migrated > 0 || rep.MigrationFailed > 0 {
 			log.Info("httpdrain: connections passed on", "migrated", rep.Migrated, "failed", rep.MigrationFailed)
 		}

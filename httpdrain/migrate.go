@@ -29,11 +29,21 @@ type Migrator interface {
 	// listener's Accept returned. MigrateConns is not called
 	// concurrently by one Server.
 	MigrateConns(conns []net.Conn) (n int, err error)
+	// MigrationReady reports whether MigrateConns can pass connections
+	// now. A drain asks once, at its start: when no listener is ready (a
+	// plain stop, no successor that takes them), it drains as without
+	// migration.
+	MigrationReady() bool
 }
 
 // migrateBatch bounds how many connections are claimed and handed to one
-// MigrateConns call.
-const migrateBatch = 256
+// MigrateConns call (baton passes at most 250 in one message).
+const migrateBatch = 250
+
+// netHTTPBufSize is the size of net/http's per-connection read buffer
+// (bufio's default): a Read of that length finds the buffer empty.
+// TestIdleConnsMigrate fails if net/http changes it (nothing migrates).
+const netHTTPBufSize = 4096
 
 // aLongTimeAgo stops a pending Read at once (as net/http does).
 var aLongTimeAgo = time.Unix(1, 0)
@@ -69,10 +79,11 @@ type migratedConn struct {
 	refused  bool           // a MigrateConns call refused it: drained here
 	closed   bool
 	read     int64     // bytes Read returned
-	bufSize  int       // len(p) of the first Read: net/http's read buffer size
+	idleRead int64     // read when net/http last called it idle
 	reading  bool      // a Read is pending
-	readLen  int       // its len(p): == bufSize when net/http's buffer is empty
+	readLen  int       // its len(p): netHTTPBufSize when net/http's buffer is empty
 	deadline time.Time // the read deadline net/http asked for (applied after a claim)
+	busy     bool      // a request was arriving when the drain tried: not waited for until its state changes
 	phase    int
 	verdict  chan struct{} // closed when the stopped Read came back (claimHeld, or claimNone: bytes came)
 	decided  chan struct{} // closed when a held conn was passed (claimGone) or kept (claimNone)
@@ -103,9 +114,6 @@ func (m *migratedConn) Read(p []byte) (int, error) {
 
 		m.mu.Lock()
 		m.reading = false
-		if m.bufSize == 0 {
-			m.bufSize = len(p)
-		}
 		m.read += int64(n)
 		if m.phase != claimInterrupting {
 			m.mu.Unlock()
@@ -163,7 +171,7 @@ func (m *migratedConn) CloseWrite() error {
 	if cw, ok := m.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
-	return m.Conn.Close()
+	return &net.OpError{Op: "close", Net: m.LocalAddr().Network(), Addr: m.LocalAddr(), Err: errors.ErrUnsupported}
 }
 
 // ReadFrom keeps the sendfile/splice path of *net.TCPConn.
@@ -178,6 +186,16 @@ func (m *migratedConn) ReadFrom(r io.Reader) (int64, error) {
 func (m *migratedConn) setState(st http.ConnState) {
 	m.mu.Lock()
 	m.state = st
+	m.busy = false
+	if st == http.StateIdle {
+		m.idleRead = m.read
+	}
+	m.mu.Unlock()
+}
+
+func (m *migratedConn) setBusy(b bool) {
+	m.mu.Lock()
+	m.busy = b
 	m.mu.Unlock()
 }
 
@@ -193,53 +211,70 @@ func (m *migratedConn) markHTTP2() {
 	m.mu.Unlock()
 }
 
-// candidateLocked: the conn may still be passed (now or once its request
-// in flight is answered). m.mu must be held.
-func (m *migratedConn) candidateLocked() bool {
+// pendingLocked: the conn may still be passed, now or once the request it
+// carries is answered (a new conn whose first request is under way, an
+// active one, an idle HTTP/1.x one). m.mu must be held.
+func (m *migratedConn) pendingLocked() bool {
 	if m.h2 || m.refused || m.closed || m.phase == claimGone {
 		return false
 	}
 	switch m.state {
-	case http.StateNew:
-		return m.read == 0
-	case http.StateActive, http.StateIdle:
+	case http.StateNew, http.StateActive:
+		return true
+	case http.StateIdle:
 		return m.http1
 	}
 	return false
 }
 
 // keepsAlive: a response written now should not close the conn, because
-// the drain will pass it on once idle.
+// the drain (still passing conns on) will pass it once idle.
 func (m *migratedConn) keepsAlive() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.candidateLocked()
+	return m.http1 && m.pendingLocked()
 }
 
+// Outcomes of interrupt.
+const (
+	notNow      = iota // waits for its request, or net/http is not in Read yet
+	claimed            // a claim started: wait for the verdict
+	busyReading        // bytes of a next request were read here: not this time
+)
+
 // interrupt starts a claim if the conn can be taken now: net/http waits in
-// Read for a next request with an empty buffer (or for a first request,
-// nothing read yet). The returned channel is closed when the stopped Read
-// has come back.
-func (m *migratedConn) interrupt() (verdict <-chan struct{}, ok bool) {
+// Read for a next request with its buffer empty and nothing of that
+// request read (or for a first request, nothing read at all). With
+// claimed, the returned channel is closed when the stopped Read has come
+// back.
+func (m *migratedConn) interrupt() (verdict <-chan struct{}, outcome int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.phase != claimNone || !m.candidateLocked() || !m.reading {
-		return nil, false
+	if m.phase != claimNone || !m.pendingLocked() || !m.reading {
+		return nil, notNow
 	}
-	if m.state == http.StateIdle && m.readLen != m.bufSize {
-		// net/http holds bytes of a next request in its buffer (a
-		// pipelining client): they were read here, so the conn stays.
-		m.refused = true
-		return nil, false
-	}
-	if m.state != http.StateIdle && m.state != http.StateNew {
-		return nil, false
+	switch m.state {
+	case http.StateNew:
+		if m.read != 0 {
+			return nil, notNow // its first request is under way
+		}
+	case http.StateIdle:
+		// net/http calls a conn active only once a request's whole header
+		// is in: bytes read since it went idle (a header split across
+		// segments), or held in its buffer (a pipelining client, the
+		// byte of its background read), belong to a request it will
+		// answer here.
+		if m.read != m.idleRead || m.readLen != netHTTPBufSize {
+			return nil, busyReading
+		}
+	default:
+		return nil, notNow
 	}
 	m.phase = claimInterrupting
 	m.verdict = make(chan struct{})
 	m.decided = make(chan struct{})
 	_ = m.Conn.SetReadDeadline(aLongTimeAgo)
-	return m.verdict, true
+	return m.verdict, claimed
 }
 
 // held reports whether the stopped Read came back empty (the conn is ours
@@ -271,12 +306,31 @@ func (s *Server) broadcast() {
 	s.mu.Unlock()
 }
 
-// migrating reports whether this drain passes connections on.
-func (s *Server) migrating() bool { return !s.opts.NoMigration && s.migratable.Load() }
+// migrationReady reports whether a listener served can pass connections
+// on now.
+func (s *Server) migrationReady() bool {
+	s.mu.Lock()
+	migs := make([]Migrator, 0, len(s.migrators))
+	for m := range s.migrators {
+		migs = append(migs, m)
+	}
+	s.mu.Unlock()
+	for _, m := range migs {
+		if m.MigrationReady() {
+			return true
+		}
+	}
+	return false
+}
+
+// migrating reports whether the drain passes connections on now: from its
+// start (when a listener's Migrator was ready then) until migrate ends.
+func (s *Server) migrating() bool { return s.migrateOpen.Load() }
 
 // migrate passes connections on until none is left that could still be
-// (every candidate is passed, refused or gone), or ctx ends. It runs
-// before the idle grace, which is then left with what stays here.
+// (every pending one is passed, refused, busy reading or gone), or ctx
+// ends. It runs before the idle grace, which is then left with what
+// stays here.
 func (s *Server) migrate(ctx context.Context, rep *Report) {
 	for {
 		var take []*migratedConn
@@ -288,7 +342,7 @@ func (s *Server) migrate(ctx context.Context, rep *Report) {
 				continue
 			}
 			m.mu.Lock()
-			cand := m.candidateLocked()
+			cand := m.pendingLocked() && !m.busy
 			m.mu.Unlock()
 			if !cand {
 				continue
@@ -323,20 +377,27 @@ func (s *Server) migrate(ctx context.Context, rep *Report) {
 // empty to their Migrator, and returns how many claims ended (passed or
 // kept).
 func (s *Server) claim(ctx context.Context, take []*migratedConn, rep *Report) int {
-	type claimed struct {
+	type pendingClaim struct {
 		m       *migratedConn
 		verdict <-chan struct{}
 	}
-	var started []claimed
+	var started []pendingClaim
+	ended := 0
 	for _, m := range take {
-		if v, ok := m.interrupt(); ok {
-			started = append(started, claimed{m, v})
+		switch v, outcome := m.interrupt(); outcome {
+		case claimed:
+			started = append(started, pendingClaim{m, v})
+		case busyReading:
+			// Not pending for this drain's wait (a client may never finish
+			// its request): if it turns idle while conns are still being
+			// passed, it goes then; else it is drained as before.
+			m.setBusy(true)
+			ended++
 		}
 	}
 	// Group the held conns by their Migrator (one per listener).
 	held := map[Migrator][]*migratedConn{}
 	var order []Migrator
-	ended := 0
 	for _, c := range started {
 		select {
 		case <-c.verdict:

@@ -28,10 +28,13 @@ import (
 // passingListener is the old server's listener.
 type passingListener struct {
 	net.Listener
-	next   *chanListener
-	refuse atomic.Bool
-	calls  atomic.Int32
+	next     *chanListener
+	refuse   atomic.Bool
+	notReady atomic.Bool
+	calls    atomic.Int32
 }
+
+func (l *passingListener) MigrationReady() bool { return !l.notReady.Load() }
 
 func (l *passingListener) MigrateConns(conns []net.Conn) (int, error) {
 	l.calls.Add(1)
@@ -79,16 +82,22 @@ func (l *chanListener) Addr() net.Addr { return l.addr }
 
 // generations is an old server (A) that will hand over and a new one (B).
 type generations struct {
-	old, new *testServer
-	pass     *passingListener
-	addr     string
-	served   sync.Map // request id -> "A"/"B" (each id once)
-	twice    atomic.Int32
+	old, new    *testServer
+	pass        *passingListener
+	addr        string
+	served      sync.Map // request id -> "A"/"B" (each id once)
+	twice       atomic.Int32
+	slowStarted atomic.Bool   // GET /slow is running
+	release     chan struct{} // closed: GET /slow answers
 }
 
 // handler answers with the generation's name and counts each request id.
 func (g *generations) handler(name string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			g.slowStarted.Store(true)
+			<-g.release
+		}
 		body, _ := io.ReadAll(r.Body)
 		if id := string(body); id != "" {
 			if _, dup := g.served.LoadOrStore(id, name); dup {
@@ -104,6 +113,13 @@ func (g *generations) handler(name string) http.Handler {
 // startNew (serving the listener itself and what A passes).
 func newGenerations(t *testing.T, opts httpdrain.Options) *generations {
 	t.Helper()
+	return newGenerationsWith(t, opts, nil)
+}
+
+// newGenerationsWith is newGenerations with the old server's http.Server
+// adjusted by configure (may be nil).
+func newGenerationsWith(t *testing.T, opts httpdrain.Options, configure func(*http.Server)) *generations {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -118,9 +134,13 @@ func newGenerations(t *testing.T, opts httpdrain.Options) *generations {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &generations{addr: ln.Addr().String()}
+	g := &generations{addr: ln.Addr().String(), release: make(chan struct{})}
 	g.pass = &passingListener{Listener: dup, next: &chanListener{addr: ln.Addr(), conns: make(chan net.Conn, 4096), closed: make(chan struct{})}}
-	g.old = serveOn(t, &http.Server{Handler: g.handler("A")}, opts, g.pass)
+	hs := &http.Server{Handler: g.handler("A")}
+	if configure != nil {
+		configure(hs)
+	}
+	g.old = serveOn(t, hs, opts, g.pass)
 	g.old.ln = ln
 	return g
 }
@@ -340,5 +360,107 @@ func TestMigrationRefused(t *testing.T) {
 	rep := <-done
 	if rep.Migrated != 0 || rep.MigrationFailed != n {
 		t.Fatalf("report %+v, want %d failed migrations", rep, n)
+	}
+}
+
+// TestSplitAtLineBoundary: a next request whose first segment ends with a
+// whole line ("POST / HTTP/1.1\r\n") leaves net/http's buffer empty while
+// it waits for the rest: the conn must still stay (bytes were read since
+// it went idle), and the request be answered once.
+func TestSplitAtLineBoundary(t *testing.T) {
+	g := newGenerations(t, httpdrain.Options{IdleGrace: longGrace})
+	c := dial(t, g.addr)
+	c.mustDo(t, "POST", "/", "warm")
+	if _, err := io.WriteString(c, "POST / HTTP/1.1\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the first line read by the old server", func() bool { return g.old.PendingBytes() > 0 })
+	g.startNew(t)
+	drained := make(chan httpdrain.Report, 1)
+	go func() {
+		rep, _ := g.old.Drain(ctxTimeout(t, testTimeout))
+		drained <- rep
+	}()
+	waitFor(t, "the drain to start", g.old.Draining)
+	if _, err := io.WriteString(c, "Host: test\r\nContent-Length: 5\r\n\r\nsplit"); err != nil {
+		t.Fatal(err)
+	}
+	resp, body, err := c.read()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("request split after its first line: %v %v %q", resp, err, body)
+	}
+	if v, _ := g.served.Load("split"); v != "A" || g.twice.Load() != 0 {
+		t.Fatalf("split request served by %v (want A, once)", v)
+	}
+	<-drained
+}
+
+// TestStalledRequestDoesNotHoldTheDrain: a client that sent two bytes of a
+// request and stopped is not waited for by the migration (it is drained
+// as before: the idle grace, then Shutdown), so the drain ends without
+// reaching its deadline.
+func TestStalledRequestDoesNotHoldTheDrain(t *testing.T) {
+	g := newGenerations(t, httpdrain.Options{IdleGrace: 100 * time.Millisecond})
+	c := dial(t, g.addr)
+	c.mustDo(t, "POST", "/", "warm")
+	if _, err := io.WriteString(c, "PO"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the two bytes read by the old server", func() bool { return g.old.PendingBytes() > 0 })
+	g.startNew(t)
+	rep, err := g.old.Drain(ctxTimeout(t, 10*time.Second))
+	if err != nil {
+		t.Fatalf("Drain: %v (%+v): the stalled request held the migration until the deadline", err, rep)
+	}
+}
+
+// TestMigrationWithH2CEnabled: a server that also speaks HTTP/2 without
+// TLS passes its idle HTTP/1.1 conns on like any other.
+func TestMigrationWithH2CEnabled(t *testing.T) {
+	g := newGenerationsWith(t, httpdrain.Options{IdleGrace: longGrace}, func(hs *http.Server) {
+		hs.Protocols = new(http.Protocols)
+		hs.Protocols.SetHTTP1(true)
+		hs.Protocols.SetUnencryptedHTTP2(true)
+	})
+	var cs []*client
+	for i := 0; i < 5; i++ {
+		c := dial(t, g.addr)
+		c.mustDo(t, "POST", "/", fmt.Sprintf("h2c-first-%d", i))
+		cs = append(cs, c)
+	}
+	g.startNew(t)
+	rep, err := g.old.Drain(ctxTimeout(t, testTimeout))
+	checkClean(t, rep, err)
+	if rep.Migrated != len(cs) {
+		t.Fatalf("report %+v, want %d migrated", rep, len(cs))
+	}
+}
+
+// TestNoMigrationWithoutSuccessor: when no listener can pass conns at the
+// drain start (a plain stop), the drain is the one without migration: a
+// response in flight says "Connection: close", nothing is offered.
+func TestNoMigrationWithoutSuccessor(t *testing.T) {
+	g := newGenerations(t, httpdrain.Options{IdleGrace: longGrace})
+	g.pass.notReady.Store(true)
+	c := dial(t, g.addr)
+	c.mustDo(t, "POST", "/", "warm")
+	if err := c.send("GET", "/slow", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the slow request to start", func() bool { return g.slowStarted.Load() })
+	done := make(chan httpdrain.Report, 1)
+	go func() {
+		rep, _ := g.old.Drain(ctxTimeout(t, testTimeout))
+		done <- rep
+	}()
+	waitFor(t, "the drain to start", g.old.Draining)
+	close(g.release)
+	resp, _, err := c.read()
+	if err != nil || !resp.Close {
+		t.Fatalf("response in flight during a drain without successor: %v, close %v; want Connection: close", err, resp != nil && resp.Close)
+	}
+	rep := <-done
+	if rep.Migrated != 0 || rep.MigrationFailed != 0 || g.pass.calls.Load() != 0 {
+		t.Fatalf("report %+v, %d MigrateConns calls: nothing should have been offered", rep, g.pass.calls.Load())
 	}
 }

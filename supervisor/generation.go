@@ -284,7 +284,11 @@ func (s *Supervisor) relayConns(old *generation) {
 		}
 		if cur := s.currentGen(); cur != nil && cur != old {
 			if to := cur.getLink(); to != nil && to.PassesConns() {
-				n, err := to.PassConns(ctx, network, addr, files)
+				// Not the relay's context: the old generation's exit must not
+				// cut an exchange with the serving one (its link would break).
+				pctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				n, err := to.PassConns(pctx, network, addr, files)
+				cancel()
 				if err != nil {
 					s.log.Warn("passing client connections to the serving generation failed; the old one keeps them", "from", old.pid, "to", cur.pid, "err", err)
 				}

@@ -90,6 +90,14 @@ func (in *Inherited) serveChannel(c net.Conn, conns bool) {
 	in.endMu.Unlock()
 }
 
+// TakesConns reports whether PassConns may pass connections (the Ack said
+// Conns and no earlier failure turned it off).
+func (c *Child) TakesConns() bool {
+	c.passMu.Lock()
+	defer c.passMu.Unlock()
+	return c.passing
+}
+
 // PassConns passes conns, accepted on the listener (network, addr), to
 // the child, which serves them from now on, and returns how many it took:
 // conns[:n] are the child's (the caller closes its own descriptors without
