@@ -1,3 +1,8 @@
+// promtool runs through scripts/need.sh (bash, apt): Linux only; the
+// documents checked are the same on every OS.
+
+//go:build linux
+
 package metrics
 
 import (

@@ -16,6 +16,7 @@ import (
 
 	"github.com/baton-go/baton/events"
 	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/testenv"
 )
 
 const testToken = "s3cret-token-of-the-test"
@@ -202,7 +203,7 @@ func TestHTTPControlOperations(t *testing.T) {
 }
 
 func TestReadTokenFile(t *testing.T) {
-	dir := t.TempDir()
+	dir := testenv.TempDir(t) // t.TempDir fails its clean-up under Wine
 	p := filepath.Join(dir, "token")
 	if _, err := ReadTokenFile(p); !errors.Is(err, ErrTokenFile) || !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: %v", err)

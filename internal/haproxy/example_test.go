@@ -1,3 +1,7 @@
+// The fake HAProxy listens on a unix socket, as HAProxy does: Unix only.
+
+//go:build unix
+
 package haproxy
 
 import (

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -44,6 +45,7 @@ func (p *fakeProc) Binary() string { return p.binary }
 func (p *fakeProc) WaitReady(ctx context.Context) (ReadyInfo, error) {
 	select {
 	case <-p.ready:
+		tick()
 		return ReadyInfo{AppStartup: time.Millisecond}, nil
 	case <-p.exited:
 		return ReadyInfo{}, p.Err()
@@ -68,7 +70,16 @@ func (p *fakeProc) Drain() {
 	exit := p.exitOnDrain
 	p.mu.Unlock()
 	if exit {
+		tick()
 		p.exit(nil)
+	}
+}
+
+// tick returns once the clock has moved, so that a step of the fake takes
+// a measurable time (Wine's clock can be coarser than a fake's step).
+func tick() {
+	for t0 := time.Now(); !time.Now().After(t0); {
+		runtime.Gosched()
 	}
 }
 func (p *fakeProc) Kill() {
