@@ -112,17 +112,7 @@ func runReport(out io.Writer, f reportFlags) error {
 		}{f.name, file, tl})
 		return nil
 	}
-	var ok, failed, rolled int
-	for _, u := range tl.Upgrades {
-		switch u.Result {
-		case "ok":
-			ok++
-		case "failed":
-			failed++
-		case "rolled_back":
-			rolled++
-		}
-	}
+	ok, failed, rolled := tl.Counts()
 	fmt.Fprintf(out, "wrote %s: %d operations (%d succeeded, %d failed, %d rolled back), %d generations\n",
 		file, len(tl.Upgrades), ok, failed, rolled, len(tl.Lanes))
 	return nil

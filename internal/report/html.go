@@ -283,7 +283,7 @@ func newView(t *Timeline) view {
 	v.H = v.LanesY1 + axisArea
 
 	// The table.
-	var ok, failed, rolled int
+	ok, failed, rolled := t.Counts()
 	for i, u := range t.Upgrades {
 		r := rowView{N: i + 1, Time: u.At.In(loc).Format("2006-01-02 15:04:05.000"), Operation: u.Operation,
 			Deployment: u.Deployment, ShortDeployment: short(u.Deployment, 8), Result: strings.ReplaceAll(u.Result, "_", " "), ResultClass: u.Result,
@@ -303,14 +303,6 @@ func newView(t *Timeline) view {
 				r.Problem = u.ErrorType + ": " + r.Problem
 			}
 			r.FullError = u.Error
-		}
-		switch u.Result {
-		case "ok":
-			ok++
-		case "failed":
-			failed++
-		case "rolled_back":
-			rolled++
 		}
 		v.Rows = append(v.Rows, r)
 	}

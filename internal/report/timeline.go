@@ -140,6 +140,22 @@ type Timeline struct {
 	Location *time.Location `json:"-"`
 }
 
+// Counts are how many of the timeline's operations succeeded, failed and
+// were rolled back.
+func (t *Timeline) Counts() (ok, failed, rolledBack int) {
+	for _, u := range t.Upgrades {
+		switch u.Result {
+		case "ok":
+			ok++
+		case "failed":
+			failed++
+		case "rolled_back":
+			rolledBack++
+		}
+	}
+	return ok, failed, rolledBack
+}
+
 // Options shape a timeline.
 type Options struct {
 	// Service names the service (records of other services are left out
