@@ -219,6 +219,9 @@ func TestHAProxyBlueGreenCanaryRollback(t *testing.T) {
 	if s["blue"].Weight != 100 || s["blue"].Draining() || s["green"].Weight != 0 {
 		t.Errorf("after the roll-back: blue %s weight %d, green %s weight %d", s["blue"].Status, s["blue"].Weight, s["green"].Status, s["green"].Weight)
 	}
+	// A request sent to green just before the roll-back may still be on
+	// its way back: the next window starts once green has none.
+	r.waitServers("the sick green without sessions", func(s map[string]haproxy.Server) bool { return s["green"].Sessions == 0 })
 	during := r.phase(load, mark, 0, "switch to the sick release and roll-back")
 	mark = load.Snapshot()
 	back := r.phase(load, mark, 1000, "after the roll-back")
