@@ -1,3 +1,7 @@
+// scripts/need.sh is bash and apt-get: the tests run where it does.
+
+//go:build unix
+
 package testenv
 
 import (
