@@ -83,7 +83,7 @@ type migratedConn struct {
 	reading  bool      // a Read is pending
 	readLen  int       // its len(p): netHTTPBufSize when net/http's buffer is empty
 	deadline time.Time // the read deadline net/http asked for (applied after a claim)
-	busy     bool      // a request was arriving when the drain tried: not waited for until its state changes
+	busyAt   time.Time // when the drain found a request arriving (zero: not); waited for NewConnWait at most
 	phase    int
 	verdict  chan struct{} // closed when the stopped Read came back (claimHeld, or claimNone: bytes came)
 	decided  chan struct{} // closed when a held conn was passed (claimGone) or kept (claimNone)
@@ -186,17 +186,23 @@ func (m *migratedConn) ReadFrom(r io.Reader) (int64, error) {
 func (m *migratedConn) setState(st http.ConnState) {
 	m.mu.Lock()
 	m.state = st
-	m.busy = false
+	m.busyAt = time.Time{}
 	if st == http.StateIdle {
 		m.idleRead = m.read
 	}
 	m.mu.Unlock()
 }
 
-func (m *migratedConn) setBusy(b bool) {
+// markBusy records that a request was arriving when the drain tried, and
+// reports whether it is news (not already marked since its last state).
+func (m *migratedConn) markBusy(now time.Time) bool {
 	m.mu.Lock()
-	m.busy = b
-	m.mu.Unlock()
+	defer m.mu.Unlock()
+	if !m.busyAt.IsZero() {
+		return false
+	}
+	m.busyAt = now
+	return true
 }
 
 func (m *migratedConn) markHTTP1() {
@@ -332,9 +338,15 @@ func (s *Server) migrating() bool { return s.migrateOpen.Load() }
 // ends. It runs before the idle grace, which is then left with what
 // stays here.
 func (s *Server) migrate(ctx context.Context, rep *Report) {
+	// A conn whose next request is arriving is waited for (it is
+	// answered here, then passed) for NewConnWait at most: a client that
+	// stopped half-way through a request must not hold the drain.
+	busyWait := max(s.opts.NewConnWait, 0)
 	for {
 		var take []*migratedConn
 		pending := false
+		var expiry time.Time // the earliest end of a busy conn's wait
+		now := time.Now()
 		s.mu.Lock()
 		for c := range s.conns {
 			m, ok := c.(*migratedConn)
@@ -342,7 +354,13 @@ func (s *Server) migrate(ctx context.Context, rep *Report) {
 				continue
 			}
 			m.mu.Lock()
-			cand := m.pendingLocked() && !m.busy
+			cand := m.pendingLocked()
+			if cand && !m.busyAt.IsZero() {
+				end := m.busyAt.Add(busyWait)
+				if cand = now.Before(end); cand && (expiry.IsZero() || end.Before(expiry)) {
+					expiry = end
+				}
+			}
 			m.mu.Unlock()
 			if !cand {
 				continue
@@ -363,10 +381,23 @@ func (s *Server) migrate(ctx context.Context, rep *Report) {
 		}
 		if s.claim(ctx, take, rep) == 0 {
 			// Nothing could be taken now (requests in flight, or net/http
-			// not yet waiting in Read): wait for a change.
+			// not yet waiting in Read): wait for a change, or for a busy
+			// conn's wait to end.
+			var timer *time.Timer
+			var timeout <-chan time.Time
+			if !expiry.IsZero() {
+				timer = time.NewTimer(time.Until(expiry))
+				timeout = timer.C
+			}
 			select {
 			case <-ch:
+			case <-timeout:
 			case <-ctx.Done():
+			}
+			if timer != nil {
+				timer.Stop()
+			}
+			if ctx.Err() != nil {
 				return
 			}
 		}
@@ -388,11 +419,11 @@ func (s *Server) claim(ctx context.Context, take []*migratedConn, rep *Report) i
 		case claimed:
 			started = append(started, pendingClaim{m, v})
 		case busyReading:
-			// Not pending for this drain's wait (a client may never finish
-			// its request): if it turns idle while conns are still being
-			// passed, it goes then; else it is drained as before.
-			m.setBusy(true)
-			ended++
+			// Answered here once its request is in, then passed (waited
+			// for NewConnWait at most: see migrate).
+			if m.markBusy(time.Now()) {
+				ended++
+			}
 		}
 	}
 	// Group the held conns by their Migrator (one per listener).
