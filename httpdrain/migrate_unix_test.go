@@ -152,6 +152,19 @@ func (g *generations) startNew(t *testing.T) {
 	go g.new.Serve(g.pass.next)
 }
 
+// drainInBackground starts the old server's drain and returns once it has
+// started; the channel gets its report.
+func (g *generations) drainInBackground(t *testing.T) <-chan httpdrain.Report {
+	t.Helper()
+	drained := make(chan httpdrain.Report, 1)
+	go func() {
+		rep, _ := g.old.Drain(ctxTimeout(t, testTimeout))
+		drained <- rep
+	}()
+	waitFor(t, "the drain to start", g.old.Draining)
+	return drained
+}
+
 // TestIdleConnsMigrate: keep-alive connections idle at the drain go on
 // with the new server without a reconnect, the old one ends at once
 // (no idle grace), and nothing is answered twice.
@@ -269,12 +282,7 @@ func TestSplitRequestAroundDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.startNew(t)
-	drained := make(chan httpdrain.Report, 1)
-	go func() {
-		rep, _ := g.old.Drain(ctxTimeout(t, testTimeout))
-		drained <- rep
-	}()
-	waitFor(t, "the drain to start", g.old.Draining)
+	drained := g.drainInBackground(t)
 	if _, err := io.WriteString(c, "ngth: 5\r\n\r\nsplit"); err != nil {
 		t.Fatal(err)
 	}
@@ -376,12 +384,7 @@ func TestSplitAtLineBoundary(t *testing.T) {
 	}
 	waitFor(t, "the first line read by the old server", func() bool { return g.old.PendingBytes() > 0 })
 	g.startNew(t)
-	drained := make(chan httpdrain.Report, 1)
-	go func() {
-		rep, _ := g.old.Drain(ctxTimeout(t, testTimeout))
-		drained <- rep
-	}()
-	waitFor(t, "the drain to start", g.old.Draining)
+	drained := g.drainInBackground(t)
 	if _, err := io.WriteString(c, "Host: test\r\nContent-Length: 5\r\n\r\nsplit"); err != nil {
 		t.Fatal(err)
 	}
@@ -448,12 +451,7 @@ func TestNoMigrationWithoutSuccessor(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the slow request to start", func() bool { return g.slowStarted.Load() })
-	done := make(chan httpdrain.Report, 1)
-	go func() {
-		rep, _ := g.old.Drain(ctxTimeout(t, testTimeout))
-		done <- rep
-	}()
-	waitFor(t, "the drain to start", g.old.Draining)
+	done := g.drainInBackground(t)
 	close(g.release)
 	resp, _, err := c.read()
 	if err != nil || !resp.Close {
