@@ -307,6 +307,9 @@ func (l *Load) success(k Kind, lat time.Duration, at time.Time, pid int, version
 		l.newPID = make(chan struct{})
 	}
 	p.Responses++
+	if sent := at.Add(-lat); sent.After(p.LastSent) {
+		p.LastSent = sent
+	}
 	if at.After(p.Last) {
 		p.Last = at
 		p.Version = version

@@ -31,6 +31,10 @@ type PIDStats struct {
 	Responses   int64
 	First, Last time.Time
 	Version     string // X-Version of the most recent response
+	// LastSent is when the latest-sent request this pid answered was
+	// written: a window that opens at T can tell an answer to a request
+	// sent before T (still on its way back) from one sent after.
+	LastSent time.Time
 }
 
 // Failure details one failed request (or UDP probe).
