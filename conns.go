@@ -89,7 +89,7 @@ func (u *Upgrader) takeConns(network, addr string, files []*os.File) int {
 	taken := 0
 	for _, f := range files {
 		if gl != nil { // after a failure, none: the parent keeps a suffix
-			if c, err := net.FileConn(f); err == nil {
+			if c, err := handoff.FileConn(f); err == nil {
 				if gl.inject(c) {
 					taken++
 				} else {

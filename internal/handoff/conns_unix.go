@@ -14,6 +14,11 @@ import (
 // connsSupported: connections travel as descriptors (SCM_RIGHTS).
 const connsSupported = true
 
+// FileConn returns a connection serving the socket f, a connection passed
+// by a previous generation (received by TakeConns's or LinkConnsHooks's
+// Take). f stays the caller's to close.
+func FileConn(f *os.File) (net.Conn, error) { return net.FileConn(f) }
+
 // sendConns sends the sockets of conns in one message of one byte. Each
 // is duplicated for the send (close-on-exec) and the duplicate closed
 // after it: the kernel holds its own reference while the message travels.

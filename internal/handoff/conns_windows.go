@@ -13,6 +13,10 @@ const connsSupported = false
 
 var errConnsWindows = errors.New("passing client connections is not supported on Windows yet")
 
+// FileConn returns a connection serving the socket f, a connection passed
+// by a previous generation. Not on Windows yet.
+func FileConn(*os.File) (net.Conn, error) { return nil, errConnsWindows }
+
 func sendConns(net.Conn, []net.Conn) error { return errConnsWindows }
 
 func sendFiles(net.Conn, []*os.File) error { return errConnsWindows }
