@@ -182,7 +182,10 @@ func (s Status) wire() contract.Status {
 	}
 }
 
-func (r UpgradeResult) wire() contract.UpgradeResult { return contract.UpgradeResult(r) }
+func (r UpgradeResult) wire() contract.UpgradeResult {
+	return contract.UpgradeResult{PID: r.PID, Generation: r.Generation, Binary: r.Binary, ReadyAfter: r.ReadyAfter,
+		AppStartup: r.AppStartup, Took: r.Took, Draining: r.Draining}
+}
 
 func (o *UpgradeOutcome) wire() *contract.Outcome {
 	if o == nil {

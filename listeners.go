@@ -33,6 +33,9 @@ type pooled struct {
 	desc  handoff.FileDesc
 	file  *os.File // nil where the platform passes data instead (Windows sockets)
 	local net.Addr // for socket-activated sockets: their bound address (nil otherwise)
+	// standsFor: under baton run --proxy, the public socket this private
+	// one stands for: the app asks for that address and gets this socket.
+	standsFor net.Addr
 }
 
 func (p pooled) close() {
@@ -231,6 +234,8 @@ func (u *Upgrader) claim(desc handoff.FileDesc) (pooled, bool) {
 		switch {
 		case desc.Kind == handoff.KindFile:
 			match = p.desc.Name == desc.Name
+		case p.standsFor != nil:
+			match = sameAddr(desc.Network, desc.Addr, p.standsFor)
 		case p.desc.Network == desc.Network && p.desc.Addr == desc.Addr:
 			match = true
 		case p.local != nil:

@@ -5,7 +5,9 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 
+	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/handoff"
 	"github.com/baton-go/baton/internal/sdnotify"
 	"github.com/coreos/go-systemd/v22/activation"
@@ -40,8 +42,13 @@ func notifyStopping() {
 // they are not passed on.
 func socketActivated(log *slog.Logger) []pooled {
 	var out []pooled
-	for _, f := range activation.Files(true) {
+	standsFor := proxiedListen(os.Getenv(contract.EnvProxiedListen))
+	os.Unsetenv(contract.EnvProxiedListen)
+	for i, f := range activation.Files(true) {
 		p := pooled{file: f}
+		if i < len(standsFor) {
+			p.standsFor = standsFor[i]
+		}
 		if ln, err := net.FileListener(f); err == nil {
 			p.local = ln.Addr()
 			p.desc = handoff.FileDesc{Kind: handoff.KindListener, Network: p.local.Network(), Addr: p.local.String(), Name: f.Name()}
@@ -53,8 +60,36 @@ func socketActivated(log *slog.Logger) []pooled {
 		} else {
 			p.desc = handoff.FileDesc{Kind: handoff.KindFile, Name: f.Name()}
 		}
-		log.Info("socket from systemd activation", "kind", p.desc.Kind, "addr", p.desc.Addr, "name", p.desc.Name)
+		if p.standsFor != nil {
+			log.Info("private socket behind baton's proxy", "kind", p.desc.Kind, "addr", p.desc.Addr, "name", p.desc.Name, "stands_for", p.standsFor.Network()+"://"+p.standsFor.String())
+		} else {
+			log.Info("socket from systemd activation", "kind", p.desc.Kind, "addr", p.desc.Addr, "name", p.desc.Name)
+		}
 		out = append(out, p)
+	}
+	return out
+}
+
+// proxiedListen parses contract.EnvProxiedListen: per socket, the public
+// address it stands for (nil for none, or one that does not parse).
+func proxiedListen(v string) []net.Addr {
+	if v == "" {
+		return nil
+	}
+	var out []net.Addr
+	for _, e := range strings.Split(v, ",") {
+		var a net.Addr
+		if network, addr, ok := strings.Cut(e, "://"); ok {
+			switch network {
+			case "tcp", "tcp4", "tcp6":
+				if t, err := net.ResolveTCPAddr(network, addr); err == nil {
+					a = t
+				}
+			case "unix":
+				a = &net.UnixAddr{Net: network, Name: addr}
+			}
+		}
+		out = append(out, a)
 	}
 	return out
 }

@@ -23,6 +23,11 @@ const (
 	OpStop     = "stop"
 	OpRollback = "rollback"
 	OpLogs     = "logs"
+	// Proxy mode (baton run --proxy) only: the canary under way takes all
+	// traffic and the upgrade completes (promote), or gets the share
+	// Request.Weight (weight).
+	OpPromote = "promote"
+	OpWeight  = "weight"
 )
 
 // Request is what a client sends.
@@ -39,6 +44,24 @@ type Request struct {
 	ExpectSHA256 string `json:"expect_sha256,omitempty"`
 	// Since (logs): the first line wanted; negative: the last -Since lines.
 	Since int64 `json:"since,omitempty"`
+	// Canary (upgrade, proxy mode): how the new generation takes traffic;
+	// nil: all of it once ready (blue/green).
+	Canary *CanaryPlan `json:"canary,omitempty"`
+	// Weight (weight): the canary's share of new traffic, percent.
+	Weight *int `json:"weight,omitempty"`
+}
+
+// CanaryPlan is a canary release in proxy mode: the new generation starts
+// at weight 0, is checked, then takes Steps[0] percent of new requests (or
+// connections), and Steps[i+1] after each StepInterval in which it did no
+// worse than the stable generation by MaxErrorRatio and MaxP99Ratio. A
+// plan with one step below 100 waits there for promote, weight or
+// rollback; a plan that ends at 100 completes the upgrade by itself.
+type CanaryPlan struct {
+	Steps         []int         `json:"steps"`
+	StepInterval  time.Duration `json:"step_interval_ns,omitempty"`
+	MaxErrorRatio float64       `json:"max_error_ratio,omitempty"` // 0: the default
+	MaxP99Ratio   float64       `json:"max_p99_ratio,omitempty"`   // 0: the default
 }
 
 // Response is what a service answers. Result holds the operation's
@@ -98,6 +121,18 @@ type UpgradeResult struct {
 	AppStartup time.Duration `json:"app_startup_ns"` // the part of ReadyAfter the app spent before Ready
 	Took       time.Duration `json:"took_ns"`        // from the request to the handover
 	Draining   int           `json:"draining"`       // older generations still draining after it
+	// Canary (proxy mode): the canary's share when the upgrade answered
+	// before it took all traffic (waiting for promote); nil otherwise.
+	Canary *CanaryState `json:"canary,omitempty"`
+}
+
+// CanaryState says where a canary release stands.
+type CanaryState struct {
+	Generation int   `json:"generation"`
+	PID        int   `json:"pid"`
+	Weight     int   `json:"weight"` // percent of new traffic
+	Step       int   `json:"step"`   // index in the plan's steps
+	Steps      []int `json:"steps"`
 }
 
 // Outcome records the last upgrade attempt (Status.Last).
@@ -152,6 +187,32 @@ type SupervisorInfo struct {
 	Command     []string  `json:"command"`
 	LogFile     string    `json:"log_file,omitempty"`
 	Generations []GenInfo `json:"generations"`
+	// Proxy: baton run --proxy only.
+	Proxy *ProxyInfo `json:"proxy,omitempty"`
+}
+
+// ProxyInfo is what baton's own proxy sends where (baton run --proxy).
+type ProxyInfo struct {
+	Mode     string         `json:"mode"` // http or tcp
+	Backends []ProxyBackend `json:"backends"`
+	Canary   *CanaryState   `json:"canary,omitempty"`
+	// Unrouted counts requests or connections that found no backend.
+	Unrouted int64 `json:"unrouted"`
+}
+
+// ProxyBackend is one generation as the proxy sees it. The rates and
+// ratios cover the proxy's sliding window (WindowSeconds).
+type ProxyBackend struct {
+	Generation    int           `json:"generation"`
+	PID           int           `json:"pid"`
+	Addr          string        `json:"addr"`
+	Weight        int           `json:"weight"` // percent of new traffic
+	InFlight      int64         `json:"in_flight"`
+	Requests      int64         `json:"requests"` // since it joined
+	RatePerSecond float64       `json:"rate_per_second"`
+	ErrorRatio    float64       `json:"error_ratio"` // 5xx and connection errors
+	P99           time.Duration `json:"p99_ns"`
+	WindowSeconds float64       `json:"window_seconds"`
 }
 
 // GenInfo describes one live generation of a supervised app.

@@ -16,6 +16,13 @@ const (
 	// EnvDrainSignal: the signal (its number) by which the supervisor asks a
 	// generation to drain.
 	EnvDrainSignal = "BATON_DRAIN_SIGNAL"
+	// EnvProxiedListen: set by baton run --proxy: for each socket of
+	// LISTEN_FDS in order, the public socket it stands for
+	// ("tcp://127.0.0.1:8080", "unix:///run/app.sock"; empty for one that
+	// stands for none), separated by commas. A generation's sockets are
+	// private loopback ones behind baton's proxy; a library app asking for
+	// the public address gets the private socket standing for it.
+	EnvProxiedListen = "BATON_PROXIED_LISTEN"
 	// EnvRuntimeDir: where control endpoints live (overrides
 	// $XDG_RUNTIME_DIR/baton and the defaults).
 	EnvRuntimeDir = "BATON_RUNTIME_DIR"
