@@ -20,6 +20,10 @@ const (
 	CodeRolledBack   = "rolled_back"   // the new generation failed its probation; the previous binary serves again
 	CodeNoPrevious   = "no_previous"   // rollback without a previous generation
 	CodeGaveUp       = "gave_up"       // the supervisor gave up on an app that keeps failing
+	// CodeCanaryFailed (proxy mode): the canary did worse than the stable
+	// generation in a step of its rollout; it was put back to weight 0 and
+	// the stable generation takes all new traffic again.
+	CodeCanaryFailed = "canary_failed"
 
 	// Busy: retry later.
 	CodeBusy    = "busy"              // another upgrade is running (or, for a binary, the file or the releases lock is busy)
@@ -89,6 +93,8 @@ var sentinelCodes = []struct {
 	err  error
 	code string
 }{
+	// Before ErrRolledBack: a canary rolled back for its figures says so.
+	{ErrCanaryFailed, CodeCanaryFailed},
 	{ErrRolledBack, CodeRolledBack},
 	{ErrNoPrevious, CodeNoPrevious},
 	{ErrBusy, CodeBusy},

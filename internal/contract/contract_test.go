@@ -19,6 +19,7 @@ var allSentinels = map[string]error{
 	"ErrBinary": ErrBinary, "ErrUnsupported": ErrUnsupported, "ErrStateTooLarge": ErrStateTooLarge,
 	"ErrStateCorrupt": ErrStateCorrupt, "ErrNoState": ErrNoState, "ErrLink": ErrLink,
 	"ErrRolledBack": ErrRolledBack, "ErrNoPrevious": ErrNoPrevious, "ErrGaveUp": ErrGaveUp,
+	"ErrCanaryFailed": ErrCanaryFailed,
 }
 
 var allCodes = []string{
@@ -27,6 +28,7 @@ var allCodes = []string{
 	CodeUnsupported, CodeSupervised, CodeBadRequest, CodeForbidden, CodeControlProtocol,
 	CodeInternal, CodeUsage, CodeUnreachable, CodeTimeout, CodeFailed,
 	CodeNotExecutable, CodeModule, CodeChecksum, CodeSignature, CodeSmoke, CodeUnsafeDir, CodeDiskSpace,
+	CodeCanaryFailed,
 }
 
 func TestEverySentinelHasACode(t *testing.T) {
@@ -56,6 +58,7 @@ func TestRoundTripAndExitCodes(t *testing.T) {
 		CodeTimeout: ExitFailed, CodeFailed: ExitFailed,
 		CodeNotExecutable: ExitFailed, CodeModule: ExitFailed, CodeChecksum: ExitFailed,
 		CodeSignature: ExitFailed, CodeSmoke: ExitFailed, CodeUnsafeDir: ExitFailed, CodeDiskSpace: ExitFailed,
+		CodeCanaryFailed: ExitFailed,
 	}
 	if len(want) != len(allCodes) {
 		t.Fatalf("%d exit codes expected for %d codes", len(want), len(allCodes))
@@ -96,6 +99,8 @@ func TestCodeOfWrappedAndUnknown(t *testing.T) {
 		// The first sentinel in the order wins: a rolled-back upgrade whose
 		// new generation exited.
 		{fmt.Errorf("%w: %w", ErrRolledBack, &ExitError{PID: 1}), CodeRolledBack},
+		// A canary rolled back for its figures is canary_failed, not rolled_back.
+		{fmt.Errorf("%w: %w", ErrRolledBack, ErrCanaryFailed), CodeCanaryFailed},
 		{errors.Join(errors.New("x"), ErrBusy), CodeBusy},
 		{fmt.Errorf("%w: probe", ErrLink), CodeProtocol},
 		{fmt.Errorf("free space: %w", NewError(CodeDiskSpace, "not enough free disk space")), CodeDiskSpace},

@@ -37,4 +37,6 @@ var (
 	ErrRolledBack = errors.New("upgrade rolled back")
 	ErrNoPrevious = errors.New("no previous generation")
 	ErrGaveUp     = errors.New("the app keeps failing; giving up")
+
+	ErrCanaryFailed = errors.New("canary failed its analysis; rolled back")
 )
