@@ -137,6 +137,23 @@ func (c *Conn) CloseWrite() error {
 	return nil
 }
 
+// Socket returns the accepted SOCKET. It stays owned by c and is valid
+// until Close.
+func (c *Conn) Socket() windows.Handle { return c.s }
+
+// Duplicate returns the bytes with which process pid rebuilds this
+// connection's socket (ConnFromProtocolInfo), to pass the connection on;
+// see the package function Duplicate. It fails after Close.
+func (c *Conn) Duplicate(pid uint32) ([]byte, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return nil, c.opError("duplicate", net.ErrClosed)
+	}
+	info, err := Duplicate(c.s, pid)
+	return info, c.opError("duplicate", err)
+}
+
 // LocalAddr returns the local address, a *net.TCPAddr.
 func (c *Conn) LocalAddr() net.Addr { return c.laddr }
 

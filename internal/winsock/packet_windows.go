@@ -6,8 +6,6 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -15,82 +13,17 @@ import (
 	"golang.org/x/sys/windows"
 )
 
-// packetBufSize is the size of a PacketConn's read and write buffers: room
-// for any UDP datagram.
-const packetBufSize = 1 << 16
-
-// packetOp is the memory the kernel reads and writes while a WSARecvFrom or
-// WSASendTo is pending. It lives on the heap and is referenced by its
-// PacketConn (or by leakedPacketOps) until the operation is known to be
-// complete. The caller's buffer is never handed to the kernel: data is
-// copied through buf, so a late write by a stuck operation cannot reach
-// memory the caller reuses.
-type packetOp struct {
-	ov     windows.Overlapped
-	wsabuf windows.WSABuf
-	rsa    windows.RawSockaddrAny // source (reads) or destination (writes)
-	rsaLen int32
-	flags  uint32
-	qty    uint32
-	buf    []byte
-}
-
-// leakedPacketOps holds operations that did not complete after
-// cancellation, forever (guarded by leakedMu).
-var leakedPacketOps []*packetOp
-
-// errStuck reports that a cancelled operation never completed: its memory
-// is kept alive for ever and that direction of the PacketConn is unusable.
-var errStuck = errors.New("winsock: a cancelled socket operation did not complete; the connection is unusable")
-
-// pcHandles are the handles a PacketConn owns. It is a separate allocation
-// so that a cleanup can close them when a PacketConn is dropped unclosed.
-// A field is 0 once closed, or for an event left to a stuck operation.
-type pcHandles struct {
-	s          windows.Handle
-	closeEvent windows.Handle // manual reset, set once by Close
-	rEvent     windows.Handle // manual reset, completes the read operation
-	rChanged   windows.Handle // auto reset, set by SetReadDeadline
-	wEvent     windows.Handle
-	wChanged   windows.Handle
-}
-
-func (h *pcHandles) closeEvents() {
-	for _, p := range []*windows.Handle{&h.closeEvent, &h.rEvent, &h.rChanged, &h.wEvent, &h.wChanged} {
-		if *p != 0 {
-			windows.CloseHandle(*p)
-			*p = 0
-		}
-	}
-}
-
-// direction is the state of one side (reading or writing) of a PacketConn.
-type direction struct {
-	mu    sync.Mutex // held for a whole operation, and by Close to release handles
-	op    *packetOp  // nil once leaked
-	event *windows.Handle
-
-	dlMu     sync.Mutex
-	deadline time.Time
-	changed  *windows.Handle // signalled when deadline changes; 0 after Close
-}
-
 // PacketConn is a net.PacketConn over a UDP SOCKET it owns. Reads and writes
 // use overlapped WSARecvFrom and WSASendTo completed through events (never
 // an IOCP), so the socket can be shared with another process during a
 // handover. One ReadFrom and one WriteTo may run at the same time; further
 // concurrent calls of the same kind wait for their turn.
 type PacketConn struct {
+	evSocket
 	network string
 	family  int
 	laddr   *net.UDPAddr
-	h       *pcHandles
-	s       windows.Handle
-
-	closed  atomic.Bool
 	cleanup runtime.Cleanup
-
-	r, w direction
 }
 
 var _ net.PacketConn = (*PacketConn)(nil)
@@ -211,31 +144,17 @@ func newPacketConn(s windows.Handle, network string) (*PacketConn, error) {
 		windows.WSAIoctl(s, code, (*byte)(unsafe.Pointer(&flag)), uint32(unsafe.Sizeof(flag)), nil, 0, &ret, nil, 0)
 	}
 
-	h := &pcHandles{s: s}
-	for _, ev := range []struct {
-		p           *windows.Handle
-		manualReset uint32
-	}{{&h.closeEvent, 1}, {&h.rEvent, 1}, {&h.rChanged, 0}, {&h.wEvent, 1}, {&h.wChanged, 0}} {
-		if *ev.p, err = windows.CreateEvent(nil, ev.manualReset, 0, nil); err != nil {
-			h.closeEvents()
-			return nil, os.NewSyscallError("CreateEvent", err)
-		}
-	}
 	c := &PacketConn{
 		network: network,
 		family:  family,
 		laddr:   &net.UDPAddr{IP: ta.IP, Port: ta.Port, Zone: ta.Zone},
-		h:       h,
-		s:       s,
-		r:       direction{op: &packetOp{buf: make([]byte, packetBufSize)}, event: &h.rEvent, changed: &h.rChanged},
-		w:       direction{op: &packetOp{buf: make([]byte, packetBufSize)}, event: &h.wEvent, changed: &h.wChanged},
+	}
+	if err := c.init(s, maxIOBuf); err != nil {
+		return nil, err
 	}
 	// Like net.UDPConn, do not leak the socket of a PacketConn dropped
 	// without Close. No operation is pending then: it would hold c.
-	c.cleanup = runtime.AddCleanup(c, func(h *pcHandles) {
-		windows.Closesocket(h.s)
-		h.closeEvents()
-	}, h)
+	c.cleanup = runtime.AddCleanup(c, (*evHandles).release, c.h)
 	return c, nil
 }
 
@@ -257,7 +176,7 @@ func (c *PacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for {
-		n, err := c.do(d, func(op *packetOp) error {
+		n, err := c.do(d, func(op *ioOp) error {
 			op.wsabuf = windows.WSABuf{Len: uint32(min(len(b), len(op.buf))), Buf: unsafe.SliceData(op.buf)}
 			op.rsa = windows.RawSockaddrAny{}
 			op.rsaLen = int32(unsafe.Sizeof(op.rsa))
@@ -301,13 +220,13 @@ func (c *PacketConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	if err != nil {
 		return 0, c.opError("write", addr, err)
 	}
-	if len(b) > packetBufSize {
+	if len(b) > maxIOBuf {
 		return 0, c.opError("write", addr, os.NewSyscallError("wsasendto", windows.WSAEMSGSIZE))
 	}
 	d := &c.w
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	n, err := c.do(d, func(op *packetOp) error {
+	n, err := c.do(d, func(op *ioOp) error {
 		copy(op.buf, b)
 		op.rsa = to
 		op.wsabuf = windows.WSABuf{Len: uint32(len(b)), Buf: unsafe.SliceData(op.buf)}
@@ -320,119 +239,6 @@ func (c *PacketConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		return 0, c.opError("write", addr, err)
 	}
 	return int(n), nil
-}
-
-// do runs one overlapped operation, which start issues, on d (d.mu held)
-// and returns its byte count. Errors: net.ErrClosed, os.ErrDeadlineExceeded,
-// errStuck, or the operation's own (a syscall.Errno). An operation that
-// completed while being cancelled reports its result.
-func (c *PacketConn) do(d *direction, start func(op *packetOp) error) (uint32, error) {
-	if c.closed.Load() {
-		return 0, net.ErrClosed
-	}
-	if d.op == nil {
-		return 0, errStuck
-	}
-	if _, expired := d.timeout(); expired {
-		return 0, os.ErrDeadlineExceeded
-	}
-	op, event := d.op, *d.event
-	// The low bit of hEvent asks Windows not to queue a completion packet:
-	// copies in other processes share this socket's IOCP association.
-	op.ov = windows.Overlapped{HEvent: event | 1}
-	if err := windows.ResetEvent(event); err != nil {
-		return 0, os.NewSyscallError("ResetEvent", err)
-	}
-	var why error // why the operation was cancelled
-	switch err := start(op); err {
-	case nil: // completed already
-	case windows.ERROR_IO_PENDING:
-		why = c.wait(d)
-		if why == errStuck {
-			return 0, errStuck
-		}
-	default:
-		return 0, err
-	}
-	var n, flags uint32
-	err := windows.WSAGetOverlappedResult(c.s, &op.ov, &n, false, &flags)
-	if err != nil && why != nil && (err == windows.ERROR_OPERATION_ABORTED || c.closed.Load()) {
-		err = why
-	}
-	return n, err
-}
-
-// wait blocks until d's pending operation completes, cancelling it when
-// Close is called or the deadline passes first (moving the deadline
-// recomputes the timeout). It returns nil if the operation completed by
-// itself, or why it was cancelled: then the operation has completed anyway,
-// with its own result (perhaps a success), unless wait returns errStuck.
-// Then the operation's memory and event are leaked on purpose (the kernel
-// may still write to them) and d is unusable.
-func (c *PacketConn) wait(d *direction) error {
-	event := *d.event
-	handles := []windows.Handle{event, c.h.closeEvent, *d.changed}
-	var why error
-	for why == nil {
-		timeout, expired := d.timeout()
-		if expired {
-			why = os.ErrDeadlineExceeded
-			break
-		}
-		r, err := windows.WaitForMultipleObjects(handles, false, timeout)
-		switch {
-		case err != nil:
-			why = os.NewSyscallError("WaitForMultipleObjects", err)
-		case r == windows.WAIT_OBJECT_0:
-			return nil
-		case r == windows.WAIT_OBJECT_0+1:
-			why = net.ErrClosed
-		}
-		// The deadline changed or the timeout elapsed (perhaps a little
-		// early): look at the deadline again.
-	}
-	// Closing a socket another process holds a copy of does not cancel
-	// the operation: cancel it.
-	windows.CancelIoEx(c.s, &d.op.ov)
-	if r, err := windows.WaitForSingleObject(event, cancelWaitMillis); err == nil && r == windows.WAIT_OBJECT_0 {
-		return why
-	}
-	leakedMu.Lock()
-	leakedPacketOps = append(leakedPacketOps, d.op)
-	leakedMu.Unlock()
-	d.op, *d.event = nil, 0
-	return errStuck
-}
-
-// timeout returns how long to wait for d's deadline (windows.INFINITE if
-// none), or true if it has passed.
-func (d *direction) timeout() (uint32, bool) {
-	d.dlMu.Lock()
-	dl := d.deadline
-	d.dlMu.Unlock()
-	if dl.IsZero() {
-		return windows.INFINITE, false
-	}
-	left := time.Until(dl)
-	if left <= 0 {
-		return 0, true
-	}
-	ms := (left + time.Millisecond - 1) / time.Millisecond // round up: waking early only loops
-	return uint32(min(ms, 1<<31)), false
-}
-
-func (d *direction) setDeadline(t time.Time) error {
-	d.dlMu.Lock()
-	defer d.dlMu.Unlock()
-	if *d.changed == 0 {
-		return net.ErrClosed
-	}
-	d.deadline = t
-	// Wakes a blocked operation to recompute its timeout.
-	if err := windows.SetEvent(*d.changed); err != nil {
-		return os.NewSyscallError("SetEvent", err)
-	}
-	return nil
 }
 
 // SetDeadline implements net.PacketConn: it sets both the read and the
@@ -460,27 +266,8 @@ func (c *PacketConn) SetWriteDeadline(t time.Time) error {
 // operations, then closes the socket. Other processes' copies stay open.
 // Close returns within a bounded time; a second Close reports net.ErrClosed.
 func (c *PacketConn) Close() error {
-	if !c.closed.CompareAndSwap(false, true) {
-		return c.opError("close", nil, net.ErrClosed)
-	}
 	c.cleanup.Stop()
-	windows.SetEvent(c.h.closeEvent)
-	// A woken operation releases its lock within cancelWaitMillis.
-	c.r.mu.Lock()
-	defer c.r.mu.Unlock()
-	c.w.mu.Lock()
-	defer c.w.mu.Unlock()
-	c.r.dlMu.Lock()
-	defer c.r.dlMu.Unlock()
-	c.w.dlMu.Lock()
-	defer c.w.dlMu.Unlock()
-	var err error
-	if e := windows.Closesocket(c.s); e != nil {
-		err = c.opError("close", nil, os.NewSyscallError("closesocket", e))
-	}
-	c.h.s = windows.InvalidHandle
-	c.h.closeEvents()
-	return err
+	return c.opError("close", nil, c.close())
 }
 
 func (c *PacketConn) opError(op string, addr net.Addr, err error) error {

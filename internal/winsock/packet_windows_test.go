@@ -38,7 +38,7 @@ func listenPacketLoopback(t *testing.T) *PacketConn {
 func serveUDP(c net.PacketConn, body string) <-chan error {
 	done := make(chan error, 1)
 	go func() {
-		buf := make([]byte, packetBufSize)
+		buf := make([]byte, maxIOBuf)
 		for {
 			n, addr, err := c.ReadFrom(buf)
 			if err != nil {
@@ -74,7 +74,7 @@ func exchange(t *testing.T, cl net.PacketConn, addr net.Addr, b []byte) []byte {
 		t.Fatalf("WriteTo %d bytes: %d, %v", len(b), n, err)
 	}
 	cl.SetReadDeadline(time.Now().Add(bound))
-	buf := make([]byte, packetBufSize)
+	buf := make([]byte, maxIOBuf)
 	n, from, err := cl.ReadFrom(buf)
 	if err != nil {
 		t.Fatalf("ReadFrom after sending %d bytes: %v", len(b), err)
@@ -490,7 +490,7 @@ func TestPacketNoCompletionPackets(t *testing.T) {
 	}
 
 	// The control: an overlapped send whose hEvent lacks the low bit.
-	op := new(packetOp)
+	op := new(ioOp)
 	op.buf = []byte("control")
 	op.wsabuf = windows.WSABuf{Len: uint32(len(op.buf)), Buf: &op.buf[0]}
 	tolen, err := rawFromUDPAddr(&op.rsa, windows.AF_INET, cl.LocalAddr().(*net.UDPAddr))
