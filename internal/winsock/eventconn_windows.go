@@ -58,6 +58,29 @@ func ConnFromSocket(h windows.Handle) (*EventConn, error) {
 	return ConnFromProtocolInfo(info)
 }
 
+// ConnHandleFromProtocolInfo rebuilds a connected TCP socket from bytes that
+// Duplicate produced for this process and returns a plain handle to it (a
+// DuplicateHandle copy; the SOCKET made on the way is closed), to carry the
+// connection inside this process until ConnFromSocket serves it or it is
+// passed on. Close it with CloseHandle (os.File.Close); never use it for
+// I/O through an IOCP.
+func ConnHandleFromProtocolInfo(info []byte) (windows.Handle, error) {
+	s, err := socketFromProtocolInfo(info, windows.SOCK_STREAM, windows.IPPROTO_TCP)
+	if err != nil {
+		return windows.InvalidHandle, err
+	}
+	defer windows.Closesocket(s)
+	if _, err := windows.Getpeername(s); err != nil {
+		return windows.InvalidHandle, fmt.Errorf("winsock: socket is not a connected TCP socket: %w", os.NewSyscallError("getpeername", err))
+	}
+	var h windows.Handle
+	p := windows.CurrentProcess()
+	if err := windows.DuplicateHandle(p, s, p, &h, 0, false, windows.DUPLICATE_SAME_ACCESS); err != nil {
+		return windows.InvalidHandle, os.NewSyscallError("DuplicateHandle", err)
+	}
+	return h, nil
+}
+
 // newEventConn wraps the connected socket s; on error the caller still
 // owns s.
 func newEventConn(s windows.Handle) (*EventConn, error) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/windows"
@@ -65,6 +66,10 @@ type Listener struct {
 	mu      sync.Mutex // held by Accept for a whole AcceptEx, and by Close to release handles
 	op      *acceptOp
 	opEvent windows.Handle // manual reset; 0 once leaked with a stuck op
+
+	dlMu      sync.Mutex
+	deadline  time.Time      // of Accept (SetDeadline)
+	dlChanged windows.Handle // auto reset, set by SetDeadline; 0 after Close
 }
 
 var _ net.Listener = (*Listener)(nil)
@@ -189,7 +194,13 @@ func newListener(s windows.Handle) (*Listener, error) {
 		windows.CloseHandle(opEvent)
 		return nil, os.NewSyscallError("CreateEvent", err)
 	}
-	return &Listener{s: s, family: family, addr: addr, closeEvent: closeEvent, op: new(acceptOp), opEvent: opEvent}, nil
+	dlChanged, err := windows.CreateEvent(nil, 0, 0, nil)
+	if err != nil {
+		windows.CloseHandle(opEvent)
+		windows.CloseHandle(closeEvent)
+		return nil, os.NewSyscallError("CreateEvent", err)
+	}
+	return &Listener{s: s, family: family, addr: addr, closeEvent: closeEvent, op: new(acceptOp), opEvent: opEvent, dlChanged: dlChanged}, nil
 }
 
 // Duplicate returns the WSAPROTOCOL_INFOW bytes with which process pid can
@@ -289,6 +300,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 
 // acceptOnce runs one AcceptEx; l.mu is held.
 func (l *Listener) acceptOnce() (net.Conn, error) {
+	if _, expired := l.timeout(); expired {
+		return nil, l.opError("accept", os.ErrDeadlineExceeded)
+	}
 	as, err := windows.WSASocket(int32(l.family), windows.SOCK_STREAM, windows.IPPROTO_TCP, nil, 0, socketFlags)
 	if err != nil {
 		return nil, l.opError("accept", os.NewSyscallError("wsasocket", err))
@@ -309,8 +323,10 @@ func (l *Listener) acceptOnce() (net.Conn, error) {
 	}
 	var n uint32
 	err = windows.AcceptEx(l.s, as, &op.buf[0], 0, addrLen, addrLen, &n, &op.ov)
+	var why error // why the AcceptEx was cancelled
 	if err == windows.ERROR_IO_PENDING {
-		if !l.wait() {
+		var done bool
+		if done, why = l.wait(); !done {
 			return nil, l.opError("accept", net.ErrClosed)
 		}
 		var flags uint32
@@ -320,6 +336,8 @@ func (l *Listener) acceptOnce() (net.Conn, error) {
 		switch {
 		case l.closed.Load() && err == windows.ERROR_OPERATION_ABORTED:
 			return nil, l.opError("accept", net.ErrClosed)
+		case why != nil && err == windows.ERROR_OPERATION_ABORTED:
+			return nil, l.opError("accept", why)
 		case err == windows.ERROR_NETNAME_DELETED || err == windows.WSAECONNRESET:
 			return nil, errRetry // the peer reset before we accepted
 		}
@@ -333,28 +351,78 @@ func (l *Listener) acceptOnce() (net.Conn, error) {
 	return c, nil
 }
 
-// wait blocks until the pending AcceptEx completes, cancelling it if Close is
-// called first. It reports false if the operation did not complete even after
-// cancellation; its memory and event are then leaked on purpose (the kernel
-// may still write to them) and the listener is unusable.
-func (l *Listener) wait() bool {
-	r, err := windows.WaitForMultipleObjects([]windows.Handle{l.opEvent, l.closeEvent}, false, windows.INFINITE)
-	if err == nil && r == windows.WAIT_OBJECT_0 {
-		return true
+// wait blocks until the pending AcceptEx completes, cancelling it if Close
+// is called or the deadline passes first (moving the deadline recomputes the
+// timeout); why says which (nil: it completed by itself). It reports false
+// if the operation did not complete even after cancellation; its memory and
+// event are then leaked on purpose (the kernel may still write to them) and
+// the listener is unusable.
+func (l *Listener) wait() (done bool, why error) {
+	for why == nil {
+		timeout, expired := l.timeout()
+		if expired {
+			why = os.ErrDeadlineExceeded
+			break
+		}
+		r, err := windows.WaitForMultipleObjects([]windows.Handle{l.opEvent, l.closeEvent, l.dlChanged}, false, timeout)
+		switch {
+		case err != nil:
+			why = os.NewSyscallError("WaitForMultipleObjects", err)
+		case r == windows.WAIT_OBJECT_0:
+			return true, nil
+		case r == windows.WAIT_OBJECT_0+1:
+			why = net.ErrClosed
+		}
+		// The deadline changed or the timeout elapsed: look again.
 	}
-	// Closing (or the wait failed): closesocket does not cancel the
-	// AcceptEx while another process holds a copy of the socket, and a
-	// pending AcceptEx could take a connection nobody will serve.
+	// Closing, past the deadline, or the wait failed: closesocket does not
+	// cancel the AcceptEx while another process holds a copy of the
+	// socket, and a pending AcceptEx could take a connection nobody will
+	// serve.
 	windows.CancelIoEx(l.s, &l.op.ov)
-	r, err = windows.WaitForSingleObject(l.opEvent, cancelWaitMillis)
+	r, err := windows.WaitForSingleObject(l.opEvent, cancelWaitMillis)
 	if err == nil && r == windows.WAIT_OBJECT_0 {
-		return true
+		return true, why
 	}
 	leakedMu.Lock()
 	leakedOps = append(leakedOps, l.op)
 	leakedMu.Unlock()
 	l.op, l.opEvent = nil, 0
-	return false
+	return false, why
+}
+
+// timeout returns how long Accept may wait (windows.INFINITE without a
+// deadline), or true if the deadline has passed.
+func (l *Listener) timeout() (uint32, bool) {
+	l.dlMu.Lock()
+	dl := l.deadline
+	l.dlMu.Unlock()
+	if dl.IsZero() {
+		return windows.INFINITE, false
+	}
+	left := time.Until(dl)
+	if left <= 0 {
+		return 0, true
+	}
+	ms := (left + time.Millisecond - 1) / time.Millisecond // round up: waking early only loops
+	return uint32(min(ms, 1<<31)), false
+}
+
+// SetDeadline sets the deadline of Accept, as on *net.TCPListener: past it,
+// Accept fails with an error satisfying errors.Is(err,
+// os.ErrDeadlineExceeded) (a connection accepted at that moment is still
+// returned). A blocked Accept is woken to apply it. A zero t means none.
+func (l *Listener) SetDeadline(t time.Time) error {
+	l.dlMu.Lock()
+	defer l.dlMu.Unlock()
+	if l.dlChanged == 0 {
+		return l.opError("set", net.ErrClosed)
+	}
+	l.deadline = t
+	if err := windows.SetEvent(l.dlChanged); err != nil {
+		return l.opError("set", os.NewSyscallError("SetEvent", err))
+	}
+	return nil
 }
 
 // StopAccepting makes Accept return net.ErrClosed from now on (a blocked
@@ -388,6 +456,10 @@ func (l *Listener) Close() error {
 			windows.CloseHandle(l.opEvent)
 		}
 		windows.CloseHandle(l.closeEvent)
+		l.dlMu.Lock()
+		windows.CloseHandle(l.dlChanged)
+		l.dlChanged = 0
+		l.dlMu.Unlock()
 	})
 	return err
 }
