@@ -228,7 +228,9 @@ func (g *generation) Drain() {
 	defer cancel()
 	if err := link.Drain(ctx); err != nil {
 		g.s.log.Warn("drain request over the link failed; the generation is killed at the drain deadline", "gen", g.n, "pid", g.pid, "err", err)
+		return
 	}
+	go g.s.relayConns(g) // its idle client connections go to the serving generation
 }
 
 func (g *generation) Kill() { _ = g.child.Kill() }
