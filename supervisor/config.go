@@ -132,6 +132,13 @@ type Config struct {
 	OrphanGuard string
 	// WatchBinary: upgrade when the app's binary changes on disk (opt-in).
 	WatchBinary bool
+	// Proxy: "" (hand-off mode: every generation shares the sockets) or
+	// ProxyHTTP / ProxyTCP: the supervisor serves the sockets itself and
+	// forwards to the generations, each on private loopback sockets, by
+	// weight (blue/green switches, canaries). Sticky (http) pins a client
+	// to its backend with a cookie.
+	Proxy  string
+	Sticky bool
 	// Activator is the program that sets LISTEN_PID to its own pid and
 	// execs the app (the baton binary itself: `baton __activate`).
 	Activator []string
@@ -202,12 +209,47 @@ func (c *Config) Validate() error {
 	if err := c.checkGuard(); err != nil {
 		return err
 	}
+	if err := c.checkProxy(); err != nil {
+		return err
+	}
 	names := map[string]bool{}
 	for _, l := range c.Listen {
 		if names[l.Name] {
 			return fmt.Errorf("two sockets are named %q in LISTEN_FDNAMES; name them with #name", l.Name)
 		}
 		names[l.Name] = true
+	}
+	return nil
+}
+
+// checkProxy checks what proxy mode needs.
+func (c *Config) checkProxy() error {
+	switch c.Proxy {
+	case "":
+		if c.Sticky {
+			return errors.New("--sticky needs --proxy http")
+		}
+		if usesPortPlaceholder(c.Command) {
+			return fmt.Errorf("the app's arguments contain %s, which only --proxy fills in (with each generation's private port)", PortPlaceholder)
+		}
+		return nil
+	case ProxyHTTP, ProxyTCP:
+	default:
+		return fmt.Errorf("--proxy %q: use http or tcp", c.Proxy)
+	}
+	if !proxySupported {
+		return fmt.Errorf("--proxy is not available on this platform yet")
+	}
+	if c.Sticky && c.Proxy != ProxyHTTP {
+		return errors.New("--sticky needs --proxy http (a tcp connection stays where it started anyway)")
+	}
+	for _, l := range c.Listen {
+		if l.Network != "tcp" && l.Network != "tcp4" && l.Network != "tcp6" && l.Network != "unix" {
+			return fmt.Errorf("--listen %s: --proxy forwards stream sockets only (tcp, unix)", l)
+		}
+	}
+	if usesPortPlaceholder(c.Command) && len(c.Listen) != 1 {
+		return fmt.Errorf("%s gives the app one private port: use it with exactly one --listen (got %d)", PortPlaceholder, len(c.Listen))
 	}
 	return nil
 }

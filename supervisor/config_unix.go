@@ -16,3 +16,7 @@ func (c *Config) checkGuard() error {
 	}
 	return nil
 }
+
+// proxySupported: proxy mode gives each generation private sockets by
+// socket activation (LISTEN_FDS) or a {port} placeholder.
+const proxySupported = true

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/baton-go/baton/internal/handoff"
@@ -37,6 +38,14 @@ type genCommon struct {
 
 	mu   sync.Mutex
 	link *handoff.LinkConn // library apps: state, named files and drain (guarded by mu)
+
+	// Proxy mode (proxy.go, canary.go): its private sockets' addresses,
+	// the canary plan of the upgrade that started it, and whether it took
+	// a share of the traffic as a canary.
+	privAddrs   []string
+	privFiles   []*os.File // the supervisor's copies of its private sockets
+	canary      *canaryRequest
+	tookTraffic atomic.Bool
 }
 
 func (g *genCommon) PID() int       { return g.pid }
@@ -133,7 +142,11 @@ func (s *Supervisor) acceptLink(g *generation, ln *handoff.LinkListener, handed 
 	handed.Msg.Generation = g.n
 	handed.Msg.Parent = handoff.Self()
 	handed.Msg.Binary = g.binary
-	handed.Msg.Conns = link.PassesConns() // we relay its client connections (relayConns)
+	// We relay its client connections (relayConns). In proxy mode its
+	// connections are the proxy's: with http the proxy stops using an old
+	// generation's, with tcp each carries one client session, which goes
+	// on in the next generation like any migrated connection.
+	handed.Msg.Conns = link.PassesConns() && (s.front == nil || s.front.mode == ProxyTCP)
 	if err := link.Give(handed); err != nil {
 		s.log.Warn("handing over to the generation's link failed", "gen", g.n, "pid", g.pid, "err", err)
 		link.Close()

@@ -102,7 +102,35 @@ func (s *Supervisor) startGeneration(ctx context.Context, n int, from *generatio
 	}()
 
 	files, names := s.host.files, s.host.fdNames
-	if s.cfg.Readiness.Mode == "http" || s.cfg.Readiness.Mode == "tcp" {
+	appArgs := s.cfg.Command[1:]
+	var proxyEnv []string
+	if s.front != nil {
+		// Proxy mode: sockets of its own behind the proxy, not the public ones.
+		var standsFor string
+		var port int
+		files, names, g.privAddrs, standsFor, port, err = s.front.privateSockets(n)
+		if err != nil {
+			g.closeNotify()
+			return nil, err
+		}
+		private := files
+		defer func() {
+			if err != nil {
+				for _, f := range private {
+					f.Close()
+				}
+			}
+		}()
+		g.privFiles = private // the proxy keeps them until g is gone (front.forget)
+		if port != 0 {
+			appArgs = substitutePort(appArgs, port)
+		}
+		if standsFor != "" {
+			proxyEnv = append(proxyEnv, contract.EnvProxiedListen+"="+standsFor)
+		}
+	}
+	ownPort := s.front != nil && len(files) == 0 // {port}: probed on the port it binds
+	if (s.cfg.Readiness.Mode == "http" || s.cfg.Readiness.Mode == "tcp") && !ownPort {
 		// All generations share the sockets, so a probe through them may be
 		// answered by the old one: probe through a socket of its own.
 		if g.probe, err = newProbeSocket(); err != nil {
@@ -115,7 +143,7 @@ func (s *Supervisor) startGeneration(ctx context.Context, n int, from *generatio
 
 	// The activator execs the saved copy with argv[0] = the installed path,
 	// which is what the app (and ps) should see.
-	args := append(append(append([]string{}, s.cfg.Activator[1:]...), "--", exe, g.binary), s.cfg.Command[1:]...)
+	args := append(append(append([]string{}, s.cfg.Activator[1:]...), "--", exe, g.binary), appArgs...)
 	cmd := exec.Command(s.cfg.Activator[0], args...)
 	cmd.Env = append(childEnv(os.Environ()),
 		contract.EnvListenFDs+"="+strconv.Itoa(len(files)),
@@ -126,6 +154,7 @@ func (s *Supervisor) startGeneration(ctx context.Context, n int, from *generatio
 		contract.EnvSupervisor+"="+s.cfg.Name,
 		contract.EnvGeneration+"="+strconv.Itoa(n),
 	)
+	cmd.Env = append(cmd.Env, proxyEnv...)
 	cmd.ExtraFiles = files
 	cmd.SysProcAttr = childProcAttr(s.cfg.OrphanGuard)
 	// Our own pipes, not StdoutPipe: exec.Cmd.Wait would close them as soon
@@ -156,6 +185,9 @@ func (s *Supervisor) startGeneration(ctx context.Context, n int, from *generatio
 	}
 	g.pid = cmd.Process.Pid
 	g.started = time.Now()
+	if s.front != nil {
+		s.front.add(n, g.pid, g.privAddrs, g.privFiles)
+	}
 	s.host.watchdog.add(g.pid) // its process group id (Setpgid)
 	g.out.Add(2)
 	go s.copyOutput(g, stdout)
@@ -185,6 +217,9 @@ func (s *Supervisor) startGeneration(ctx context.Context, n int, from *generatio
 			e.StderrTail = err.Error()
 		}
 		g.exitErr = e
+		if s.front != nil {
+			s.front.forget(n)
+		}
 		g.closeNotify()
 		s.host.watchdog.remove(g.pid)
 		close(g.exited)
@@ -288,8 +323,16 @@ func (s *Supervisor) waitReady(ctx context.Context, g *generation) error {
 			}
 		}()
 	case "http":
-		go pollUntil(ctx, probe, func() bool { return httpOK(ctx, r.URL, g.probe.addr) })
+		addr := g.privateAddr()
+		if g.probe != nil {
+			addr = g.probe.addr
+		}
+		go pollUntil(ctx, probe, func() bool { return httpOK(ctx, r.URL, addr) })
 	case "tcp":
+		if g.probe == nil { // proxy mode, {port}: the app binds it once it can serve
+			go pollUntil(ctx, probe, func() bool { return dialOK(ctx, g.privateAddr()) })
+			break
+		}
 		go pollUntil(ctx, probe, func() bool { return g.probe.accepted(ctx) })
 	}
 	select {
@@ -340,11 +383,27 @@ func (g *generation) WaitReady(ctx context.Context) (lifecycle.ReadyInfo, error)
 	return lifecycle.ReadyInfo{}, nil
 }
 
-// Commit: the sockets are shared already; nothing to hand over.
-func (g *generation) Commit() error { return nil }
+// Commit: the sockets are shared already; nothing to hand over. In proxy
+// mode it is the switch of weights (or the whole canary).
+func (g *generation) Commit() error {
+	if g.s.front == nil {
+		return nil
+	}
+	return g.s.front.commit(g)
+}
 
-// Abort kills a generation that did not take over.
+// Abort kills a generation that did not take over; a canary that took
+// traffic (proxy mode) is out of the proxy already and drains first, so
+// that its clients' connections end cleanly.
 func (g *generation) Abort(string) {
+	if g.tookTraffic.Load() {
+		g.Drain()
+		select {
+		case <-g.exited:
+			return
+		case <-time.After(g.s.cfg.DrainTimeout):
+		}
+	}
 	g.kill()
 }
 
@@ -357,12 +416,21 @@ func (g *generation) Drain() {
 		return // nothing left to drain
 	default:
 	}
+	if s.front != nil {
+		// Out of the proxy first, and (http) its requests answered: then
+		// nothing of a client's is left for its drain to cut.
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
+		s.front.retire(ctx, g.n)
+		cancel()
+	}
 	if link := g.getLink(); link != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err := link.Drain(ctx)
 		cancel()
 		if err == nil {
-			go s.relayConns(g) // its idle client connections go to the serving generation
+			if s.front == nil || s.front.mode == ProxyTCP {
+				go s.relayConns(g) // its idle client connections go to the serving generation
+			}
 			return
 		}
 		s.log.Warn("drain request over the link failed; sending the drain signal", "gen", g.n, "pid", g.pid, "err", err)

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"net"
+	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -20,11 +21,29 @@ func (p *probeSocket) accepted(ctx context.Context) bool {
 	defer c.Close()
 	deadline := time.Now().Add(time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		info, err := unix.GetsockoptTCPInfo(int(p.file.Fd()), unix.IPPROTO_TCP, unix.TCP_INFO)
-		if err == nil && info.Unacked == 0 {
+		if n, ok := acceptQueue(p.file); ok && n == 0 {
 			return true
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	return false
+}
+
+// acceptQueue is the number of connections waiting in the accept queue of
+// the listening socket f (tcpi_unacked of a listener); ok is false where
+// the system does not say.
+func acceptQueue(f *os.File) (n int, ok bool) {
+	// Through SyscallConn, not Fd: Fd would switch the socket, which the
+	// app shares, to blocking mode.
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var info *unix.TCPInfo
+	if cerr := rc.Control(func(fd uintptr) {
+		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); cerr != nil || err != nil {
+		return 0, false
+	}
+	return int(info.Unacked), true
 }

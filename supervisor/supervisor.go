@@ -47,6 +47,7 @@ type Supervisor struct {
 	logOut  *lineWriter
 	runDir  string
 	host    *host
+	front   *front // proxy mode only
 	engine  *lifecycle.Engine
 	started time.Time
 
@@ -122,6 +123,18 @@ func New(cfg Config, out io.Writer) (_ *Supervisor, err error) {
 		return nil, err
 	}
 	closers = append(closers, s.host.close)
+	if cfg.Proxy != "" {
+		lns, err := s.host.publicListeners()
+		if err != nil {
+			return nil, err
+		}
+		s.front = newFront(s, lns)
+		closers = append(closers, func() {
+			for _, ln := range lns {
+				ln.Close()
+			}
+		})
+	}
 	s.closers = closers
 	// Every lifecycle step is kept as an event record beside the control
 	// endpoint (baton events, baton report); not being able to keep them
@@ -163,9 +176,16 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	go func() {
 		select {
 		case <-s.stopReq:
-			cancel()
 		case <-runCtx.Done():
 		}
+		if s.front != nil {
+			// Proxy mode: no new client first, and what is in progress
+			// answered, while the generations still serve.
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
+			s.front.shutdown(ctx)
+			cancel()
+		}
+		cancel()
 	}()
 	stopSignals := s.watchSignals(runCtx)
 	defer stopSignals()
@@ -176,6 +196,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	case <-s.serving:
 	case err := <-done:
 		return err
+	}
+	if s.front != nil {
+		s.front.start() // the first generation has its weight (its commit)
 	}
 	srv := ctl.Serve(s.ctlLn, s.handle, s.log)
 	// The answers being written (`baton stop`'s, an upgrade's outcome)
@@ -252,6 +275,9 @@ func (p platform) Start(ctx context.Context, req lifecycle.StartRequest) (lifecy
 	g, err := s.startGeneration(ctx, req.N, from, handed, want)
 	if err != nil {
 		return nil, err
+	}
+	if req.Reason == lifecycle.ReasonUpgrade {
+		g.canary = canaryFrom(ctx)
 	}
 	return g, nil
 }
@@ -486,7 +512,7 @@ func (s *Supervisor) Upgrade(ctx context.Context) (contract.UpgradeResult, error
 		daemon.SdNotify(false, "READY=1\nSTATUS="+s.statusLine())
 	}
 	if err != nil {
-		if startFailed(err) || errors.Is(err, ErrRolledBack) {
+		if startFailed(err) || errors.Is(err, ErrRolledBack) || errors.Is(err, contract.ErrCanaryFailed) || errors.Is(err, errCanaryRolledBack) {
 			s.restoreInstalled(s.servingOrPrevious(), failed)
 		}
 		return contract.UpgradeResult{}, err
@@ -573,13 +599,27 @@ func (s *Supervisor) Status() Status {
 			views = append(views, *c)
 		}
 	}
+	if c := snap.Starting; c != nil && c.PID > 0 {
+		select {
+		case <-c.Proc.Exited():
+		default:
+			views = append(views, *c) // starting, or a canary (proxy mode)
+		}
+	}
 	for _, v := range views {
-		if snap.Current == nil || v.N != snap.Current.N {
+		if (snap.Current == nil || v.N != snap.Current.N) && (snap.Starting == nil || v.N != snap.Starting.N) {
 			st.Draining = append(st.Draining, v.PID)
 		}
 		g := v.Proc.(*generation)
 		sup.Generations = append(sup.Generations, GenInfo{Generation: v.N, PID: v.PID, Binary: v.Binary, SHA256: g.binarySHA256(),
 			StartedAt: v.Started, ReadyAfter: v.ReadyAfter, State: v.State.String()})
+	}
+	if s.front != nil {
+		pids := map[int]int{}
+		for _, g := range sup.Generations {
+			pids[g.Generation] = g.PID
+		}
+		sup.Proxy = s.front.info(pids)
 	}
 	st.Supervisor = sup
 	s.mu.Lock()
@@ -650,11 +690,22 @@ func (s *Supervisor) handle(ctx context.Context, req contract.Request) contract.
 		if req.Binary != "" {
 			return contract.Response{Code: contract.CodeBadRequest, Error: "a request with a binary is answered by the baton CLI, which stages it first: update baton, or install the new binary at " + s.cfg.Command[0] + " and run `baton upgrade`"}
 		}
-		res, err := s.Upgrade(withExpectedSHA256(ctx, req.ExpectSHA256))
+		ctx = withExpectedSHA256(ctx, req.ExpectSHA256)
+		if req.Canary != nil {
+			res, err := s.upgradeCanary(ctx, *req.Canary)
+			return contract.UpgradeResponse(res, err)
+		}
+		res, err := s.Upgrade(ctx)
 		return contract.UpgradeResponse(res, err)
 	case ctl.OpRollback:
+		if c := s.canary(); c != nil {
+			res, err := s.endCanary(ctx, c, cmdRollback, 0)
+			return contract.UpgradeResponse(res, err)
+		}
 		res, err := s.Rollback(ctx)
 		return contract.UpgradeResponse(res, err)
+	case contract.OpPromote, contract.OpWeight:
+		return s.steerCanary(ctx, req)
 	case ctl.OpLogs:
 		lines, next := s.logOut.Since(req.Since)
 		return contract.OKResponse(LogsResult{Lines: lines, Next: next})

@@ -106,7 +106,7 @@ serving and you are told exactly why.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newUpgradeCmd(), newRollbackCmd(), newStatusCmd(), newLogsCmd(), newStopCmd(),
+	root.AddCommand(newRunCmd(), newUpgradeCmd(), newRollbackCmd(), newPromoteCmd(), newWeightCmd(), newStatusCmd(), newLogsCmd(), newStopCmd(),
 		newInstallCmd(), newCheckCmd(), newReleasesCmd(), newServiceCmd(), newEventsCmd(), newReportCmd())
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &exitError{code: contract.CodeUsage, err: fmt.Errorf("%w\nsee '%s --help'", err, c.CommandPath())}

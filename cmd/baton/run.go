@@ -56,6 +56,8 @@ func (r *runFlags) bind(f *pflag.FlagSet) {
 	f.StringVar(&r.drainSig, "drain-signal", "TERM", "signal that tells an old generation to drain")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "an old generation still running this long after the drain signal is killed")
 	f.IntVar(&cfg.MaxDraining, "max-draining", 8, "how many old generations may drain at once")
+	f.StringVar(&cfg.Proxy, "proxy", "", "proxy mode: http or tcp: baton serves the --listen sockets itself and forwards to the generations (each on private loopback sockets) by weight, for blue/green switches and canaries (baton upgrade --canary)")
+	f.BoolVar(&cfg.Sticky, "sticky", false, "with --proxy http: pin each client to the generation that answered it first (a cookie) while that generation has a weight")
 	f.StringVar(&cfg.OrphanGuard, "orphan-guard", "", "how generations die if the supervisor is killed: pdeathsig (default on Linux, FreeBSD) or watchdog (a helper process; default elsewhere)")
 	f.BoolVar(&cfg.WatchBinary, "watch-binary", false, "upgrade by itself when the app's binary changes on disk (checked every second)")
 	f.DurationVar(&cfg.Probation, "probation", 0, "after an upgrade, roll back to the previous binary if the new generation exits (or fails its http health probe) within this time; baton upgrade waits for it")
@@ -203,13 +205,26 @@ sends). All generations share the sockets, so http and tcp probes go through
 one more socket that only the new generation gets (named "baton-probe" in
 LISTEN_FDNAMES): the app must serve every socket it is given.
 
+Proxy mode (--proxy http|tcp): the supervisor serves the --listen sockets
+itself and forwards each request (http: per request, keep-alive both ways,
+streaming, WebSocket pass-through, X-Forwarded-For and Forwarded) or each
+connection (tcp) to a generation by weight. Each generation gets private
+loopback sockets by socket activation instead (a library app asking for the
+public address gets the private socket standing for it); an app that binds
+its own port gets a private one through {port} in its arguments. An upgrade
+then switches weights: blue/green by default, or a canary judged against
+the stable generation with baton upgrade --canary P / --steps, steered with
+baton promote, baton weight and baton rollback. See docs/proxy.md.
+
 --listen URLs: tcp://127.0.0.1:8080, tcp6://[::1]:8080, unix:///run/app.sock,
 udp://:5353, unixgram:///run/app.dgram; add #name to set its LISTEN_FDNAMES
 entry.
 
 ` + exitCodesHelp,
 		Example: `  baton run --name web --listen tcp://127.0.0.1:8080 -- ./hello -name ""
-  baton run --name web --listen tcp://127.0.0.1:8080 --ready-http http://127.0.0.1:8080/healthz -- ./plain`,
+  baton run --name web --listen tcp://127.0.0.1:8080 --ready-http http://127.0.0.1:8080/healthz -- ./plain
+  baton run --name web --proxy http --listen tcp://127.0.0.1:8080 -- ./hello -name ""
+  baton run --name web --proxy http --listen tcp://127.0.0.1:8080 --ready-tcp -- ./plain -port {port}`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := r.toConfig(cmd, args)

@@ -10,9 +10,11 @@ import (
 	"os"
 	"time"
 
+	"github.com/baton-go/baton/internal/canary"
 	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/release"
+	"github.com/baton-go/baton/supervisor"
 	"github.com/spf13/cobra"
 )
 
@@ -51,8 +53,9 @@ type upgradeReport struct {
 func newUpgradeCmd() *cobra.Command {
 	var f commonFlags
 	var sf stageFlags
+	var cf canaryFlags
 	c := &cobra.Command{
-		Use:   "upgrade --name NAME [--binary FILE [checks]]",
+		Use:   "upgrade --name NAME [--binary FILE [checks]] [--canary P | --steps LIST]",
 		Short: "Upgrade a running service to the binary on disk, or to a new one after checks",
 		Long: `Ask the service NAME to start its binary as it is on disk now, hand it the
 listening sockets, wait until it is ready, and drain the old generation.
@@ -76,19 +79,81 @@ installed binary (the very copy the checks read), and upgrade to it:
 
 Either way this command reports what is installed afterwards.
 
+In proxy mode (baton run --proxy) an upgrade switches the proxy's weights:
+the new generation takes all new traffic once ready (blue/green), or with
+--canary P or --steps LIST a share of it, raised step by step while it does
+no worse than the stable generation (--max-error-ratio, --max-p99-ratio over
+each --step-interval). A failing step gives the stable generation all
+traffic back at once, stops the canary and exits 1 with code canary_failed
+and the figures. A plan ending below 100 returns once the canary holds at
+its last step: baton promote, baton weight or baton rollback then decide.
+
 ` + refusalHelp + exitCodesHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runUpgrade(cmd.OutOrStdout(), f, sf)
+			plan, err := cf.plan(cmd)
+			if err != nil {
+				return &exitError{code: contract.CodeUsage, err: err}
+			}
+			return runUpgrade(cmd.OutOrStdout(), f, sf, plan)
 		},
 	}
 	f.add(c, 5*time.Minute)
 	c.Flags().StringVar(&f.binary, "binary", "", "check and install this binary first (put back to the previous release if the upgrade fails)")
 	sf.add(c, true)
+	cf.add(c)
 	return c
 }
 
-func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
+// canaryFlags are baton upgrade's proxy-mode canary flags.
+type canaryFlags struct {
+	canary        int
+	steps         string
+	stepInterval  time.Duration
+	maxErrorRatio float64
+	maxP99Ratio   float64
+}
+
+func (cf *canaryFlags) add(c *cobra.Command) {
+	f := c.Flags()
+	f.IntVar(&cf.canary, "canary", 0, "proxy mode: give the new generation this percentage of new traffic, judged against the stable one for one --step-interval, then wait for baton promote, weight or rollback")
+	f.StringVar(&cf.steps, "steps", "", "proxy mode: raise the new generation's share through these percentages (e.g. 1,10,50,100), each judged for --step-interval; ending at 100 completes the upgrade, below it waits for baton promote")
+	f.DurationVar(&cf.stepInterval, "step-interval", 30*time.Second, "proxy mode: how long each canary step lasts and is judged")
+	f.Float64Var(&cf.maxErrorRatio, "max-error-ratio", 0, "proxy mode: the canary's error ratio (5xx and connection errors) may exceed the stable one's by this fraction (default 0.01)")
+	f.Float64Var(&cf.maxP99Ratio, "max-p99-ratio", 0, "proxy mode: the canary's p99 latency may be this many times the stable one's (default 1.5)")
+}
+
+// plan builds the request's canary plan (nil: a plain upgrade).
+func (cf *canaryFlags) plan(c *cobra.Command) (*contract.CanaryPlan, error) {
+	changed := func(n string) bool { return c.Flags().Changed(n) }
+	if !changed("canary") && !changed("steps") {
+		for _, n := range []string{"step-interval", "max-error-ratio", "max-p99-ratio"} {
+			if changed(n) {
+				return nil, fmt.Errorf("--%s applies to a canary: add --canary P or --steps LIST", n)
+			}
+		}
+		return nil, nil
+	}
+	if changed("canary") && changed("steps") {
+		return nil, errors.New("give either --canary P (one step) or --steps LIST, not both")
+	}
+	p := &contract.CanaryPlan{StepInterval: cf.stepInterval, MaxErrorRatio: cf.maxErrorRatio, MaxP99Ratio: cf.maxP99Ratio}
+	if changed("canary") {
+		p.Steps = []int{cf.canary}
+	} else {
+		steps, err := canary.ParseSteps(cf.steps)
+		if err != nil {
+			return nil, err
+		}
+		p.Steps = steps
+	}
+	if err := supervisor.CheckCanaryPlan(*p); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func runUpgrade(out io.Writer, f commonFlags, sf stageFlags, plan *contract.CanaryPlan) error {
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
 	start := time.Now()
@@ -145,7 +210,7 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 	// A plain upgrade request: the service starts the binary at its
 	// installed path (switched above with --binary), so this works with the
 	// library and the supervisor alike.
-	req := ctl.Request{Op: ctl.OpUpgrade}
+	req := ctl.Request{Op: ctl.OpUpgrade, Canary: plan}
 	if library && st != nil {
 		req.Binary = st.release.Path // the checked copy, staged
 	} else if st != nil {
@@ -211,6 +276,13 @@ func runUpgrade(out io.Writer, f commonFlags, sf stageFlags) error {
 			rep.Error += "; putting the previous binary back failed: " + rollbackErr.Error()
 		}
 		printJSON(out, rep)
+	} else if rep.OK && rep.Result.Canary != nil {
+		c := rep.Result.Canary
+		fmt.Fprintf(out, "canary of %s: generation %d, pid %d, has %d%% of new traffic; the stable generation the rest\n", f.name, c.Generation, c.PID, c.Weight)
+		fmt.Fprintf(out, "decide with: baton promote --name %s | baton weight --name %s --set P | baton rollback --name %s\n", f.name, f.name, f.name)
+		if rep.Release != nil {
+			fmt.Fprintf(out, "installed release %s at %s (baton rollback puts the previous one back)\n", rep.Release.ID, rep.Installed)
+		}
 	} else if rep.OK {
 		r := rep.Result
 		fmt.Fprintf(out, "upgraded %s: generation %d, pid %d, ready after %v", f.name, r.Generation, r.PID, r.ReadyAfter.Round(time.Millisecond))
@@ -353,7 +425,7 @@ func pruneReleases(st *staged) {
 // it ran).
 func startedAndFailed(code string) bool {
 	switch code {
-	case contract.CodeChildExited, contract.CodeReadyTimeout, contract.CodeRolledBack, contract.CodeBinary:
+	case contract.CodeChildExited, contract.CodeReadyTimeout, contract.CodeRolledBack, contract.CodeBinary, contract.CodeCanaryFailed:
 		return true
 	}
 	return false

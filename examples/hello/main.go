@@ -59,6 +59,8 @@ var hangBeforeReady = ""
 var (
 	buildUnhealthyAfter = ""
 	buildExitAfter      = ""
+	// buildErrorEvery: the default of -error-every (a sick canary).
+	buildErrorEvery = ""
 )
 
 type state struct {
@@ -91,6 +93,8 @@ func run() error {
 	unhealthyAfter := flag.Duration("unhealthy-after", defUnhealthy, "/healthz answers 503 from this long after Ready on, while serving goes on (for tests; 0: never)")
 	defExit, _ := time.ParseDuration(buildExitAfter)
 	exitAfter := flag.Duration("exit-after", defExit, "exit 2 at once, in-flight requests cut, this long after Ready (for tests; 0: never)")
+	defErrorEvery, _ := strconv.Atoi(buildErrorEvery)
+	errorEvery := flag.Int("error-every", defErrorEvery, "answer / with 500 to every Nth request (for canary tests; 0: never)")
 	debugGoroutines := flag.Bool("debug-goroutines", false, "serve GET /debug/goroutines: this generation's goroutine count (for the soak test; off by default)")
 	h2c := flag.Bool("h2c", false, "also accept HTTP/2 without TLS (prior knowledge) on every listener")
 	tlsCert := flag.String("tls-cert", "", "serve HTTPS on -addr with this PEM certificate (with -tls-key; HTTP/2 and HTTP/1.1 through ALPN)")
@@ -102,6 +106,7 @@ func run() error {
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("app", "hello", "pid", os.Getpid(), "version", *version)
 	var served atomic.Int64
+	var rootServed atomic.Int64 // requests for /, for -error-every
 	upg, err := baton.New(baton.Options{
 		Name:         *name,
 		PIDFile:      *pidFile,
@@ -156,6 +161,10 @@ func run() error {
 		}
 		n, _ := io.Copy(io.Discard, r.Body)
 		answer(w, r)
+		if *errorEvery > 0 && rootServed.Add(1)%int64(*errorEvery) == 0 {
+			http.Error(w, "a bad release: error on purpose (-error-every)", http.StatusInternalServerError)
+			return
+		}
 		fmt.Fprintf(w, "hello from %s pid %s generation %s (read %d bytes)\n", *version, pid, gen, n)
 	})
 	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {

@@ -817,9 +817,20 @@ func (e *Engine) commit(g *Generation) error {
 	close(done)
 	e.mu.Unlock()
 	if err != nil {
-		g.Proc.Abort("go-ahead not delivered")
+		// A canary judged and backed out (proxy mode), or called off, says
+		// so itself; anything else is a go-ahead that did not arrive.
+		decided := errors.Is(err, contract.ErrCanaryFailed) || errors.Is(err, contract.ErrCanceled)
+		reason := "go-ahead not delivered"
+		if decided {
+			reason = "backed out: " + err.Error()
+		}
+		g.Proc.Abort(reason)
 		g.apply(EvFail, e.log)
 		g.Proc.Release()
+		if decided {
+			e.log.Warn("new generation backed out", "gen", g.N, "pid", g.Proc.PID(), "err", err)
+			return err
+		}
 		e.log.Error("new generation vanished before the handover", "gen", g.N, "pid", g.Proc.PID(), "err", err)
 		if !errors.Is(err, contract.ErrRefused) {
 			err = fmt.Errorf("%w: go-ahead not delivered: %v", contract.ErrRefused, err)

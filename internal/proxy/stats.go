@@ -83,6 +83,10 @@ func (h Histogram) Sub(prev Histogram) Histogram {
 	return h
 }
 
+// Merge adds the durations counted by o (another socket's figures of the
+// same backend, say).
+func (h *Histogram) Merge(o Histogram) { h.merge(&o) }
+
 func (h *Histogram) merge(o *Histogram) {
 	for i, c := range o.counts {
 		h.counts[i] += c

@@ -56,26 +56,28 @@ func run(m *testing.M) int {
 	// the detector's default 1 s.
 	os.Setenv("GORACE", "halt_on_error=1 atexit_sleep_ms=0")
 	bins, err = proctest.Build(root, workDir, map[string]string{
-		"hello":        "./examples/hello",
-		"hello-v2":     "./examples/hello",
-		"hello-broken": "./examples/hello",
-		"baton":        "./cmd/baton",
-		"plain":        "./examples/plain",
-		"hello-hang":   "./examples/hello",
-		"plain-crashy": "./examples/plain",
-		"plain-sick":   "./examples/plain",
-		"badapp-exit":  "./test/e2e/testdata/badapp",
-		"badapp-hang":  "./test/e2e/testdata/badapp",
+		"hello":         "./examples/hello",
+		"hello-v2":      "./examples/hello",
+		"hello-broken":  "./examples/hello",
+		"hello-sick500": "./examples/hello",
+		"baton":         "./cmd/baton",
+		"plain":         "./examples/plain",
+		"hello-hang":    "./examples/hello",
+		"plain-crashy":  "./examples/plain",
+		"plain-sick":    "./examples/plain",
+		"badapp-exit":   "./test/e2e/testdata/badapp",
+		"badapp-hang":   "./test/e2e/testdata/badapp",
 	}, map[string][]string{
-		"baton":        {"-race"}, // the supervisor is concurrent code too
-		"hello":        {"-race", "-ldflags", "-X main.buildVersion=v1"},
-		"hello-v2":     {"-race", "-ldflags", "-X main.buildVersion=v2"},
-		"hello-broken": {"-ldflags", "-X main.brokenRelease=database_url_missing"},
-		"hello-hang":   {"-ldflags", "-X main.hangBeforeReady=1"},
-		"plain-crashy": {"-ldflags", "-X main.buildVersion=crashy -X main.buildCrashAfter=1s"},
-		"plain-sick":   {"-ldflags", "-X main.buildVersion=sick -X main.buildUnhealthyAfter=1s"},
-		"badapp-exit":  {"-ldflags", "-X main.mode=exit"},
-		"badapp-hang":  {"-ldflags", "-X main.mode=hang"},
+		"baton":         {"-race"}, // the supervisor is concurrent code too
+		"hello":         {"-race", "-ldflags", "-X main.buildVersion=v1"},
+		"hello-v2":      {"-race", "-ldflags", "-X main.buildVersion=v2"},
+		"hello-broken":  {"-ldflags", "-X main.brokenRelease=database_url_missing"},
+		"hello-sick500": {"-ldflags", "-X main.buildVersion=sick500 -X main.buildErrorEvery=2"},
+		"hello-hang":    {"-ldflags", "-X main.hangBeforeReady=1"},
+		"plain-crashy":  {"-ldflags", "-X main.buildVersion=crashy -X main.buildCrashAfter=1s"},
+		"plain-sick":    {"-ldflags", "-X main.buildVersion=sick -X main.buildUnhealthyAfter=1s"},
+		"badapp-exit":   {"-ldflags", "-X main.mode=exit"},
+		"badapp-hang":   {"-ldflags", "-X main.mode=hang"},
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

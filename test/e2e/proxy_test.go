@@ -1,0 +1,276 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/loadgen"
+)
+
+// Proxy mode (issue 12): baton run --proxy serves the public sockets
+// itself and forwards to the generations by weight.
+
+// TestProxyBlueGreenUnderLoad: hello (the library, asking for the public
+// addresses and given private sockets standing for them) behind --proxy
+// http on a TCP and a unix socket, 20 blue/green upgrades under
+// non-retried POST, keep-alive, fresh-connection and slow requests: no
+// request fails, every new generation answers, the old ones exit.
+func TestProxyBlueGreenUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end load test")
+	}
+	for _, mode := range []string{"http", "tcp"} {
+		t.Run(mode, func(t *testing.T) {
+			addr := freeAddr(t, "tcp")
+			sock := filepath.Join(workDir, "px-"+mode+".sock")
+			name := "px" + mode
+			svc, _ := startSupervised(t, name, os.Environ(), "--proxy", mode, "--listen", "tcp://"+addr, "--listen", "unix://"+sock,
+				"--drain-timeout", "10s", "--", bins["hello"], "-addr", addr, "-unix", sock, "-idle-grace", "1s")
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			st, err := svc.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			load := startMixedLoad(t, ctx, addr, sock, "")
+			waitResponses(t, load.tcp, st.PID, 100)
+			current := st.PID
+			var olds []int
+			tick := time.NewTicker(500 * time.Millisecond)
+			defer tick.Stop()
+			for i := range 20 {
+				<-tick.C
+				rep, err := svc.Upgrade(ctx)
+				if err != nil || !rep.OK {
+					t.Fatalf("upgrade %d: %v %+v", i+1, err, rep)
+				}
+				if _, err := load.tcp.WaitPID(ctx, rep.Result.PID); err != nil {
+					t.Fatalf("upgrade %d: %v", i+1, err)
+				}
+				olds = append(olds, current)
+				current = rep.Result.PID
+			}
+			waitResponses(t, load.tcp, current, 100)
+			rep := load.stopAndCheck(t)
+			t.Logf("%s proxy, 20 upgrades: %d requests, 0 failed", mode, rep.TotalOK())
+			px := supervisorStatus(t, name).Supervisor.Proxy
+			if px == nil || px.Mode != mode || len(px.Backends) != 1 || px.Backends[0].PID != current || px.Backends[0].Weight != 100 {
+				t.Errorf("status of the proxy: %+v; want %s, generation pid %d alone at weight 100", px, mode, current)
+			}
+			for _, pid := range olds {
+				tracker.Track(pid)
+				wctx, wcancel := context.WithTimeout(ctx, 15*time.Second)
+				_, err := tracker.WaitExit(wctx, pid)
+				wcancel()
+				if err != nil {
+					t.Fatalf("old generation %d still running: %v", pid, err)
+				}
+			}
+		})
+	}
+}
+
+// canaryShare counts, between two snapshots, the answers of the canary
+// and of the stable generation (2xx, and for the canary its failed
+// requests too: a sick canary's 500s were answers of its).
+func canaryShare(before, after loadgen.Report, canary, stable int) (fromCanary, fromStable int64) {
+	fromCanary = after.PIDs[canary].Responses - before.PIDs[canary].Responses
+	fromStable = after.PIDs[stable].Responses - before.PIDs[stable].Responses
+	return fromCanary, fromStable
+}
+
+// TestProxyCanaryPromoteRollback: --canary 10 under keep-alive load takes
+// 10% ± 2 of the requests (by X-Pid), the rest go to the stable
+// generation; promote gives it all of them; a second canary rolled back
+// gets none of the requests sent after the roll-back answered. No request
+// fails.
+func TestProxyCanaryPromoteRollback(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end load test")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, "pxcanary", os.Environ(), "--proxy", "http", "--listen", "tcp://"+addr,
+		"--drain-timeout", "10s", "--", bins["hello"], "-addr", addr, "-idle-grace", "1s")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stable := st.PID
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
+		loadgen.KeepAlivePOST: 6, loadgen.KeepAliveGET: 4,
+	}, MaxRequests: 2_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer load.Stop()
+	waitResponses(t, load, stable, 100)
+
+	upgradeCanary := func(args ...string) contract.UpgradeResult {
+		t.Helper()
+		code, out := runCLI(append([]string{"upgrade", "--name", "pxcanary", "--json"}, args...)...)
+		var rep struct {
+			OK     bool
+			Result *contract.UpgradeResult
+		}
+		if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil || !rep.OK || rep.Result == nil || rep.Result.Canary == nil {
+			t.Fatalf("baton upgrade %v: exit %d: %s", args, code, out)
+		}
+		return *rep.Result
+	}
+
+	// 1. A canary at 10%.
+	res := upgradeCanary("--canary", "10", "--step-interval", "1s")
+	canary := res.Canary.PID
+	if res.Canary.Weight != 10 {
+		t.Fatalf("canary weight %d, want 10", res.Canary.Weight)
+	}
+	mark := load.Snapshot()
+	waitFor(t, 60*time.Second, "3,000 answers at 10%", func() bool { return load.Snapshot().TotalOK()-mark.TotalOK() >= 3000 })
+	now := load.Snapshot()
+	c, s := canaryShare(mark, now, canary, stable)
+	share := 100 * float64(c) / float64(c+s)
+	t.Logf("canary at 10%%: %d of %d answers from the canary = %.2f%%", c, c+s, share)
+	if share < 8 || share > 12 || c+s != now.TotalOK()-mark.TotalOK() {
+		t.Errorf("canary at 10%%: %.2f%% of %d (want 10 ± 2), %d answers in all", share, c+s, now.TotalOK()-mark.TotalOK())
+	}
+	if px := supervisorStatus(t, "pxcanary").Supervisor.Proxy; px == nil || px.Canary == nil || px.Canary.PID != canary || len(px.Backends) != 2 {
+		t.Errorf("baton status during the canary: %+v; want canary %d and two backends", px, canary)
+	}
+
+	// 2. Promote: the canary takes everything sent afterwards.
+	if code, out := runCLI("promote", "--name", "pxcanary"); code != 0 {
+		t.Fatalf("baton promote: exit %d: %s", code, out)
+	}
+	promoted := time.Now()
+	mark = load.Snapshot()
+	waitFor(t, 30*time.Second, "1,000 answers after the promote", func() bool { return load.Snapshot().TotalOK()-mark.TotalOK() >= 1000 })
+	if sent := load.Snapshot().PIDs[stable].LastSent; sent.After(promoted) {
+		t.Errorf("after the promote, the old generation answered a request sent %v after it", sent.Sub(promoted))
+	}
+	stable = canary
+
+	// 3. A second canary, rolled back: it gets nothing sent afterwards.
+	res = upgradeCanary("--canary", "10", "--step-interval", "1s")
+	canary = res.Canary.PID
+	if _, err := load.WaitPID(ctx, canary); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := runCLI("rollback", "--name", "pxcanary"); code != 0 {
+		t.Fatalf("baton rollback of the canary: exit %d: %s", code, out)
+	}
+	rolledBack := time.Now()
+	mark = load.Snapshot()
+	waitFor(t, 30*time.Second, "1,000 answers after the roll-back", func() bool { return load.Snapshot().TotalOK()-mark.TotalOK() >= 1000 })
+	if sent := load.Snapshot().PIDs[canary].LastSent; sent.After(rolledBack) {
+		t.Errorf("after the roll-back, the canary answered a request sent %v after it", sent.Sub(rolledBack))
+	}
+	rep := load.Stop()
+	if rep.TotalFailed() != 0 {
+		t.Errorf("%d failed requests: %s", rep.TotalFailed(), rep)
+	}
+	st, err = svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PID != stable || st.Last == nil || st.Last.Code != contract.CodeCanceled {
+		t.Errorf("after the roll-back: serving pid %d (want %d), last outcome %+v (want canceled)", st.PID, stable, st.Last)
+	}
+	tracker.Track(canary)
+	wctx, wcancel := context.WithTimeout(ctx, 15*time.Second)
+	defer wcancel()
+	if _, err := tracker.WaitExit(wctx, canary); err != nil {
+		t.Errorf("the rolled-back canary %d still runs: %v", canary, err)
+	}
+}
+
+// TestProxyCanaryFailsAutomatically: a canary that answers 500 to half
+// its requests is rolled back by itself in its first step; it saw no
+// more requests than its weight allows; baton upgrade exits 1 with
+// canary_failed and the figures.
+func TestProxyCanaryFailsAutomatically(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end load test")
+	}
+	dir := t.TempDir()
+	app := filepath.Join(dir, "app")
+	installCopy(t, bins["hello"], app)
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, "pxsick", os.Environ(), "--proxy", "http", "--listen", "tcp://"+addr,
+		"--drain-timeout", "10s", "--", app, "-addr", addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stable := st.PID
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
+		loadgen.KeepAlivePOST: 6, loadgen.KeepAliveGET: 4,
+	}, MaxRequests: 2_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer load.Stop()
+	waitResponses(t, load, stable, 100)
+	installCopy(t, bins["hello-sick500"], app)
+	before := load.Snapshot()
+	code, out := runCLI("upgrade", "--name", "pxsick", "--json", "--steps", "10,50,100", "--step-interval", "20s")
+	failedAt := time.Now()
+	after := load.Snapshot()
+	var rep struct {
+		OK    bool
+		Code  string
+		Error string
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != 1 || rep.OK || rep.Code != contract.CodeCanaryFailed {
+		t.Fatalf("baton upgrade to a sick canary: exit %d, %s; want exit 1 with code canary_failed", code, out)
+	}
+	t.Logf("baton upgrade: %s", rep.Error)
+	// Every failure was the canary's (its 500s); nothing else failed.
+	var canary int
+	for _, f := range after.Failures {
+		if f.PID == stable || f.PID == 0 {
+			t.Errorf("a request failed that the sick canary did not answer: %+v", f)
+		}
+		canary = f.PID
+	}
+	if canary == 0 {
+		t.Fatal("the sick canary answered no request with 500")
+	}
+	failed := after.TotalFailed() - before.TotalFailed()
+	c, s := canaryShare(before, after, canary, stable)
+	c += failed
+	share := 100 * float64(c) / float64(c+s)
+	t.Logf("the sick canary (pid %d) saw %d of %d requests (%.2f%%; %d of them failed) before it was rolled back", canary, c, c+s, share, failed)
+	if share > 12 {
+		t.Errorf("the sick canary saw %.2f%% of the requests; its first step's weight allows 10 ± 2", share)
+	}
+	if got := load.Snapshot().PIDs[canary].LastSent; got.After(failedAt) {
+		t.Errorf("the canary answered a request sent %v after the upgrade failed", got.Sub(failedAt))
+	}
+	st, err = svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PID != stable || st.Last == nil || st.Last.Code != contract.CodeCanaryFailed {
+		t.Errorf("after the failed canary: serving pid %d (want %d), last %+v", st.PID, stable, st.Last)
+	}
+}
+
+// supervisorStatus is baton status --json of a baton run service.
+func supervisorStatus(t *testing.T, name string) contract.Status {
+	t.Helper()
+	code, out := runCLI("status", "--name", name, "--json")
+	var st contract.Status
+	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || st.Supervisor == nil {
+		t.Fatalf("baton status --name %s --json: exit %d, %v: %s", name, code, err, out)
+	}
+	return st
+}
