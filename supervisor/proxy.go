@@ -246,6 +246,23 @@ func (g *backendAddrs) filesOrNil() []*os.File {
 	return g.files
 }
 
+// privatePorts are the ports of generation n's private sockets.
+func (f *front) privatePorts(n int) []int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var ports []int
+	if g := f.gens[n]; g != nil {
+		for _, a := range g.addrs {
+			if _, p, err := net.SplitHostPort(a); err == nil {
+				if n, err := strconv.Atoi(p); err == nil {
+					ports = append(ports, n)
+				}
+			}
+		}
+	}
+	return ports
+}
+
 // forget drops a generation that is gone, and the supervisor's copies of
 // its sockets (connections still queued there are refused now).
 func (f *front) forget(n int) {

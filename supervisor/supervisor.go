@@ -665,6 +665,11 @@ func (s *Supervisor) statusWithConns() Status {
 		}
 	}
 	for i, g := range st.Supervisor.Generations {
+		ports, paths := ports, paths
+		if s.front != nil {
+			// Proxy mode: its connections are the proxy's, to its private sockets.
+			ports, paths = s.front.privatePorts(g.Generation), nil
+		}
 		n, err := sockstat.Conns(g.PID, ports, paths)
 		if err != nil {
 			if !errors.Is(err, sockstat.ErrUnsupported) {

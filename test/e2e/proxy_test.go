@@ -3,6 +3,9 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
 	"os"
 	"path/filepath"
 	"testing"
@@ -273,4 +276,42 @@ func supervisorStatus(t *testing.T, name string) contract.Status {
 		t.Fatalf("baton status --name %s --json: exit %d, %v: %s", name, code, err, out)
 	}
 	return st
+}
+
+// TestProxySticky: with --sticky, a client that keeps the cookie stays
+// with the generation that answered it first while a canary has half of
+// the traffic; one without the cookie is spread over both.
+func TestProxySticky(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	startSupervised(t, "pxsticky", os.Environ(), "--proxy", "http", "--sticky", "--listen", "tcp://"+addr,
+		"--", bins["hello"], "-addr", addr)
+	if code, out := runCLI("upgrade", "--name", "pxsticky", "--canary", "50", "--step-interval", "1h"); code != 0 {
+		t.Fatalf("baton upgrade --canary 50: exit %d: %s", code, out)
+	}
+	pids := func(c *http.Client) map[string]int {
+		seen := map[string]int{}
+		for range 40 {
+			resp, err := c.Get("http://" + addr + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			seen[resp.Header.Get("X-Pid")]++
+		}
+		return seen
+	}
+	jar, _ := cookiejar.New(nil)
+	if seen := pids(&http.Client{Jar: jar}); len(seen) != 1 {
+		t.Errorf("a client with the cookie was answered by %v; want one generation", seen)
+	}
+	if seen := pids(&http.Client{}); len(seen) != 2 {
+		t.Errorf("a client without the cookie was answered by %v; want both generations", seen)
+	}
+	if code, out := runCLI("rollback", "--name", "pxsticky"); code != 0 {
+		t.Errorf("baton rollback: exit %d: %s", code, out)
+	}
 }
