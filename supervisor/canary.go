@@ -227,7 +227,7 @@ func (c *canaryRun) run(held chan<- contract.CanaryState) (err error) {
 			stopRollout()
 			s.log.Warn("the stable generation exited during the canary: the canary takes all traffic", "stable_pid", c.stable.pid, "canary_pid", c.canary.pid)
 			return c.promote()
-		case <-s.stopReq:
+		case <-s.halting:
 			stopRollout()
 			return fmt.Errorf("%w: the service is stopping", contract.ErrCanceled)
 		}

@@ -70,6 +70,7 @@ type Supervisor struct {
 	serving  chan struct{} // closed when the first generation serves
 	servOnce sync.Once
 	stopReq  chan struct{}
+	halting  chan struct{} // closed when Run begins to stop, for any reason
 	stopOnce sync.Once
 }
 
@@ -110,7 +111,7 @@ func New(cfg Config, out io.Writer) (_ *Supervisor, err error) {
 		out = rf
 	}
 	s := &Supervisor{cfg: cfg, log: cfg.Logger, logOut: newLineWriter(out), started: time.Now(),
-		serving: make(chan struct{}), stopReq: make(chan struct{})}
+		serving: make(chan struct{}), stopReq: make(chan struct{}), halting: make(chan struct{})}
 	s.runDir = runtimeDir()
 	if err := os.MkdirAll(s.runDir, 0o700); err != nil {
 		return nil, err
@@ -178,6 +179,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		case <-s.stopReq:
 		case <-runCtx.Done():
 		}
+		close(s.halting) // a canary under way is called off
 		if s.front != nil {
 			// Proxy mode: no new client first, and what is in progress
 			// answered, while the generations still serve.
