@@ -108,6 +108,7 @@ serving and you are told exactly why.
 	}
 	root.AddCommand(newRunCmd(), newUpgradeCmd(), newRollbackCmd(), newPromoteCmd(), newWeightCmd(), newStatusCmd(), newLogsCmd(), newStopCmd(),
 		newInstallCmd(), newCheckCmd(), newReleasesCmd(), newServiceCmd(), newEventsCmd(), newReportCmd())
+	root.AddCommand(newLBCmd())
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &exitError{code: contract.CodeUsage, err: fmt.Errorf("%w\nsee '%s --help'", err, c.CommandPath())}
 	})
