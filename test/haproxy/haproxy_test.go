@@ -79,67 +79,20 @@ type rig struct {
 	ctx     context.Context
 	dir     string
 	hello   string
+	bins    map[string]string // the programs built, by name
 	tracker *proctest.Tracker
 	lb      *haproxy.Client
 	hapLog  string
+	// blue (v1, weight 100) and green (v2, weight 0) behind HAProxy's
+	// frontend front; sock is its runtime API.
+	blue, green *instance
+	front, sock string
 }
 
 func TestHAProxyBlueGreenCanaryRollback(t *testing.T) {
-	haproxyBin := testenv.Command(t, "haproxy", "haproxy")
-	root, err := testenv.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A short directory: unix socket paths are limited to ~104 bytes.
-	dir, err := os.MkdirTemp("", "bhap")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	t.Setenv("BATON_RUNTIME_DIR", filepath.Join(dir, "run"))
-	bins, err := proctest.Build(root, filepath.Join(dir, "bin"), map[string]string{"hello": "./examples/hello"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Second)
-	defer cancel()
-	r := &rig{t: t, ctx: ctx, dir: dir, hello: bins["hello"], tracker: proctest.NewTracker()}
-	t.Cleanup(r.tracker.Close)
-
-	blue := r.startHello("hapblue", freeAddr(t), "v1")
-	green := r.startHello("hapgreen", freeAddr(t), "v2")
-	front := freeAddr(t)
-	sock := filepath.Join(dir, "admin.sock")
-	cfg := filepath.Join(dir, "haproxy.cfg")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, config, sock, front, blue.addr, green.addr), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r.startHAProxy(haproxyBin, cfg)
-	if r.lb, err = haproxy.New(sock); err != nil {
-		t.Fatal(err)
-	}
-	r.waitServers("both servers up", func(s map[string]haproxy.Server) bool {
-		return s["blue"].Healthy() && s["green"].Healthy()
-	})
-
-	load, err := loadgen.Start(ctx, loadgen.Config{
-		Addr:        front,
-		Workers:     map[loadgen.Kind]int{loadgen.KeepAlivePOST: 4, loadgen.Fresh: 2},
-		MaxRequests: 1_000_000,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		rep := load.Stop()
-		t.Logf("load through HAProxy, whole test:\n%s", rep)
-		if rep.TotalFailed() != 0 {
-			t.Errorf("%d failed requests through HAProxy (want 0); HAProxy's log:\n%s", rep.TotalFailed(), r.haproxyLog())
-		}
-	}()
-	if _, err := load.WaitPID(ctx, blue.pid); err != nil {
-		t.Fatal(err)
-	}
+	r := startRig(t, 80*time.Second, nil)
+	ctx, blue, green, front := r.ctx, r.blue, r.green, r.front
+	load := r.startLoad()
 
 	// 1. Blue/green: all weight from blue (v1) to green (v2), blue drained
 	// while a slow request it took before the switch is still running.
@@ -250,6 +203,82 @@ func TestHAProxyBlueGreenCanaryRollback(t *testing.T) {
 	if err := r.lb.Canary(ctx, "app", "blue", "green", 10); !errors.Is(err, haproxy.ErrUnhealthy) {
 		t.Errorf("canary on a server that is down: %v, want ErrUnhealthy", err)
 	}
+}
+
+// startRig builds examples/hello (and the programs in extra, by name:
+// package), starts blue (v1) and green (v2) on loopback ports and HAProxy
+// in front of them with config (blue at weight 100, green at 0), and
+// returns once HAProxy shows both healthy. Everything is stopped at the
+// end of the test; r.ctx ends after timeout.
+func startRig(t *testing.T, timeout time.Duration, extra map[string]string) *rig {
+	t.Helper()
+	haproxyBin := testenv.Command(t, "haproxy", "haproxy")
+	root, err := testenv.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A short directory: unix socket paths are limited to ~104 bytes.
+	dir, err := os.MkdirTemp("", "bhap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Setenv("BATON_RUNTIME_DIR", filepath.Join(dir, "run"))
+	pkgs := map[string]string{"hello": "./examples/hello"}
+	for name, pkg := range extra {
+		pkgs[name] = pkg
+	}
+	bins, err := proctest.Build(root, filepath.Join(dir, "bin"), pkgs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	r := &rig{t: t, ctx: ctx, dir: dir, hello: bins["hello"], bins: bins, tracker: proctest.NewTracker()}
+	t.Cleanup(r.tracker.Close)
+
+	r.blue = r.startHello("hapblue", freeAddr(t), "v1")
+	r.green = r.startHello("hapgreen", freeAddr(t), "v2")
+	r.front = freeAddr(t)
+	r.sock = filepath.Join(dir, "admin.sock")
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, config, r.sock, r.front, r.blue.addr, r.green.addr), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.startHAProxy(haproxyBin, cfg)
+	if r.lb, err = haproxy.New(r.sock); err != nil {
+		t.Fatal(err)
+	}
+	r.waitServers("both servers up", func(s map[string]haproxy.Server) bool {
+		return s["blue"].Healthy() && s["green"].Healthy()
+	})
+	return r
+}
+
+// startLoad starts non-retried load through HAProxy (4 keep-alive POST
+// clients, 2 fresh-connection ones) and waits until blue answers it; at
+// the end of the test the load stops and must have had 0 failures.
+func (r *rig) startLoad() *loadgen.Load {
+	r.t.Helper()
+	load, err := loadgen.Start(r.ctx, loadgen.Config{
+		Addr:        r.front,
+		Workers:     map[loadgen.Kind]int{loadgen.KeepAlivePOST: 4, loadgen.Fresh: 2},
+		MaxRequests: 1_000_000,
+	})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() {
+		rep := load.Stop()
+		r.t.Logf("load through HAProxy, whole test:\n%s", rep)
+		if rep.TotalFailed() != 0 {
+			r.t.Errorf("%d failed requests through HAProxy (want 0); HAProxy's log:\n%s", rep.TotalFailed(), r.haproxyLog())
+		}
+	})
+	if _, err := load.WaitPID(r.ctx, r.blue.pid); err != nil {
+		r.t.Fatal(err)
+	}
+	return load
 }
 
 // phase waits until at least n more requests have been answered since
@@ -400,7 +429,6 @@ func (r *rig) startHAProxy(bin, cfg string) {
 			r.t.Logf("HAProxy's log:\n%s", r.haproxyLog())
 		}
 	})
-	sock := filepath.Join(r.dir, "admin.sock")
 	waitFor(r.t, r.ctx, 15*time.Second, "haproxy's stats socket", func() bool {
 		select {
 		case err := <-exited:
@@ -408,7 +436,7 @@ func (r *rig) startHAProxy(bin, cfg string) {
 			r.t.Fatalf("haproxy exited at start: %v\n%s", err, r.haproxyLog())
 		default:
 		}
-		_, err := os.Stat(sock)
+		_, err := os.Stat(r.sock)
 		return err == nil
 	})
 }
