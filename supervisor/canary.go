@@ -332,7 +332,8 @@ func (s *Supervisor) endCanary(ctx context.Context, c *canaryRun, kind canaryCmd
 	}
 	// Rolled back: the stable generation serves alone, its release on disk.
 	s.restoreInstalled(c.stable, "")
-	return contract.UpgradeResult{PID: c.stable.pid, Generation: c.stable.n, Binary: c.stable.binary}, nil
+	st := c.state() // weight 0: the canary that was stopped
+	return contract.UpgradeResult{PID: c.stable.pid, Generation: c.stable.n, Binary: c.stable.binary, ReadyAfter: c.stable.readyAfter, Canary: &st}, nil
 }
 
 // steerCanary answers promote and weight.

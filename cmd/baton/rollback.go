@@ -73,7 +73,12 @@ func runRollback(out io.Writer, f commonFlags) error {
 	if err := resp.Decode(&r); err != nil {
 		return &exitError{code: contract.CodeInternal, err: err}
 	}
-	if !f.json {
+	switch {
+	case f.json:
+	case r.Canary != nil: // proxy mode: the canary under way was stopped
+		fmt.Fprintf(out, "rolled back %s: the canary (generation %d, pid %d) is out and drains; generation %d, pid %d serves all traffic\n",
+			f.name, r.Canary.Generation, r.Canary.PID, r.Generation, r.PID)
+	default:
 		fmt.Fprintf(out, "rolled back %s: generation %d, pid %d, ready after %v\n", f.name, r.Generation, r.PID, r.ReadyAfter.Round(time.Millisecond))
 	}
 	return nil

@@ -77,6 +77,9 @@ func runStatus(out io.Writer, f commonFlags) error {
 			fmt.Fprintf(out, "  gen %-4d pid %-7d %-9s ready after %-8v %-9s sha256 %.12s  %s\n", g.Generation, g.PID, g.State,
 				g.ReadyAfter.Round(time.Millisecond), conns, g.SHA256, g.Binary)
 		}
+		if px := sup.Proxy; px != nil {
+			printProxy(out, px)
+		}
 	} else if st.OpenHandles > 0 {
 		fmt.Fprintf(out, "open fds    %d\n", st.OpenHandles)
 	}
@@ -88,4 +91,20 @@ func runStatus(out io.Writer, f commonFlags) error {
 		}
 	}
 	return nil
+}
+
+// printProxy prints proxy mode's weights and figures (baton run --proxy).
+func printProxy(out io.Writer, px *contract.ProxyInfo) {
+	fmt.Fprintf(out, "proxy       %s", px.Mode)
+	if c := px.Canary; c != nil {
+		fmt.Fprintf(out, ", canary gen %d at %d%% (steps %v)", c.Generation, c.Weight, c.Steps)
+	}
+	if px.Unrouted > 0 {
+		fmt.Fprintf(out, ", %d unrouted", px.Unrouted)
+	}
+	fmt.Fprintln(out)
+	for _, b := range px.Backends {
+		fmt.Fprintf(out, "  gen %-4d pid %-7d weight %3d%%  %6.1f req/s  errors %5.2f%%  p99 %-8v in flight %d  (last %.0fs)  %s\n",
+			b.Generation, b.PID, b.Weight, b.RatePerSecond, 100*b.ErrorRatio, b.P99.Round(10*time.Microsecond), b.InFlight, b.WindowSeconds, b.Addr)
+	}
 }

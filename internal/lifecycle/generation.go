@@ -98,7 +98,7 @@ type Snapshot struct {
 	Phase    Phase
 	Current  *View // nil before the first generation serves
 	Previous *View
-	Starting *View // a generation being started by the operation under way
+	Starting *View // a generation being started, or handed over to (a canary in proxy mode), by the operation under way
 	Draining []View
 	Restarts int // generations started to replace a dead one
 	Last     *Outcome
@@ -109,6 +109,9 @@ func (e *Engine) Snapshot() Snapshot {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	s := Snapshot{Phase: e.phase, Current: e.current.view(), Previous: e.previous.view(), Starting: e.starting.view(), Restarts: e.restarts, Last: e.last}
+	if s.Starting == nil && e.committing != nil {
+		s.Starting = e.committing.view()
+	}
 	for _, g := range e.draining {
 		select {
 		case <-g.Proc.Exited():
