@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/cookiejar"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -190,17 +191,21 @@ func get(t *testing.T, url string) string {
 }
 
 // Bodies stream both ways: the client reads the first part of an answer
-// before the backend writes the rest, and the backend reads the first
-// part of an upload before the client sends the rest.
+// (chunked, or of known length) before the backend writes the rest, and
+// the backend reads the first part of an upload before the client sends
+// the rest.
 func TestHTTPStreamsBodies(t *testing.T) {
-	more := make(chan struct{})
+	more := map[string]chan struct{}{"/download": make(chan struct{}), "/download-sized": make(chan struct{})}
 	got1 := make(chan string, 1)
 	a := startApp(t, "a", 101, func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case "/download":
+		case "/download", "/download-sized":
+			if r.URL.Path == "/download-sized" {
+				w.Header().Set("Content-Length", strconv.Itoa(len("first\nsecond\n")))
+			}
 			_, _ = io.WriteString(w, "first\n")
 			http.NewResponseController(w).Flush()
-			<-more
+			<-more[r.URL.Path]
 			_, _ = io.WriteString(w, "second\n")
 		case "/upload":
 			buf := make([]byte, len("part1"))
@@ -217,29 +222,42 @@ func TestHTTPStreamsBodies(t *testing.T) {
 	_, addr := startHTTP(t, set, HTTPOptions{})
 	mustSet(t, set, a.backend(1))
 
-	resp, err := http.Get("http://" + addr + "/download")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	br := bufio.NewReader(resp.Body)
-	line := make(chan string, 1)
-	go func() {
-		s, _ := br.ReadString('\n')
-		line <- s
-	}()
-	select {
-	case s := <-line:
-		if s != "first\n" {
-			t.Fatalf("first line %q", s)
+	for _, path := range []string{"/download", "/download-sized"} {
+		// The answer's header, then its first line, must arrive while the
+		// app holds back the rest.
+		type first struct {
+			resp *http.Response
+			br   *bufio.Reader
+			line string
+			err  error
 		}
-	case <-time.After(20 * time.Second):
-		close(more)
-		t.Fatal("the first part of the answer was held back: the proxy buffers responses")
-	}
-	close(more)
-	if rest, _ := io.ReadAll(br); string(rest) != "second\n" {
-		t.Fatalf("rest %q", rest)
+		got := make(chan first, 1)
+		go func() {
+			resp, err := http.Get("http://" + addr + path)
+			if err != nil {
+				got <- first{err: err}
+				return
+			}
+			br := bufio.NewReader(resp.Body)
+			line, err := br.ReadString('\n')
+			got <- first{resp, br, line, err}
+		}()
+		var f first
+		select {
+		case f = <-got:
+		case <-time.After(20 * time.Second):
+			close(more[path])
+			t.Fatalf("%s: the first part of the answer was held back: the proxy buffers responses", path)
+		}
+		close(more[path])
+		if f.err != nil || f.line != "first\n" {
+			t.Fatalf("%s: first line %q, %v", path, f.line, f.err)
+		}
+		rest, _ := io.ReadAll(f.br)
+		f.resp.Body.Close()
+		if string(rest) != "second\n" {
+			t.Fatalf("%s: rest %q", path, rest)
+		}
 	}
 
 	pr, pw := io.Pipe()

@@ -126,8 +126,10 @@ func (s *Set) SetBackends(bs []Backend) error {
 func (s *Set) Backends() []Backend {
 	t := s.tab.Load()
 	out := make([]Backend, len(t.entries))
-	for i, e := range t.entries {
-		out[i] = Backend{ID: e.b.ID, Network: e.b.Network, Addr: e.b.Addr, Weight: e.weight}
+	for i := range t.entries {
+		// Only the immutable fields: pick updates current under t.mu.
+		b, w := t.entries[i].b, t.entries[i].weight
+		out[i] = Backend{ID: b.ID, Network: b.Network, Addr: b.Addr, Weight: w}
 	}
 	return out
 }
@@ -251,9 +253,9 @@ type table struct {
 }
 
 type entry struct {
-	b       *backend
+	b       *backend // immutable, like weight
 	weight  int
-	current int64
+	current int64 // smooth weighted round robin state, under table.mu
 }
 
 // pick returns the next backend by smooth weighted round robin (each entry

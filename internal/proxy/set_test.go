@@ -73,6 +73,33 @@ func TestPickSmooth(t *testing.T) {
 	}
 }
 
+// Backends reads the list while requests pick from it (baton status
+// during load): under -race this fails if Backends copies the round-robin
+// state that pick updates.
+func TestBackendsWhilePicking(t *testing.T) {
+	s := NewSet(SetOptions{})
+	mustSet(t, s,
+		Backend{ID: "a", Network: "tcp", Addr: "127.0.0.1:1", Weight: 1},
+		Backend{ID: "b", Network: "tcp", Addr: "127.0.0.1:2", Weight: 3},
+	)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 2000 {
+			tab := s.tab.Load()
+			if b := s.acquire(&tab, "", nil); b != nil {
+				b.end()
+			}
+		}
+	}()
+	for range 2000 {
+		if bs := s.Backends(); len(bs) != 2 || bs[1].Weight != 3 {
+			t.Fatalf("Backends() = %+v", bs)
+		}
+	}
+	<-done
+}
+
 func TestSetBackendsKeepsState(t *testing.T) {
 	s := NewSet(SetOptions{})
 	mustSet(t, s, Backend{ID: "a", Network: "tcp", Addr: "127.0.0.1:1", Weight: 1})
