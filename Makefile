@@ -51,8 +51,9 @@ cross:
 	done
 
 ## bench: hello under mixed load with an upgrade every 500 ms, then 10,000 idle
-## keep-alive clients with an upgrade every 3 s (go run ./test/bench -only idle
-## for that block alone); baton beside tableflip; prints the figures
+## keep-alive clients with an upgrade every 3 s, both beside tableflip, then
+## proxy mode's cost (wrk: direct, --proxy http, --proxy tcp, nginx); prints
+## the figures (go run ./test/bench -only upgrades|idle|proxy for one block)
 bench:
 	$(GO) run ./test/bench
 

@@ -14,8 +14,14 @@
 // then stay idle longer than any idle grace (-idle-think), an upgrade every
 // -idle-interval, in library mode (idle connections migrate to the new
 // generation), under `baton run` (the supervisor relays them) and with
-// tableflip. baton's failed requests make it fail, the peer's are printed. `-only idle` runs that block alone,
-// `-only upgrades` the first one.
+// tableflip. baton's failed requests make it fail, the peer's are printed.
+//
+// The "proxy" block (issue 12) measures proxy mode's cost: wrk against
+// hello served directly, behind `baton run --proxy http`, behind `--proxy
+// tcp` and behind nginx, in rounds whose order rotates; each ratio is to
+// direct in the same round (test/bench/proxy.go).
+//
+// `-only upgrades|idle|proxy` runs one block alone.
 //
 // Figures come from one run on this machine; compare ratios, not absolute
 // numbers, across machines.
@@ -36,7 +42,8 @@ import (
 )
 
 func main() {
-	only := flag.String("only", "", `run one block: "upgrades" (mixed load, upgrade every -interval) or "idle" (idle keep-alive clients); default both`)
+	only := flag.String("only", "", `run one block: "upgrades" (mixed load, upgrade every -interval), "idle" (idle keep-alive clients) or "proxy" (wrk against direct, baton --proxy http|tcp and nginx); default all`)
+	px := proxyFlags()
 	upgrades := flag.Int("upgrades", 30, "number of upgrades in each mode")
 	interval := flag.Duration("interval", 500*time.Millisecond, "time between upgrades")
 	startup := flag.Duration("startup-delay", 0, "pretend app start-up work in hello")
@@ -53,12 +60,15 @@ func main() {
 	case "":
 		failed = runUpgrades(*upgrades, *interval, *startup)
 		failed = runIdle(idle) || failed
+		failed = runProxy(px) || failed
 	case "upgrades":
 		failed = runUpgrades(*upgrades, *interval, *startup)
 	case "idle":
 		failed = runIdle(idle)
+	case "proxy":
+		failed = runProxy(px)
 	default:
-		fmt.Fprintf(os.Stderr, "bench: -only %q: want upgrades or idle\n", *only)
+		fmt.Fprintf(os.Stderr, "bench: -only %q: want upgrades, idle or proxy\n", *only)
 		os.Exit(2)
 	}
 	if failed {
