@@ -31,8 +31,11 @@ import (
 // is recorded as an event (baton.control_request).
 //
 //	GET  /v1/status           status
-//	POST /v1/upgrade          upgrade to the installed binary; optional body {"expect_sha256": "..."}
-//	POST /v1/rollback         roll back to the previous generation's binary
+//	POST /v1/upgrade          upgrade to the installed binary; optional body {"expect_sha256": "...",
+//	                          "canary": {"steps": [10], "step_interval_ns": ..., ...}} (proxy mode)
+//	POST /v1/rollback         roll back to the previous generation's binary (proxy mode: end the canary)
+//	POST /v1/promote          proxy mode: the canary takes all traffic
+//	POST /v1/weight           proxy mode: body {"weight": P}, the canary's share in percent
 //	POST /v1/stop             drain every generation and stop
 //	GET  /v1/logs?since=N     the generations' output from line N (negative: the last -N lines)
 
@@ -151,6 +154,8 @@ var routes = map[string]struct{ method, op string }{
 	"/v1/upgrade":  {http.MethodPost, contract.OpUpgrade},
 	"/v1/rollback": {http.MethodPost, contract.OpRollback},
 	"/v1/stop":     {http.MethodPost, contract.OpStop},
+	"/v1/promote":  {http.MethodPost, contract.OpPromote},
+	"/v1/weight":   {http.MethodPost, contract.OpWeight},
 	"/v1/logs":     {http.MethodGet, contract.OpLogs},
 }
 
@@ -205,7 +210,7 @@ func (h *httpControl) answer(r *http.Request) (int, contract.Response) {
 	rt, ok := routes[r.URL.Path]
 	if !ok {
 		return http.StatusNotFound, contract.Response{Code: contract.CodeBadRequest,
-			Error: "unknown operation " + r.URL.Path + ": use GET /v1/status, POST /v1/upgrade, POST /v1/rollback, POST /v1/stop or GET /v1/logs"}
+			Error: "unknown operation " + r.URL.Path + ": use GET /v1/status, POST /v1/upgrade, POST /v1/rollback, POST /v1/promote, POST /v1/weight, POST /v1/stop or GET /v1/logs"}
 	}
 	if r.Method != rt.method {
 		return http.StatusMethodNotAllowed, contract.Response{Code: contract.CodeBadRequest,
@@ -215,19 +220,23 @@ func (h *httpControl) answer(r *http.Request) (int, contract.Response) {
 	switch rt.op {
 	case contract.OpUpgrade:
 		var body struct {
-			ExpectSHA256 string `json:"expect_sha256"`
+			ExpectSHA256 string               `json:"expect_sha256"`
+			Canary       *contract.CanaryPlan `json:"canary"`
 		}
-		b, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
-		if err == nil && len(bytes.TrimSpace(b)) > 0 {
-			dec := json.NewDecoder(bytes.NewReader(b))
-			dec.DisallowUnknownFields()
-			err = dec.Decode(&body)
-		}
-		if err != nil {
+		if err := decodeBody(r, &body); err != nil {
 			return http.StatusBadRequest, contract.Response{Code: contract.CodeBadRequest,
-				Error: fmt.Sprintf("upgrade request body: %v (the only field is expect_sha256; install the new binary first, then POST /v1/upgrade)", err)}
+				Error: fmt.Sprintf("upgrade request body: %v (the fields are expect_sha256 and canary; install the new binary first, then POST /v1/upgrade)", err)}
 		}
-		req.ExpectSHA256 = body.ExpectSHA256
+		req.ExpectSHA256, req.Canary = body.ExpectSHA256, body.Canary
+	case contract.OpWeight:
+		var body struct {
+			Weight *int `json:"weight"`
+		}
+		if err := decodeBody(r, &body); err != nil || body.Weight == nil {
+			return http.StatusBadRequest, contract.Response{Code: contract.CodeBadRequest,
+				Error: fmt.Sprintf("weight request body: want {\"weight\": P}, the canary's share in percent (%v)", err)}
+		}
+		req.Weight = body.Weight
 	case contract.OpLogs:
 		if v := r.URL.Query().Get("since"); v != "" {
 			n, err := strconv.ParseInt(v, 10, 64)
@@ -239,6 +248,18 @@ func (h *httpControl) answer(r *http.Request) (int, contract.Response) {
 	}
 	resp := h.handle(h.ctx, req)
 	return httpStatus(resp.Code), resp
+}
+
+// decodeBody decodes r's JSON body, if any, into v; unknown fields are
+// refused.
+func decodeBody(r *http.Request, v any) error {
+	b, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+	if err != nil || len(bytes.TrimSpace(b)) == 0 {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
 }
 
 func (h *httpControl) authorized(r *http.Request) bool {

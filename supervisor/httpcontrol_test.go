@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/baton-go/baton/events"
 	"github.com/baton-go/baton/internal/contract"
@@ -181,6 +182,11 @@ func TestHTTPControlOperations(t *testing.T) {
 		{"GET", "/v1/upgrade", "", http.StatusMethodNotAllowed, contract.CodeBadRequest},
 		{"POST", "/v1/status", "", http.StatusMethodNotAllowed, contract.CodeBadRequest},
 		{"GET", "/v2/status", "", http.StatusNotFound, contract.CodeBadRequest},
+		{"POST", "/v1/upgrade", `{"canary":{"steps":[10,100],"step_interval_ns":1000000000}}`, http.StatusUnprocessableEntity, contract.CodeChildExited},
+		{"POST", "/v1/promote", "", http.StatusOK, ""},
+		{"POST", "/v1/weight", `{"weight":25}`, http.StatusOK, ""},
+		{"POST", "/v1/weight", "", http.StatusBadRequest, contract.CodeBadRequest},
+		{"POST", "/v1/weight", `{"share":25}`, http.StatusBadRequest, contract.CodeBadRequest},
 	}
 	for _, c := range cases {
 		status, _, r := f.call(t, c.method, c.path, auth, c.body)
@@ -194,11 +200,17 @@ func TestHTTPControlOperations(t *testing.T) {
 	for _, r := range f.reqs {
 		ops = append(ops, r.Op)
 	}
-	if got := strings.Join(ops, " "); got != "upgrade upgrade rollback stop logs" {
+	if got := strings.Join(ops, " "); got != "upgrade upgrade rollback stop logs upgrade promote weight" {
 		t.Errorf("handler ran for %q", got)
 	}
 	if f.reqs[1].ExpectSHA256 != "busy" || f.reqs[4].Since != -5 {
 		t.Errorf("request fields not passed on: %+v", f.reqs)
+	}
+	if c := f.reqs[5].Canary; c == nil || len(c.Steps) != 2 || c.Steps[1] != 100 || c.StepInterval != time.Second {
+		t.Errorf("the canary plan was not passed on: %+v", c)
+	}
+	if w := f.reqs[7].Weight; w == nil || *w != 25 {
+		t.Errorf("the weight was not passed on: %v", w)
 	}
 }
 
