@@ -1,6 +1,7 @@
 package baton
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -23,12 +24,35 @@ var errNoSuccessor = errors.New("baton: no successor of this generation takes co
 
 // MigrateConns passes conns, accepted by this listener, to the generation
 // that took over from this one (httpdrain.Migrator). conns[:n] are served
-// there; the rest stay here.
-func (l *gatedListener) MigrateConns(conns []net.Conn) (int, error) {
+// there; the rest stay here. Concurrent calls are pipelined (handoff's
+// PassConns). When ctx ends first, none counts as passed: whether the
+// successor took them is not known yet, and keeping them is the lesser
+// harm (the drain closes what is left at its deadline anyway).
+func (l *gatedListener) MigrateConns(ctx context.Context, conns []net.Conn) (int, error) {
 	if l.migrate == nil {
 		return 0, errNoSuccessor
 	}
-	return l.migrate(conns)
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("baton: passing %d connections: %w", len(conns), err)
+	}
+	if ctx.Done() == nil {
+		return l.migrate(conns)
+	}
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1) // the call ends on its own timeouts
+	go func() {
+		n, err := l.migrate(conns)
+		done <- result{n, err}
+	}()
+	select {
+	case r := <-done:
+		return r.n, r.err
+	case <-ctx.Done():
+		return 0, fmt.Errorf("baton: passing %d connections: %w", len(conns), ctx.Err())
+	}
 }
 
 // MigrationReady reports whether MigrateConns can pass connections now
@@ -64,7 +88,7 @@ func (u *Upgrader) passConns(desc handoff.FileDesc, conns []net.Conn) (int, erro
 		}
 		return 0, errNoSuccessor
 	}
-	n, err := succ.PassConns(desc.Network, desc.Addr, conns)
+	n, err := succ.PassConns(context.Background(), desc.Network, desc.Addr, conns)
 	if err != nil {
 		return n, fmt.Errorf("baton: %w", err)
 	}
@@ -188,7 +212,7 @@ func (l *gatedListener) passQueued() {
 	l.passing.Add(1)
 	go func() {
 		defer l.passing.Done()
-		n, _ := l.MigrateConns(cs)
+		n, _ := l.MigrateConns(context.Background(), cs)
 		for _, c := range cs[max(n, 0):] {
 			c.Close()
 		}

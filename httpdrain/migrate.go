@@ -26,9 +26,11 @@ type Migrator interface {
 	// (the drain then closes its own descriptors of them, which the
 	// client does not notice); conns[n:] were not passed, err says why,
 	// and this server keeps serving them. Each conn is one the
-	// listener's Accept returned. MigrateConns is not called
-	// concurrently by one Server.
-	MigrateConns(conns []net.Conn) (n int, err error)
+	// listener's Accept returned. A Server makes up to four calls at
+	// once (the next batches are claimed while earlier ones travel);
+	// each returns its own count. When ctx ends (the drain's deadline),
+	// MigrateConns should return soon.
+	MigrateConns(ctx context.Context, conns []net.Conn) (n int, err error)
 	// MigrationReady reports whether MigrateConns can pass connections
 	// now. A drain asks once, at its start: when no listener is ready (a
 	// plain stop, no successor that takes them), it drains as without
@@ -333,87 +335,148 @@ func (s *Server) migrationReady() bool {
 // start (when a listener's Migrator was ready then) until migrate ends.
 func (s *Server) migrating() bool { return s.migrateOpen.Load() }
 
+// migrateWindow bounds the MigrateConns calls in flight at once: while
+// earlier batches travel (and the next server registers them), the next
+// ones are claimed. At most migrateWindow*migrateBatch conns are held
+// waiting for a verdict at any time.
+const migrateWindow = 4
+
 // migrate passes connections on until none is left that could still be
 // (every pending one is passed, refused, busy reading or gone), or ctx
 // ends. It runs before the idle grace, which is then left with what
-// stays here.
+// stays here. It returns once every MigrateConns call it made has.
 func (s *Server) migrate(ctx context.Context, rep *Report) {
 	// A conn whose next request is arriving is waited for (it is
 	// answered here, then passed) for NewConnWait at most: a client that
 	// stopped half-way through a request must not hold the drain.
 	busyWait := max(s.opts.NewConnWait, 0)
+	var repMu sync.Mutex // rep, updated by the passes
+	inFlight := 0
+	passEnded := make(chan struct{}, migrateWindow)
+	defer func() {
+		for ; inFlight > 0; inFlight-- {
+			<-passEnded
+		}
+	}()
 	for {
-		var take []*migratedConn
-		pending := false
-		var expiry time.Time // the earliest end of a busy conn's wait
-		now := time.Now()
-		s.mu.Lock()
-		for c := range s.conns {
-			m, ok := c.(*migratedConn)
-			if !ok {
-				continue
-			}
-			m.mu.Lock()
-			cand := m.pendingLocked()
-			if cand && !m.busyAt.IsZero() {
-				end := m.busyAt.Add(busyWait)
-				if cand = now.Before(end); cand && (expiry.IsZero() || end.Before(expiry)) {
-					expiry = end
-				}
-			}
-			m.mu.Unlock()
-			if !cand {
-				continue
-			}
-			pending = true
-			if len(take) < migrateBatch {
-				take = append(take, m)
-			}
-		}
-		var ch chan struct{}
-		if s.changed == nil {
-			s.changed = make(chan struct{})
-		}
-		ch = s.changed
-		s.mu.Unlock()
-		if !pending || ctx.Err() != nil {
-			return
-		}
-		if s.claim(ctx, take, rep) == 0 {
-			// Nothing could be taken now (requests in flight, or net/http
-			// not yet waiting in Read): wait for a change, or for a busy
-			// conn's wait to end.
-			var timer *time.Timer
-			var timeout <-chan time.Time
-			if !expiry.IsZero() {
-				timer = time.NewTimer(time.Until(expiry))
-				timeout = timer.C
-			}
+		for reaped := true; reaped && inFlight > 0; { // passes that ended, without waiting
 			select {
-			case <-ch:
-			case <-timeout:
+			case <-passEnded:
+				inFlight--
+			default:
+				reaped = false
+			}
+		}
+		if inFlight == migrateWindow {
+			select {
+			case <-passEnded:
+				inFlight--
 			case <-ctx.Done():
-			}
-			if timer != nil {
-				timer.Stop()
-			}
-			if ctx.Err() != nil {
 				return
 			}
+		}
+		take, pending, expiry, changed := s.migratable(time.Now(), busyWait)
+		if !pending || ctx.Err() != nil {
+			return // conns held by passes in flight are pending: none is
+		}
+		held, ended := s.claim(ctx, take)
+		for _, h := range held {
+			if inFlight == migrateWindow {
+				<-passEnded // bounded: MigrateConns honours ctx
+				inFlight--
+			}
+			inFlight++
+			go func() {
+				s.pass(ctx, h.mig, h.conns, rep, &repMu)
+				passEnded <- struct{}{}
+			}()
+		}
+		if len(held) > 0 || ended > 0 {
+			continue
+		}
+		// Nothing could be taken now (requests in flight, net/http not yet
+		// waiting in Read, or everything left is on its way): wait for a
+		// pass to end, for a change (only with none in flight: every
+		// migrated conn's close is one), or for a busy conn's wait to end.
+		var timer *time.Timer
+		var timeout <-chan time.Time
+		if !expiry.IsZero() {
+			timer = time.NewTimer(time.Until(expiry))
+			timeout = timer.C
+		}
+		if inFlight > 0 {
+			changed = nil
+		}
+		select {
+		case <-passEnded:
+			inFlight--
+		case <-changed:
+		case <-timeout:
+		case <-ctx.Done():
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		if ctx.Err() != nil {
+			return
 		}
 	}
 }
 
-// claim stops the pending Reads of take, passes the conns that came back
-// empty to their Migrator, and returns how many claims ended (passed or
-// kept).
-func (s *Server) claim(ctx context.Context, take []*migratedConn, rep *Report) int {
+// migratable returns up to migrateBatch conns that may be claimed now,
+// whether any conn may still be passed (pending: those on their way
+// included), the earliest end of a busy conn's wait, and a channel closed
+// at the next change.
+func (s *Server) migratable(now time.Time, busyWait time.Duration) (take []*migratedConn, pending bool, expiry time.Time, changed <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		m, ok := c.(*migratedConn)
+		if !ok {
+			continue
+		}
+		m.mu.Lock()
+		cand := m.pendingLocked()
+		busy := cand && !m.busyAt.IsZero()
+		if busy {
+			end := m.busyAt.Add(busyWait)
+			if cand = now.Before(end); cand && (expiry.IsZero() || end.Before(expiry)) {
+				expiry = end
+			}
+		}
+		// Claimed (on its way) or waited for: pending, not to take. A conn
+		// net/http is not reading from cannot be claimed now.
+		claimable := cand && !busy && m.phase == claimNone && m.reading
+		m.mu.Unlock()
+		if !cand {
+			continue
+		}
+		pending = true
+		if claimable && len(take) < migrateBatch {
+			take = append(take, m)
+		}
+	}
+	if s.changed == nil {
+		s.changed = make(chan struct{})
+	}
+	return take, pending, expiry, s.changed
+}
+
+// heldConns are claimed conns of one Migrator, to pass in one call.
+type heldConns struct {
+	mig   Migrator
+	conns []*migratedConn
+}
+
+// claim stops the pending Reads of take and returns the conns that came
+// back empty, grouped by Migrator (one per listener), and how many claims
+// ended otherwise (kept here, or found busy).
+func (s *Server) claim(ctx context.Context, take []*migratedConn) (held []heldConns, ended int) {
 	type pendingClaim struct {
 		m       *migratedConn
 		verdict <-chan struct{}
 	}
 	var started []pendingClaim
-	ended := 0
 	for _, m := range take {
 		switch v, outcome := m.interrupt(); outcome {
 		case claimed:
@@ -426,9 +489,7 @@ func (s *Server) claim(ctx context.Context, take []*migratedConn, rep *Report) i
 			}
 		}
 	}
-	// Group the held conns by their Migrator (one per listener).
-	held := map[Migrator][]*migratedConn{}
-	var order []Migrator
+	index := map[Migrator]int{}
 	for _, c := range started {
 		select {
 		case <-c.verdict:
@@ -441,30 +502,38 @@ func (s *Server) claim(ctx context.Context, take []*migratedConn, rep *Report) i
 			ended++ // the client was first: it stays, answered here
 			continue
 		}
-		if _, ok := held[c.m.mig]; !ok {
-			order = append(order, c.m.mig)
+		i, ok := index[c.m.mig]
+		if !ok {
+			i = len(held)
+			index[c.m.mig] = i
+			held = append(held, heldConns{mig: c.m.mig})
 		}
-		held[c.m.mig] = append(held[c.m.mig], c.m)
+		held[i].conns = append(held[i].conns, c.m)
 	}
-	for _, mig := range order {
-		ms := held[mig]
-		conns := make([]net.Conn, len(ms))
-		for i, m := range ms {
-			conns[i] = m.Conn
-		}
-		n, err := mig.MigrateConns(conns)
-		if n < 0 || n > len(ms) {
-			n = 0
-		}
-		for i, m := range ms {
-			m.finish(i < n)
-		}
-		ended += len(ms)
-		rep.Migrated += n
-		if err != nil {
-			rep.MigrationFailed += len(ms) - n
-			s.logger().Warn("httpdrain: connections not passed on; drained here", "conns", len(ms)-n, "err", err)
-		}
+	return held, ended
+}
+
+// pass hands held conns to their Migrator and ends their claims: passed,
+// or kept here (never tried again).
+func (s *Server) pass(ctx context.Context, mig Migrator, ms []*migratedConn, rep *Report, repMu *sync.Mutex) {
+	conns := make([]net.Conn, len(ms))
+	for i, m := range ms {
+		conns[i] = m.Conn
 	}
-	return ended
+	n, err := mig.MigrateConns(ctx, conns)
+	if n < 0 || n > len(ms) {
+		n = 0
+	}
+	for i, m := range ms {
+		m.finish(i < n)
+	}
+	repMu.Lock()
+	rep.Migrated += n
+	if err != nil {
+		rep.MigrationFailed += len(ms) - n
+	}
+	repMu.Unlock()
+	if err != nil {
+		s.logger().Warn("httpdrain: connections not passed on; drained here", "conns", len(ms)-n, "err", err)
+	}
 }

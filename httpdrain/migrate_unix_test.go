@@ -3,6 +3,7 @@
 package httpdrain_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -32,14 +33,28 @@ type passingListener struct {
 	refuse   atomic.Bool
 	notReady atomic.Bool
 	calls    atomic.Int32
+	// halfEvery > 0: every halfEvery-th call passes only the first half.
+	halfEvery           int32
+	inFlight, maxFlight atomic.Int32
+	offered             atomic.Int32 // conns given to MigrateConns
 }
 
 func (l *passingListener) MigrationReady() bool { return !l.notReady.Load() }
 
-func (l *passingListener) MigrateConns(conns []net.Conn) (int, error) {
-	l.calls.Add(1)
+func (l *passingListener) MigrateConns(_ context.Context, conns []net.Conn) (int, error) {
+	call := l.calls.Add(1)
+	defer l.offered.Add(int32(len(conns)))
+	in := l.inFlight.Add(1)
+	defer l.inFlight.Add(-1)
+	for m := l.maxFlight.Load(); in > m && !l.maxFlight.CompareAndSwap(m, in); m = l.maxFlight.Load() {
+	}
 	if l.refuse.Load() {
 		return 0, errors.New("the test refuses")
+	}
+	var refused error
+	if l.halfEvery > 0 && call%l.halfEvery == 0 {
+		conns = conns[:len(conns)/2]
+		refused = errors.New("the test takes half")
 	}
 	for i, c := range conns {
 		f, err := c.(*net.TCPConn).File()
@@ -53,7 +68,7 @@ func (l *passingListener) MigrateConns(conns []net.Conn) (int, error) {
 		}
 		l.next.conns <- nc
 	}
-	return len(conns), nil
+	return len(conns), refused
 }
 
 // chanListener is where the new server receives passed connections.
@@ -197,6 +212,43 @@ func TestIdleConnsMigrate(t *testing.T) {
 	}
 }
 
+// TestManyConnsMigrateInBatches: more idle conns than the batches in
+// flight at once hold; the passes run concurrently (at most four at a
+// time), every third takes only half its batch, and each conn is served
+// once, by B when its batch took it, else by A (its next request answered
+// with Connection: close).
+func TestManyConnsMigrateInBatches(t *testing.T) {
+	g := newGenerations(t, httpdrain.Options{IdleGrace: longGrace})
+	g.pass.halfEvery = 3
+	const n = 1100
+	var cs []*client
+	for i := 0; i < n; i++ {
+		c := dial(t, g.addr)
+		c.mustDo(t, "POST", "/", fmt.Sprintf("first-%d", i))
+		cs = append(cs, c)
+	}
+	g.startNew(t)
+	drained := g.drainInBackground(t)
+	waitFor(t, "every conn passed or refused", func() bool { return g.pass.offered.Load() == n })
+	for i, c := range cs {
+		resp, _ := c.mustDo(t, "POST", "/", fmt.Sprintf("second-%d", i))
+		if got := resp.Header.Get("X-Gen"); got != "B" && !(got == "A" && resp.Close) {
+			t.Fatalf("conn %d after its migration: answered by %q (close %v)", i, got, resp.Close)
+		}
+	}
+	rep := <-drained
+	t.Logf("report %+v, %d calls, at most %d at once", rep, g.pass.calls.Load(), g.pass.maxFlight.Load())
+	if rep.Migrated+rep.MigrationFailed != n || rep.MigrationFailed == 0 {
+		t.Fatalf("report %+v: want %d conns migrated or refused, some refused", rep, n)
+	}
+	if m := g.pass.maxFlight.Load(); m > 4 {
+		t.Fatalf("%d MigrateConns calls at once, want at most 4", m)
+	}
+	if d := g.twice.Load(); d != 0 {
+		t.Fatalf("%d requests answered twice", d)
+	}
+}
+
 // TestMigrationRaces: clients with no think time send POSTs back to back on
 // keep-alive connections while the old server drains: every request gets
 // exactly one answer, from one of the two, and none fails. Conns busy at
@@ -297,8 +349,11 @@ func TestSplitRequestAroundDrain(t *testing.T) {
 		t.Fatal("the split request was never served")
 	}
 	// Whoever answered, the conn goes on (with the new server, once the
-	// old one passed it; or it was told to close).
+	// old one passed it; or it was told to close). Sent before the pass,
+	// the next request could be read by the old server first (and be
+	// answered there, again without close): wait for the pass.
 	if !resp.Close {
+		waitFor(t, "the conn to be passed", func() bool { return g.pass.offered.Load() == 1 })
 		resp, _ = c.mustDo(t, "POST", "/", "after-split")
 		if resp.Header.Get("X-Gen") != "B" {
 			t.Fatalf("after the split request: answered by %q, want B", resp.Header.Get("X-Gen"))
@@ -462,3 +517,5 @@ func TestNoMigrationWithoutSuccessor(t *testing.T) {
 		t.Fatalf("report %+v, %d MigrateConns calls: nothing should have been offered", rep, g.pass.calls.Load())
 	}
 }
+
+var _ httpdrain.Migrator = (*passingListener)(nil)

@@ -1,6 +1,7 @@
 package handoff
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -92,55 +93,122 @@ func (in *Inherited) serveChannel(c net.Conn, conns bool) {
 
 // TakesConns reports whether PassConns may pass connections (the Ack said
 // Conns and no earlier failure turned it off).
-func (c *Child) TakesConns() bool {
-	c.passMu.Lock()
-	defer c.passMu.Unlock()
-	return c.passing
-}
+func (c *Child) TakesConns() bool { return c.passing.Load() }
 
 // PassConns passes conns, accepted on the listener (network, addr), to
 // the child, which serves them from now on, and returns how many it took:
 // conns[:n] are the child's (the caller closes its own descriptors without
 // a word to the client), conns[n:] stay with the caller, and err says why.
-// Calls are serialised.
-func (c *Child) PassConns(network, addr string, conns []net.Conn) (int, error) {
-	c.passMu.Lock()
-	defer c.passMu.Unlock()
-	if !c.passing {
-		return 0, ErrConnsNotTaken
-	}
+//
+// Calls may run concurrently, and are pipelined: a call's batches go out
+// one after the other, each once the previous one is answered, but while
+// one call waits for its answer another may send (the child answers in
+// the order it received; each answer is matched to its batch). ctx bounds
+// the waits; when it ends before an answer, the batch counts as not taken
+// (as when the child does not answer in time).
+func (c *Child) PassConns(ctx context.Context, network, addr string, conns []net.Conn) (int, error) {
 	passed := 0
 	for len(conns) > 0 {
 		batch := conns[:min(len(conns), maxConnsPerMsg)]
-		_ = c.conn.SetWriteDeadline(time.Now().Add(connsTimeout))
-		err := writeJSON(c.conn, ConnsMsg{Type: msgConns, Network: network, Addr: addr, N: len(batch)})
-		if err == nil {
-			err = sendConns(c.conn, batch)
-		}
+		n, err := c.passBatch(ctx, network, addr, batch)
+		passed += n
 		if err != nil {
-			// The channel may be out of step now: no more tries.
-			c.passing = false
-			return passed, fmt.Errorf("%w: passing %d connections to pid %d: %v", ErrConnsNotTaken, len(batch), c.PID, err)
-		}
-		timer := time.NewTimer(connsTimeout)
-		select {
-		case n := <-c.taken:
-			timer.Stop()
-			passed += n
-			if n < len(batch) {
-				return passed, fmt.Errorf("%w: pid %d took %d of %d connections", ErrConnsNotTaken, c.PID, n, len(batch))
-			}
-		case <-c.endRead:
-			timer.Stop()
-			c.passing = false
-			return passed, fmt.Errorf("%w: pid %d closed the channel", ErrConnsNotTaken, c.PID)
-		case <-timer.C:
-			// It may serve them or not: we cannot tell. Keeping them is
-			// the lesser harm (the client may see two servers reading).
-			c.passing = false
-			return passed, fmt.Errorf("%w: pid %d did not answer within %s", ErrConnsNotTaken, c.PID, connsTimeout)
+			return passed, err
 		}
 		conns = conns[len(batch):]
 	}
 	return passed, nil
+}
+
+// passBatch sends one batch and waits for its answer.
+func (c *Child) passBatch(ctx context.Context, network, addr string, batch []net.Conn) (int, error) {
+	if !c.passing.Load() {
+		return 0, ErrConnsNotTaken
+	}
+	// Duplicated before anything is written: a failure here (EMFILE)
+	// leaves the channel in step, and the next batch may go.
+	out, err := prepareConns(batch)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %d connections for pid %d: %w", ErrConnsNotTaken, len(batch), c.PID, err)
+	}
+	answer := make(chan int, 1)
+	c.sendMu.Lock()
+	if !c.passing.Load() {
+		c.sendMu.Unlock()
+		out.close()
+		return 0, ErrConnsNotTaken
+	}
+	deadline := time.Now().Add(connsTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = c.conn.SetWriteDeadline(deadline)
+	// Queued before the send: the answer may come before the send returns.
+	c.answerMu.Lock()
+	c.answers = append(c.answers, answer)
+	c.answerMu.Unlock()
+	err = writeJSON(c.conn, ConnsMsg{Type: msgConns, Network: network, Addr: addr, N: len(batch)})
+	if err == nil {
+		err = out.send(c.conn)
+	}
+	out.close()
+	if err != nil {
+		// The channel may be out of step now: no more tries. The child
+		// cannot answer a batch it did not receive: the last queued
+		// answer is ours, withdrawn.
+		c.passing.Store(false)
+		c.answerMu.Lock()
+		c.answers = c.answers[:len(c.answers)-1]
+		c.answerMu.Unlock()
+		c.sendMu.Unlock()
+		return 0, fmt.Errorf("%w: passing %d connections to pid %d: %w", ErrConnsNotTaken, len(batch), c.PID, err)
+	}
+	c.sendMu.Unlock()
+
+	timer := time.NewTimer(connsTimeout)
+	defer timer.Stop()
+	select {
+	case n := <-answer:
+		n = max(min(n, len(batch)), 0)
+		if n < len(batch) {
+			return n, fmt.Errorf("%w: pid %d took %d of %d connections", ErrConnsNotTaken, c.PID, n, len(batch))
+		}
+		return n, nil
+	case <-c.endRead:
+		select {
+		case n := <-answer: // answered just before the end
+			n = max(min(n, len(batch)), 0)
+			if n < len(batch) {
+				return n, fmt.Errorf("%w: pid %d took %d of %d connections, then closed the channel", ErrConnsNotTaken, c.PID, n, len(batch))
+			}
+			return n, nil
+		default:
+		}
+		c.passing.Store(false)
+		return 0, fmt.Errorf("%w: pid %d closed the channel", ErrConnsNotTaken, c.PID)
+	case <-timer.C:
+		// It may serve them or not: we cannot tell. Keeping them is the
+		// lesser harm (the client may see two servers reading). Our queued
+		// answer stays: a late one is matched to it and dropped.
+		c.passing.Store(false)
+		return 0, fmt.Errorf("%w: pid %d did not answer within %s", ErrConnsNotTaken, c.PID, connsTimeout)
+	case <-ctx.Done():
+		c.passing.Store(false)
+		return 0, fmt.Errorf("%w: no answer from pid %d on %d connections: %w", ErrConnsNotTaken, c.PID, len(batch), ctx.Err())
+	}
+}
+
+// answerConns gives the child's answer to the oldest batch waiting for
+// one, and reports false when none waits (not what we agreed on).
+func (c *Child) answerConns(taken int) bool {
+	c.answerMu.Lock()
+	defer c.answerMu.Unlock()
+	if len(c.answers) == 0 {
+		return false
+	}
+	ch := c.answers[0]
+	c.answers[0] = nil
+	c.answers = c.answers[1:]
+	ch <- taken // buffered: a caller that gave up does not block us
+	return true
 }

@@ -19,40 +19,66 @@ const connsSupported = true
 // Take). f stays the caller's to close.
 func FileConn(f *os.File) (net.Conn, error) { return net.FileConn(f) }
 
-// sendConns sends the sockets of conns in one message of one byte. Each
-// is duplicated for the send (close-on-exec) and the duplicate closed
-// after it: the kernel holds its own reference while the message travels.
+// sendConns sends the sockets of conns in one message of one byte.
 func sendConns(ch net.Conn, conns []net.Conn) error {
-	uc, ok := ch.(*net.UnixConn)
-	if !ok {
-		return fmt.Errorf("handoff channel is a %T, not a unix socket", ch)
+	out, err := prepareConns(conns)
+	if err != nil {
+		return err
 	}
-	fds := make([]int, 0, len(conns))
-	defer func() {
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
-	}()
+	defer out.close()
+	return out.send(ch)
+}
+
+// preparedConns are the sockets of a batch, duplicated for the send
+// (close-on-exec): the duplicates are closed after it, the kernel holds
+// its own references while the message travels.
+type preparedConns struct{ fds []int }
+
+// prepareConns duplicates the sockets of conns; nothing is left open when
+// it fails.
+func prepareConns(conns []net.Conn) (*preparedConns, error) {
+	p := &preparedConns{fds: make([]int, 0, len(conns))}
 	for _, c := range conns {
 		sc, ok := c.(syscall.Conn)
 		if !ok {
-			return fmt.Errorf("connection %T has no descriptor", c)
+			p.close()
+			return nil, fmt.Errorf("connection %T has no descriptor", c)
 		}
 		rc, err := sc.SyscallConn()
 		if err != nil {
-			return err
+			p.close()
+			return nil, err
 		}
 		var dup int
 		var derr error
 		if err := rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-			return err
+			p.close()
+			return nil, err
 		}
 		if derr != nil {
-			return fmt.Errorf("duplicating a connection's descriptor: %w", derr)
+			p.close()
+			return nil, fmt.Errorf("duplicating a connection's descriptor: %w", derr)
 		}
-		fds = append(fds, dup)
+		p.fds = append(p.fds, dup)
 	}
-	return sendFDs(uc, fds)
+	return p, nil
+}
+
+// send sends the sockets in one message of one byte.
+func (p *preparedConns) send(ch net.Conn) error {
+	uc, ok := ch.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("handoff channel is a %T, not a unix socket", ch)
+	}
+	return sendFDs(uc, p.fds)
+}
+
+// close closes the duplicates.
+func (p *preparedConns) close() {
+	for _, fd := range p.fds {
+		unix.Close(fd)
+	}
+	p.fds = nil
 }
 
 // sendFiles sends the descriptors of files in one message of one byte.

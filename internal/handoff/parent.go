@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -81,9 +82,10 @@ type Child struct {
 	reportsEnd bool          // its ready reply said it can report its end
 	takesConns bool          // its ready reply said it takes connections (conns.go)
 	watched    bool          // Ack asked it to (Watch)
-	passMu     sync.Mutex    // PassConns, one at a time
-	passing    bool          // Ack said Conns: PassConns may send
-	taken      chan int      // its answers to PassConns
+	passing    atomic.Bool   // Ack said Conns and no failure since: PassConns may send
+	sendMu     sync.Mutex    // one batch written at a time (conns.go)
+	answerMu   sync.Mutex    // guards answers
+	answers    []chan int    // batches sent and not answered yet, oldest first
 	end        string        // what it reported: EndHandedOver, EndStopping
 	endRead    chan struct{} // closed when the report (or EOF) was read
 	chose      chan struct{} // closed when it reported an end by choice
@@ -269,10 +271,7 @@ func (c *Child) Ack(watch, conns bool) error {
 		return err
 	}
 	c.watched = watch
-	c.passMu.Lock()
-	c.passing = conns
-	c.taken = make(chan int, 1)
-	c.passMu.Unlock()
+	c.passing.Store(conns)
 	go func() {
 		defer close(c.endRead)
 		defer c.conn.Close()
@@ -283,10 +282,8 @@ func (c *Child) Ack(watch, conns bool) error {
 			}
 			switch r.Type {
 			case ConnsTaken:
-				select {
-				case c.taken <- r.Taken:
-				default: // nobody asked: not what we agreed on
-					return
+				if !c.answerConns(r.Taken) {
+					return // nobody asked: not what we agreed on
 				}
 			case EndHandedOver, EndStopping:
 				if c.end == "" {
