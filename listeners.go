@@ -273,7 +273,9 @@ func sameAddr(network, addr string, got net.Addr) bool {
 
 func sameIP(want, got net.IP) bool {
 	if len(want) == 0 || want.IsUnspecified() {
-		return got.IsUnspecified()
+		// No IP at all is "every address" too: a public socket that a
+		// private one stands for, given as ":8080".
+		return len(got) == 0 || got.IsUnspecified()
 	}
 	return want.Equal(got)
 }

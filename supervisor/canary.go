@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/baton-go/baton/internal/canary"
@@ -27,11 +28,21 @@ type canaryPlanKey struct{}
 type canaryRequest struct {
 	plan contract.CanaryPlan
 	held chan contract.CanaryState // one value (buffered), when it holds
+	// callOff is closed when the request goes away before the canary
+	// holds (the canary is then called off); heldOnce marks the hold.
+	callOff  chan struct{}
+	heldOnce sync.Once
+	heldNow  chan struct{}
 
 	done   chan struct{} // closed when the upgrade has ended
 	result contract.UpgradeResult
 	err    error
 }
+
+// called is closed when the caller went away before the canary held.
+func (r *canaryRequest) called() <-chan struct{} { return r.callOff }
+
+func (r *canaryRequest) markHeld() { r.heldOnce.Do(func() { close(r.heldNow) }) }
 
 func withCanary(ctx context.Context, r *canaryRequest) context.Context {
 	return context.WithValue(ctx, canaryPlanKey{}, r)
@@ -122,9 +133,7 @@ func (c *canaryRun) backOut() {
 	c.mu.Lock()
 	c.weight = 0
 	c.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), c.f.s.cfg.DrainTimeout)
-	defer cancel()
-	c.f.retire(ctx, c.canary.n)
+	c.f.retire(c.canary)
 }
 
 // run steps the canary through its plan (internal/canary judges each
@@ -149,23 +158,26 @@ func (c *canaryRun) run(held chan<- contract.CanaryState) (err error) {
 	if err := c.setShare(0, 0); err != nil {
 		return fmt.Errorf("%w: adding the canary to the proxy: %v", contract.ErrCanceled, err)
 	}
+	// The rollout (internal/canary) runs in its own goroutine; its result
+	// comes on rolloutDone, which is nil once it has been taken.
 	rolloutDone := make(chan error, 1)
-	stopRollout := func() {}
+	var cancelRollout context.CancelFunc = func() {}
+	defer func() { cancelRollout() }()
 	if len(steps) > 0 {
-		ctx, cancel := context.WithCancel(context.Background())
-		step := 0
+		var ctx context.Context
+		ctx, cancelRollout = context.WithCancel(context.Background())
 		r := &canary.Rollout{
 			Stable: backendID(c.stable.n), Canary: backendID(c.canary.n),
 			SetShare: func(pct int) error {
+				step := c.state().Step
+				if i := slices.Index(steps, pct); i >= 0 {
+					step = i
+				}
 				if err := c.setShare(step, pct); err != nil {
 					return err
 				}
-				if pct == steps[len(steps)-1] && !promoteAtEnd && held != nil {
-					held <- c.state() // the upgrade answers; the operator decides
-					held = nil
-				}
-				if pct > 0 {
-					step++
+				if pct == steps[len(steps)-1] && !promoteAtEnd {
+					c.hold(&held) // the upgrade answers; the operator decides
 				}
 				return nil
 			},
@@ -179,13 +191,24 @@ func (c *canaryRun) run(held chan<- contract.CanaryState) (err error) {
 			_, err := r.Run(ctx)
 			rolloutDone <- err
 		}()
-		stopRollout = func() {
-			cancel()
-			<-rolloutDone // it leaves the weights as they are
-		}
-		defer cancel()
 	} else {
 		rolloutDone <- nil
+	}
+	// stopRollout ends the rollout if it still runs (it leaves the weights
+	// as they are) and returns how it ended: a canary that failed just
+	// now must not be promoted or re-weighted by a command that came at
+	// the same moment.
+	stopRollout := func() error {
+		if rolloutDone == nil {
+			return nil
+		}
+		cancelRollout()
+		err := <-rolloutDone
+		rolloutDone = nil
+		if errors.Is(err, contract.ErrCanaryFailed) {
+			return err
+		}
+		return nil
 	}
 	for {
 		select {
@@ -202,9 +225,9 @@ func (c *canaryRun) run(held chan<- contract.CanaryState) (err error) {
 			}
 			// Holding at its last step until the operator says.
 		case cmd := <-c.cmds:
-			if rolloutDone != nil {
-				stopRollout()
-				rolloutDone = nil
+			if err := stopRollout(); err != nil {
+				cmd.reply <- err
+				return err
 			}
 			switch cmd.kind {
 			case cmdPromote:
@@ -217,20 +240,40 @@ func (c *canaryRun) run(held chan<- contract.CanaryState) (err error) {
 				cmd.reply <- nil
 				return fmt.Errorf("%w: %w by the operator (generation %d, pid %d, at weight %d)", contract.ErrCanceled, errCanaryRolledBack, c.canary.n, c.canary.pid, c.state().Weight)
 			case cmdWeight:
-				cmd.reply <- c.setShare(c.state().Step, cmd.weight)
+				err := c.setShare(c.state().Step, cmd.weight)
+				cmd.reply <- err
+				if err == nil {
+					c.hold(&held) // the operator steers from now on: the upgrade answers
+				}
 			}
 		case <-c.canary.exited:
 			stopRollout()
 			return fmt.Errorf("%w: the canary (pid %d) exited: %v", contract.ErrCanaryFailed, c.canary.pid, c.canary.Err())
 		case <-c.stableExited():
 			// Better the canary alone than nobody: it is ready and serves.
-			stopRollout()
-			s.log.Warn("the stable generation exited during the canary: the canary takes all traffic", "stable_pid", c.stable.pid, "canary_pid", c.canary.pid)
+			if err := stopRollout(); err != nil {
+				return err
+			}
+			s.log.Warn("the stable generation exited during the canary: the canary takes all traffic, unjudged", "stable_pid", c.stable.pid, "canary_pid", c.canary.pid)
 			return c.promote()
+		case <-c.req.called():
+			// The upgrade's caller went away before the canary held.
+			stopRollout()
+			return fmt.Errorf("%w: the upgrade request was called off before the canary held", contract.ErrCanceled)
 		case <-s.halting:
 			stopRollout()
 			return fmt.Errorf("%w: the service is stopping", contract.ErrCanceled)
 		}
+	}
+}
+
+// hold tells the upgrade request, once, where the canary stands: from
+// now on the operator decides.
+func (c *canaryRun) hold(held *chan<- contract.CanaryState) {
+	c.req.markHeld() // first: the request may end as soon as it has the answer
+	if *held != nil {
+		*held <- c.state()
+		*held = nil
 	}
 }
 
@@ -273,7 +316,7 @@ func (c *canaryRun) command(ctx context.Context, kind canaryCmdKind, weight int)
 	}
 }
 
-var errNoCanary = errors.New("no canary under way (see baton upgrade --canary)")
+var errNoCanary = contract.ErrNoCanary
 
 // upgradeCanary runs an upgrade with a canary plan (proxy mode). It
 // answers when the upgrade has ended (promoted, or backed out), or, for a
@@ -282,16 +325,26 @@ var errNoCanary = errors.New("no canary under way (see baton upgrade --canary)")
 // rollback (or a failed judgement, or the canary's exit) ends it.
 func (s *Supervisor) upgradeCanary(ctx context.Context, plan contract.CanaryPlan) (contract.UpgradeResult, error) {
 	if s.front == nil {
-		return contract.UpgradeResult{}, fmt.Errorf("%w: a canary needs proxy mode (baton run --proxy http|tcp)", contract.ErrUnsupported)
+		return contract.UpgradeResult{}, notInThisMode{errors.New("a canary needs proxy mode (baton run --proxy http|tcp)")}
 	}
 	if err := CheckCanaryPlan(plan); err != nil {
 		return contract.UpgradeResult{}, badRequest{err}
 	}
-	req := &canaryRequest{plan: plan, held: make(chan contract.CanaryState, 1), done: make(chan struct{})}
-	// The upgrade may outlive the request; the request going away before
-	// the canary holds still calls it off.
+	req := &canaryRequest{plan: plan, held: make(chan contract.CanaryState, 1), done: make(chan struct{}),
+		callOff: make(chan struct{}), heldNow: make(chan struct{})}
+	// The upgrade may outlive the request (a canary that holds for the
+	// operator); the request going away before the canary holds calls it
+	// off: its start and readiness through the context, the canary itself
+	// through callOff.
 	opCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	callOff := context.AfterFunc(ctx, cancel)
+	stopWatch := context.AfterFunc(ctx, func() {
+		select {
+		case <-req.heldNow:
+		default:
+			close(req.callOff)
+			cancel()
+		}
+	})
 	go func() {
 		defer cancel()
 		req.result, req.err = s.Upgrade(withCanary(opCtx, req))
@@ -299,10 +352,10 @@ func (s *Supervisor) upgradeCanary(ctx context.Context, plan contract.CanaryPlan
 	}()
 	select {
 	case <-req.done:
-		callOff()
+		stopWatch()
 		return req.result, req.err
 	case st := <-req.held:
-		callOff()
+		stopWatch()
 		return contract.UpgradeResult{PID: st.PID, Generation: st.Generation, Binary: s.cfg.Command[0], Canary: &st}, nil
 	}
 }
@@ -341,9 +394,9 @@ func (s *Supervisor) steerCanary(ctx context.Context, req contract.Request) cont
 	c := s.canary()
 	if c == nil {
 		if s.front == nil {
-			return contract.ErrorResponse(fmt.Errorf("%w: %s needs proxy mode (baton run --proxy http|tcp) and a canary under way", contract.ErrUnsupported, req.Op))
+			return contract.ErrorResponse(notInThisMode{fmt.Errorf("%s needs proxy mode (baton run --proxy http|tcp) and a canary under way", req.Op)})
 		}
-		return contract.Response{Code: contract.CodeBadRequest, Error: errNoCanary.Error()}
+		return contract.ErrorResponse(errNoCanary)
 	}
 	if req.Op == contract.OpPromote {
 		res, err := s.endCanary(ctx, c, cmdPromote, 0)
@@ -362,6 +415,12 @@ func (s *Supervisor) steerCanary(ctx context.Context, req contract.Request) cont
 	st := c.state()
 	return contract.OKResponse(contract.UpgradeResult{PID: st.PID, Generation: st.Generation, Binary: c.canary.binary, Canary: &st})
 }
+
+// notInThisMode: the operation does not apply to a service in hand-off
+// mode (code unsupported, without "on this platform").
+type notInThisMode struct{ error }
+
+func (e notInThisMode) Code() string { return contract.CodeUnsupported }
 
 // badRequest carries an invalid request's error with the bad_request code.
 type badRequest struct{ error }

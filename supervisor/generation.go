@@ -46,6 +46,7 @@ type genCommon struct {
 	privFiles   []*os.File // the supervisor's copies of its private sockets
 	canary      *canaryRequest
 	tookTraffic atomic.Bool
+	retired     atomic.Bool // out of the proxy, its requests answered (or the wait given up)
 }
 
 func (g *genCommon) PID() int       { return g.pid }

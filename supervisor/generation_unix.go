@@ -108,7 +108,8 @@ func (s *Supervisor) startGeneration(ctx context.Context, n int, from *generatio
 		// Proxy mode: sockets of its own behind the proxy, not the public ones.
 		var standsFor string
 		var port int
-		files, names, g.privAddrs, standsFor, port, err = s.front.privateSockets(n)
+		var adopted *backendAddrs
+		files, names, g.privAddrs, standsFor, port, adopted, err = s.front.privateSockets(n)
 		if err != nil {
 			g.closeNotify()
 			return nil, err
@@ -118,6 +119,9 @@ func (s *Supervisor) startGeneration(ctx context.Context, n int, from *generatio
 			if err != nil {
 				for _, f := range private {
 					f.Close()
+				}
+				if adopted != nil {
+					s.front.giveBack(adopted) // for the next try
 				}
 			}
 		}()
@@ -218,7 +222,7 @@ func (s *Supervisor) startGeneration(ctx context.Context, n int, from *generatio
 		}
 		g.exitErr = e
 		if s.front != nil {
-			s.front.forget(n)
+			s.front.exited(n)
 		}
 		g.closeNotify()
 		s.host.watchdog.remove(g.pid)
@@ -401,7 +405,7 @@ func (g *generation) Abort(string) {
 		select {
 		case <-g.exited:
 			return
-		case <-time.After(g.s.cfg.DrainTimeout):
+		case <-time.After(g.s.cfg.DrainTimeout / 2): // the other half went to its requests (retire)
 		}
 	}
 	g.kill()
@@ -416,12 +420,8 @@ func (g *generation) Drain() {
 		return // nothing left to drain
 	default:
 	}
-	if s.front != nil {
-		// Out of the proxy first, and (http) its requests answered: then
-		// nothing of a client's is left for its drain to cut.
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
-		s.front.retire(ctx, g.n)
-		cancel()
+	if s.front != nil && !g.retired.Load() {
+		s.front.retire(g)
 	}
 	if link := g.getLink(); link != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

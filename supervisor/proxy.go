@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,6 +64,10 @@ type backendAddrs struct {
 	pid   int
 	addrs []string
 	files []*os.File
+	// dead: the generation exited while it had a weight (a crash): its
+	// sockets stay open, so that the proxy's connections queue there, and
+	// the next generation started takes them over (adopted).
+	dead, adopted bool
 }
 
 func backendID(n int) string { return "gen-" + strconv.Itoa(n) }
@@ -159,13 +164,27 @@ func (f *front) setWeightsLocked(w map[int]int) error {
 	for n, pct := range w {
 		f.weight[n] = pct
 	}
+	for n, g := range f.gens {
+		if _, in := w[n]; !in && g.dead {
+			f.forgetLocked(n) // crashed, out of the proxy now: its successor has the sockets
+		}
+	}
 	return nil
 }
 
-// retire takes generation n out of the proxy (no new request or
+// retire takes generation g out of the proxy (no new request or
 // connection goes there) and, for http, waits until what it has in
-// progress is answered or ctx ends: then its process may drain.
-func (f *front) retire(ctx context.Context, n int) {
+// progress is answered, for at most half the drain timeout: then its
+// process is told to drain, with the other half left for that before the
+// engine kills it (a WebSocket or a stream may never end by itself).
+func (f *front) retire(g *generation) {
+	ctx, cancel := context.WithTimeout(context.Background(), f.s.cfg.DrainTimeout/2)
+	defer cancel()
+	f.retireID(ctx, g.n)
+	g.retired.Store(true)
+}
+
+func (f *front) retireID(ctx context.Context, n int) {
 	f.mu.Lock()
 	if _, ok := f.weight[n]; ok {
 		w := map[int]int{}
@@ -178,14 +197,14 @@ func (f *front) retire(ctx context.Context, n int) {
 			f.s.log.Error("taking a generation out of the proxy", "gen", n, "err", err)
 		}
 	}
-	g := f.gens[n]
+	addrs := f.gens[n]
 	f.mu.Unlock()
 	if f.mode != ProxyHTTP {
 		// A TCP session lasts as long as its client wants: the app's own
 		// drain ends (or passes on) its connections, as in hand-off mode.
 		// Only the connections the proxy made just before the switch must
 		// have left the accept queue, or the app's drain would reset them.
-		f.waitAccepted(ctx, n, g)
+		f.waitAccepted(ctx, n, addrs)
 		return
 	}
 	for _, set := range f.sets {
@@ -263,11 +282,54 @@ func (f *front) privatePorts(n int) []int {
 	return ports
 }
 
-// forget drops a generation that is gone, and the supervisor's copies of
-// its sockets (connections still queued there are refused now).
-func (f *front) forget(n int) {
+// exited records that generation n is gone. One that had a share of the
+// traffic crashed: its sockets stay open (the proxy's connections wait in
+// their queues, as clients wait in the public sockets' queues in hand-off
+// mode) until the generation started next takes them over. Otherwise its
+// sockets are closed.
+func (f *front) exited(n int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	g := f.gens[n]
+	if g == nil {
+		return
+	}
+	if f.weight[n] > 0 && len(g.files) > 0 {
+		g.dead = true
+		return
+	}
+	f.forgetLocked(n)
+}
+
+// orphaned returns the sockets of a crashed generation that no other has
+// taken over yet (nil if none), and marks them taken: the caller starts
+// the generation that serves them from now on.
+func (f *front) orphaned() *backendAddrs {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var found *backendAddrs
+	last := 0
+	for n, g := range f.gens {
+		if g.dead && !g.adopted && n > last {
+			found, last = g, n
+		}
+	}
+	if found != nil {
+		found.adopted = true
+	}
+	return found
+}
+
+// giveBack undoes orphaned after a start that failed.
+func (f *front) giveBack(g *backendAddrs) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	g.adopted = false
+}
+
+// forgetLocked drops generation n and closes the supervisor's copies of
+// its sockets (connections still queued there are refused now).
+func (f *front) forgetLocked(n int) {
 	if g := f.gens[n]; g != nil {
 		for _, file := range g.files {
 			file.Close()
@@ -308,6 +370,7 @@ func (f *front) info(pids map[int]int) *contract.ProxyInfo {
 		f.mu.Unlock()
 		in.Backends = append(in.Backends, b)
 	}
+	slices.SortFunc(in.Backends, func(a, b contract.ProxyBackend) int { return a.Generation - b.Generation })
 	return in
 }
 

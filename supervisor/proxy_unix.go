@@ -17,7 +17,11 @@ import (
 // sockets' names), their addresses for the proxy, and what each stands for
 // (contract.EnvProxiedListen). With the {port} placeholder the app binds
 // its own: no file, the port is picked here.
-func (f *front) privateSockets(n int) (files []*os.File, names, addrs []string, standsFor string, port int, err error) {
+//
+// The sockets of a crashed generation (front.orphaned) are taken over when
+// there are any; adopted is then that generation's entry, which the
+// caller gives back (front.giveBack) if the start fails.
+func (f *front) privateSockets(n int) (files []*os.File, names, addrs []string, standsFor string, port int, adopted *backendAddrs, err error) {
 	cfg := &f.s.cfg
 	if usesPortPlaceholder(cfg.Command) {
 		// Picked by the kernel and released for the app to bind: another
@@ -25,11 +29,11 @@ func (f *front) privateSockets(n int) (files []*os.File, names, addrs []string, 
 		// retried like any failed start).
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			return nil, nil, nil, "", 0, fmt.Errorf("picking a private port for generation %d: %w", n, err)
+			return nil, nil, nil, "", 0, nil, fmt.Errorf("picking a private port for generation %d: %w", n, err)
 		}
 		addr := ln.Addr().(*net.TCPAddr)
 		ln.Close()
-		return nil, nil, []string{addr.String()}, "", addr.Port, nil
+		return nil, nil, []string{addr.String()}, "", addr.Port, nil, nil
 	}
 	defer func() {
 		if err != nil {
@@ -41,26 +45,42 @@ func (f *front) privateSockets(n int) (files []*os.File, names, addrs []string, 
 	}()
 	var stands []string
 	for _, l := range cfg.Listen {
+		stands = append(stands, l.String())
+	}
+	if dead := f.orphaned(); dead != nil {
+		// A crashed generation's sockets, with what the proxy queued there
+		// meanwhile: this one serves them.
+		for i, file := range dead.files {
+			dup, err := handoff.DupFile(file, cfg.Listen[i].Name)
+			if err != nil {
+				f.giveBack(dead)
+				return files, nil, nil, "", 0, nil, fmt.Errorf("taking over the sockets of a crashed generation: %w", err)
+			}
+			files = append(files, dup)
+			names = append(names, cfg.Listen[i].Name)
+		}
+		return files, names, dead.addrs, strings.Join(stands, ","), 0, dead, nil
+	}
+	for _, l := range cfg.Listen {
 		host := "127.0.0.1:0"
 		if l.Network == "tcp6" {
 			host = "[::1]:0"
 		}
 		ln, err := net.Listen("tcp", host)
 		if err != nil {
-			return files, nil, nil, "", 0, fmt.Errorf("private socket of generation %d for %s: %w", n, l, err)
+			return files, nil, nil, "", 0, nil, fmt.Errorf("private socket of generation %d for %s: %w", n, l, err)
 		}
 		file, err := handoff.DupFile(ln.(syscall.Conn), l.Name)
 		addr := ln.Addr().String()
 		ln.Close()
 		if err != nil {
-			return files, nil, nil, "", 0, err
+			return files, nil, nil, "", 0, nil, err
 		}
 		files = append(files, file)
 		names = append(names, l.Name)
 		addrs = append(addrs, addr)
-		stands = append(stands, l.String())
 	}
-	return files, names, addrs, strings.Join(stands, ","), 0, nil
+	return files, names, addrs, strings.Join(stands, ","), 0, nil, nil
 }
 
 // publicListeners are the public sockets as listeners the proxy serves.

@@ -315,10 +315,15 @@ func expectedSHA256(ctx context.Context) string {
 
 // Healthy probes a generation on probation (http readiness only; other
 // modes have nothing to ask, and only an exit fails them).
-func (p platform) Healthy(ctx context.Context, _ lifecycle.Proc) bool {
+func (p platform) Healthy(ctx context.Context, proc lifecycle.Proc) bool {
 	r := p.s.cfg.Readiness
 	if r.Mode != "http" {
 		return true
+	}
+	if g, ok := proc.(*generation); ok && p.s.front != nil && g.privateAddr() != "" {
+		// Proxy mode: the generation's own socket (the public one is the
+		// proxy's, which would retry a failed GET on another generation).
+		return httpOK(ctx, r.URL, g.privateAddr())
 	}
 	// After the switch the probe socket is gone: probation checks go
 	// through the service's own socket, where only the new generation

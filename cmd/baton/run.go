@@ -214,7 +214,7 @@ public address gets the private socket standing for it); an app that binds
 its own port gets a private one through {port} in its arguments. An upgrade
 then switches weights: blue/green by default, or a canary judged against
 the stable generation with baton upgrade --canary P / --steps, steered with
-baton promote, baton weight and baton rollback. See docs/proxy.md.
+baton promote, baton weight and baton rollback. See docs/proxy-mode.md.
 
 --listen URLs: tcp://127.0.0.1:8080, tcp6://[::1]:8080, unix:///run/app.sock,
 udp://:5353, unixgram:///run/app.dgram; add #name to set its LISTEN_FDNAMES

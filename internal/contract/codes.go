@@ -33,6 +33,7 @@ const (
 	// The request does not apply.
 	CodeUnsupported = "unsupported" // not available on this platform or for this kind of service
 	CodeSupervised  = "supervised"  // run by baton run: ask the supervisor
+	CodeNoCanary    = "no_canary"   // promote or weight (proxy mode) without a canary under way
 
 	// The control exchange itself.
 	CodeBadRequest      = "bad_request"      // malformed request or unknown operation
@@ -97,6 +98,7 @@ var sentinelCodes = []struct {
 	{ErrCanaryFailed, CodeCanaryFailed},
 	{ErrRolledBack, CodeRolledBack},
 	{ErrNoPrevious, CodeNoPrevious},
+	{ErrNoCanary, CodeNoCanary},
 	{ErrBusy, CodeBusy},
 	{ErrTooManyDraining, CodeTooMany},
 	{ErrStopped, CodeStopped},
@@ -180,7 +182,7 @@ func ExitCode(code string) int {
 	switch code {
 	case "":
 		return ExitOK
-	case CodeUsage, CodeUnsupported, CodeSupervised:
+	case CodeUsage, CodeUnsupported, CodeSupervised, CodeNoCanary:
 		return ExitUsage
 	case CodeUnreachable, CodeForbidden:
 		return ExitUnreachable

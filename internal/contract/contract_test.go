@@ -19,7 +19,7 @@ var allSentinels = map[string]error{
 	"ErrBinary": ErrBinary, "ErrUnsupported": ErrUnsupported, "ErrStateTooLarge": ErrStateTooLarge,
 	"ErrStateCorrupt": ErrStateCorrupt, "ErrNoState": ErrNoState, "ErrLink": ErrLink,
 	"ErrRolledBack": ErrRolledBack, "ErrNoPrevious": ErrNoPrevious, "ErrGaveUp": ErrGaveUp,
-	"ErrCanaryFailed": ErrCanaryFailed,
+	"ErrCanaryFailed": ErrCanaryFailed, "ErrNoCanary": ErrNoCanary,
 }
 
 var allCodes = []string{
@@ -28,7 +28,7 @@ var allCodes = []string{
 	CodeUnsupported, CodeSupervised, CodeBadRequest, CodeForbidden, CodeControlProtocol,
 	CodeInternal, CodeUsage, CodeUnreachable, CodeTimeout, CodeFailed,
 	CodeNotExecutable, CodeModule, CodeChecksum, CodeSignature, CodeSmoke, CodeUnsafeDir, CodeDiskSpace,
-	CodeCanaryFailed,
+	CodeCanaryFailed, CodeNoCanary,
 }
 
 func TestEverySentinelHasACode(t *testing.T) {
@@ -58,7 +58,7 @@ func TestRoundTripAndExitCodes(t *testing.T) {
 		CodeTimeout: ExitFailed, CodeFailed: ExitFailed,
 		CodeNotExecutable: ExitFailed, CodeModule: ExitFailed, CodeChecksum: ExitFailed,
 		CodeSignature: ExitFailed, CodeSmoke: ExitFailed, CodeUnsafeDir: ExitFailed, CodeDiskSpace: ExitFailed,
-		CodeCanaryFailed: ExitFailed,
+		CodeCanaryFailed: ExitFailed, CodeNoCanary: ExitUsage,
 	}
 	if len(want) != len(allCodes) {
 		t.Fatalf("%d exit codes expected for %d codes", len(want), len(allCodes))

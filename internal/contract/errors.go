@@ -39,4 +39,5 @@ var (
 	ErrGaveUp     = errors.New("the app keeps failing; giving up")
 
 	ErrCanaryFailed = errors.New("canary failed its analysis; rolled back")
+	ErrNoCanary     = errors.New("no canary under way (see baton upgrade --canary)")
 )

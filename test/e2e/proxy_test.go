@@ -8,6 +8,7 @@ import (
 	"net/http/cookiejar"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -313,5 +314,81 @@ func TestProxySticky(t *testing.T) {
 	}
 	if code, out := runCLI("rollback", "--name", "pxsticky"); code != 0 {
 		t.Errorf("baton rollback: exit %d: %s", code, out)
+	}
+}
+
+// TestProxyStopWithHeldCanary: a canary that passed its step and holds
+// for the operator; baton stop then stops everything (it once waited
+// forever: the canary's loop waited for a rollout that had ended).
+func TestProxyStopWithHeldCanary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	svc, logf := startSupervised(t, "pxheld", os.Environ(), "--proxy", "http", "--listen", "tcp://"+addr,
+		"--", bins["hello"], "-addr", addr)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.KeepAliveGET: 4}, MaxRequests: 1_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer load.Stop()
+	if code, out := runCLI("upgrade", "--name", "pxheld", "--canary", "20", "--step-interval", "300ms"); code != 0 {
+		t.Fatalf("baton upgrade --canary 20: exit %d: %s", code, out)
+	}
+	waitFor(t, 30*time.Second, "the canary's step judged", func() bool {
+		b, _ := os.ReadFile(logf.Name())
+		return strings.Contains(string(b), "canary step passed")
+	})
+	load.Stop()
+	if code, out := runCLI("stop", "--name", "pxheld", "--timeout", "30s"); code != 0 {
+		t.Fatalf("baton stop with a canary holding: exit %d: %s", code, out)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if _, err := tracker.WaitExit(wctx, svc.Cmd.Process.Pid); err != nil {
+		t.Fatalf("the supervisor did not exit after baton stop: %v", err)
+	}
+}
+
+// TestProxyCrashRestartQueues: a generation that crashes under load in
+// proxy mode; its private socket stays open in the supervisor and the
+// restarted generation answers what the proxy queued there: only the
+// requests in flight on the crashing process may fail (at most one per
+// client), none is refused for want of a generation.
+func TestProxyCrashRestartQueues(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	addr := freeAddr(t, "tcp")
+	startSupervised(t, "pxcrash", os.Environ(), "--proxy", "http", "--listen", "tcp://"+addr, "--restart-min", "300ms",
+		"--", bins["hello"], "-addr", addr, "-exit-after", "1500ms")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const clients = 4
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.KeepAliveGET: clients}, MaxRequests: 1_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer load.Stop()
+	first := supervisorStatus(t, "pxcrash").PID
+	waitFor(t, 30*time.Second, "a restarted generation answering", func() bool {
+		for pid, st := range load.Snapshot().PIDs {
+			if pid != first && st.Responses > 50 {
+				return true
+			}
+		}
+		return false
+	})
+	rep := load.Stop()
+	t.Logf("across a crash and restart: %d answers, %d failed %+v", rep.TotalOK(), rep.TotalFailed(), rep.Failures)
+	if rep.TotalFailed() > clients {
+		t.Errorf("%d requests failed across one crash; want at most %d (those in flight on the crashing process)", rep.TotalFailed(), clients)
+	}
+	for _, f := range rep.Failures {
+		if strings.Contains(f.Err, "502") || strings.Contains(f.Err, "503") {
+			t.Errorf("the proxy answered %s: a request found no generation", f.Err)
+		}
 	}
 }
