@@ -47,6 +47,10 @@ type genCommon struct {
 	canary      *canaryRequest
 	tookTraffic atomic.Bool
 	retired     atomic.Bool // out of the proxy, its requests answered (or the wait given up)
+
+	// Idle client connections the supervisor relayed (relayConns): to
+	// this generation from older ones, and from this one at its drain.
+	connsTaken, connsPassed atomic.Int64
 }
 
 func (g *genCommon) PID() int       { return g.pid }
@@ -307,6 +311,8 @@ func (s *Supervisor) relayConns(old *generation) {
 					s.log.Warn("passing client connections to the serving generation failed; the old one keeps them", "from", old.pid, "to", cur.pid, "err", err)
 				}
 				taken = n
+				cur.connsTaken.Add(int64(n))
+				old.connsPassed.Add(int64(n))
 			}
 		}
 		total += taken

@@ -600,6 +600,7 @@ func (s *Supervisor) Status() Status {
 	if c := snap.Current; c != nil {
 		st.PID, st.Generation, st.Binary = c.PID, c.N, c.Binary
 		st.OpenHandles = c.Proc.(*generation).handles()
+		st.ConnsTaken = int(c.Proc.(*generation).connsTaken.Load())
 		select {
 		case <-c.Proc.Exited():
 		default:
@@ -619,7 +620,8 @@ func (s *Supervisor) Status() Status {
 		}
 		g := v.Proc.(*generation)
 		sup.Generations = append(sup.Generations, GenInfo{Generation: v.N, PID: v.PID, Binary: v.Binary, SHA256: g.binarySHA256(),
-			StartedAt: v.Started, ReadyAfter: v.ReadyAfter, State: v.State.String()})
+			StartedAt: v.Started, ReadyAfter: v.ReadyAfter, State: v.State.String(),
+			ConnsTaken: g.connsTaken.Load(), ConnsPassed: g.connsPassed.Load()})
 	}
 	if s.front != nil {
 		pids := map[int]int{}

@@ -76,6 +76,9 @@ func runStatus(out io.Writer, f commonFlags) error {
 			}
 			fmt.Fprintf(out, "  gen %-4d pid %-7d %-9s ready after %-8v %-9s sha256 %.12s  %s\n", g.Generation, g.PID, g.State,
 				g.ReadyAfter.Round(time.Millisecond), conns, g.SHA256, g.Binary)
+			if g.ConnsTaken > 0 || g.ConnsPassed > 0 {
+				fmt.Fprintf(out, "           idle connections moved: %d taken from older generations, %d passed on\n", g.ConnsTaken, g.ConnsPassed)
+			}
 		}
 		if px := sup.Proxy; px != nil {
 			printProxy(out, px)

@@ -161,7 +161,8 @@ type Status struct {
 	Draining    []int         `json:"draining_pids"`
 	ParentPID   int           `json:"parent_pid,omitempty"`
 	// ConnsTaken counts the idle client connections the previous
-	// generation passed to this one at its handover (library mode).
+	// generation passed to this one at its handover (library mode; under
+	// baton run, those the supervisor relayed to the serving generation).
 	ConnsTaken int       `json:"conns_taken,omitempty"`
 	Last       *Outcome  `json:"last_upgrade,omitempty"`
 	Counters   *Counters `json:"counters,omitempty"`
@@ -227,6 +228,11 @@ type GenInfo struct {
 	// Conns counts the open connections it holds on the service's stream
 	// sockets, where the platform tells (Linux); absent otherwise.
 	Conns *int `json:"conns,omitempty"`
+	// ConnsTaken counts the idle client connections the supervisor
+	// relayed to it from draining generations (issue 11), ConnsPassed
+	// those it relayed from it to the serving one at its own drain.
+	ConnsTaken  int64 `json:"conns_taken,omitempty"`
+	ConnsPassed int64 `json:"conns_passed,omitempty"`
 }
 
 // LogsResult answers logs (baton run).

@@ -277,7 +277,7 @@ func runIdle(c idleConfig) bool {
 			Upgrades: upgrades, Interval: c.interval,
 			Workers: map[loadgen.Kind]int{loadgen.KeepAlivePOST: n},
 			Pause:   c.think, Stagger: c.think, Warmup: c.think + time.Second,
-			HelloDefaults: true, CountTaken: m.peer == "" && !m.supervised,
+			HelloDefaults: true, CountTaken: m.peer == "",
 			Supervised: m.supervised, Peer: m.peer,
 			KeepLog: keepLog,
 		})
@@ -364,11 +364,7 @@ func idleReport(res *scenario.Result, m idleMode, interval time.Duration) {
 		if unknown > 0 {
 			fmt.Printf(", %d old generation(s) logged no drained line", unknown)
 		}
-		if m.supervised {
-			fmt.Println(" (baton run's status has no conns_taken)")
-		} else {
-			fmt.Printf("; taken (new generations' status conns_taken, read just before the next upgrade): %d\n", taken)
-		}
+		fmt.Printf("; taken (new generations' status conns_taken, read just before the next upgrade): %d\n", taken)
 		s, k = summarizeIf(res.Upgrades, drained, func(u scenario.Upgrade) time.Duration { return u.DrainDone })
 		row("old generation: drain finished after the handover", s, k)
 		s, k = summarizeIf(res.Upgrades, logged, func(u scenario.Upgrade) time.Duration { return u.DrainExit })
