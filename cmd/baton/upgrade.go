@@ -95,6 +95,12 @@ its last step: baton promote, baton weight or baton rollback then decide.
 			if err != nil {
 				return &exitError{code: contract.CodeUsage, err: err}
 			}
+			if plan != nil && !cmd.Flags().Changed("timeout") {
+				// The canary is called off if this command stops waiting
+				// before it holds: wait as long as the rollout may take
+				// (each step may be extended to wait for evidence).
+				f.timeout += time.Duration(len(plan.Steps)) * (canary.DefaultEvidenceFactor + 1) * cf.stepInterval
+			}
 			return runUpgrade(cmd.OutOrStdout(), f, sf, plan)
 		},
 	}
@@ -118,7 +124,7 @@ func (cf *canaryFlags) add(c *cobra.Command) {
 	f := c.Flags()
 	f.IntVar(&cf.canary, "canary", 0, "proxy mode: give the new generation this percentage of new traffic, judged against the stable one for one --step-interval, then wait for baton promote, weight or rollback")
 	f.StringVar(&cf.steps, "steps", "", "proxy mode: raise the new generation's share through these percentages (e.g. 1,10,50,100), each judged for --step-interval; ending at 100 completes the upgrade, below it waits for baton promote")
-	f.DurationVar(&cf.stepInterval, "step-interval", 30*time.Second, "proxy mode: how long each canary step lasts and is judged")
+	f.DurationVar(&cf.stepInterval, "step-interval", 30*time.Second, "proxy mode: how long each canary step lasts and is judged (extended, up to 10 times, while the canary has had too few requests to judge); --timeout grows with the steps unless given")
 	f.Float64Var(&cf.maxErrorRatio, "max-error-ratio", 0, "proxy mode: the canary's error ratio (5xx and connection errors) may exceed the stable one's by this fraction (default 0.01)")
 	f.Float64Var(&cf.maxP99Ratio, "max-p99-ratio", 0, "proxy mode: the canary's p99 latency may be this many times the stable one's (default 1.5)")
 }

@@ -226,6 +226,12 @@ func (d *direction) timeout() (uint32, bool) {
 	d.dlMu.Lock()
 	dl := d.deadline
 	d.dlMu.Unlock()
+	return waitFor(dl)
+}
+
+// waitFor is a wait's timeout in milliseconds until the deadline dl
+// (windows.INFINITE for none), or true if dl has passed.
+func waitFor(dl time.Time) (uint32, bool) {
 	if dl.IsZero() {
 		return windows.INFINITE, false
 	}

@@ -397,15 +397,7 @@ func (l *Listener) timeout() (uint32, bool) {
 	l.dlMu.Lock()
 	dl := l.deadline
 	l.dlMu.Unlock()
-	if dl.IsZero() {
-		return windows.INFINITE, false
-	}
-	left := time.Until(dl)
-	if left <= 0 {
-		return 0, true
-	}
-	ms := (left + time.Millisecond - 1) / time.Millisecond // round up: waking early only loops
-	return uint32(min(ms, 1<<31)), false
+	return waitFor(dl)
 }
 
 // SetDeadline sets the deadline of Accept, as on *net.TCPListener: past it,

@@ -99,24 +99,10 @@ func TestProxyCanaryPromoteRollback(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end load test")
 	}
-	addr := freeAddr(t, "tcp")
-	svc, _ := startSupervised(t, "pxcanary", os.Environ(), "--proxy", "http", "--listen", "tcp://"+addr,
-		"--drain-timeout", "10s", "--", bins["hello"], "-addr", addr, "-idle-grace", "1s")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	st, err := svc.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stable := st.PID
-	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
-		loadgen.KeepAlivePOST: 6, loadgen.KeepAliveGET: 4,
-	}, MaxRequests: 2_000_000})
-	if err != nil {
-		t.Fatal(err)
-	}
+	load, stable := startProxiedUnderLoad(t, ctx, "pxcanary", bins["hello"], "-idle-grace", "1s")
 	defer load.Stop()
-	waitResponses(t, load, stable, 100)
 
 	upgradeCanary := func(args ...string) contract.UpgradeResult {
 		t.Helper()
@@ -181,10 +167,7 @@ func TestProxyCanaryPromoteRollback(t *testing.T) {
 	if rep.TotalFailed() != 0 {
 		t.Errorf("%d failed requests: %s", rep.TotalFailed(), rep)
 	}
-	st, err = svc.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := supervisorStatus(t, "pxcanary")
 	if st.PID != stable || st.Last == nil || st.Last.Code != contract.CodeCanceled {
 		t.Errorf("after the roll-back: serving pid %d (want %d), last outcome %+v (want canceled)", st.PID, stable, st.Last)
 	}
@@ -207,24 +190,10 @@ func TestProxyCanaryFailsAutomatically(t *testing.T) {
 	dir := t.TempDir()
 	app := filepath.Join(dir, "app")
 	installCopy(t, bins["hello"], app)
-	addr := freeAddr(t, "tcp")
-	svc, _ := startSupervised(t, "pxsick", os.Environ(), "--proxy", "http", "--listen", "tcp://"+addr,
-		"--drain-timeout", "10s", "--", app, "-addr", addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	st, err := svc.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stable := st.PID
-	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
-		loadgen.KeepAlivePOST: 6, loadgen.KeepAliveGET: 4,
-	}, MaxRequests: 2_000_000})
-	if err != nil {
-		t.Fatal(err)
-	}
+	load, stable := startProxiedUnderLoad(t, ctx, "pxsick", app)
 	defer load.Stop()
-	waitResponses(t, load, stable, 100)
 	installCopy(t, bins["hello-sick500"], app)
 	before := load.Snapshot()
 	code, out := runCLI("upgrade", "--name", "pxsick", "--json", "--steps", "10,50,100", "--step-interval", "20s")
@@ -261,10 +230,7 @@ func TestProxyCanaryFailsAutomatically(t *testing.T) {
 	if got := load.Snapshot().PIDs[canary].LastSent; got.After(failedAt) {
 		t.Errorf("the canary answered a request sent %v after the upgrade failed", got.Sub(failedAt))
 	}
-	st, err = svc.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := supervisorStatus(t, "pxsick")
 	if st.PID != stable || st.Last == nil || st.Last.Code != contract.CodeCanaryFailed {
 		t.Errorf("after the failed canary: serving pid %d (want %d), last %+v", st.PID, stable, st.Last)
 	}
@@ -393,4 +359,26 @@ func TestProxyCrashRestartQueues(t *testing.T) {
 			t.Errorf("the proxy answered %s: a request found no generation", f.Err)
 		}
 	}
+}
+
+// startProxiedUnderLoad runs app (hello) under baton run --proxy http as
+// name, with keep-alive GET and non-retried POST clients, and returns the
+// load and the first generation's pid once it has answered 100 requests.
+func startProxiedUnderLoad(t *testing.T, ctx context.Context, name, app string, args ...string) (*loadgen.Load, int) {
+	t.Helper()
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, name, os.Environ(), append([]string{"--proxy", "http", "--listen", "tcp://" + addr,
+		"--drain-timeout", "10s", "--", app, "-addr", addr}, args...)...)
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
+		loadgen.KeepAlivePOST: 6, loadgen.KeepAliveGET: 4,
+	}, MaxRequests: 2_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitResponses(t, load, st.PID, 100)
+	return load, st.PID
 }
