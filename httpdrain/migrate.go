@@ -86,9 +86,15 @@ type migratedConn struct {
 	readLen  int       // its len(p): netHTTPBufSize when net/http's buffer is empty
 	deadline time.Time // the read deadline net/http asked for (applied after a claim)
 	busyAt   time.Time // when the drain found a request arriving (zero: not); waited for NewConnWait at most
-	phase    int
-	verdict  chan struct{} // closed when the stopped Read came back (claimHeld, or claimNone: bytes came)
-	decided  chan struct{} // closed when a held conn was passed (claimGone) or kept (claimNone)
+	// busyMisses counts the times the drain found a request arriving: a
+	// client that sends its next request as soon as it has an answer
+	// could keep its conn here until the drain's deadline (each answer
+	// resets busyAt), so after maxBusyMisses its answers say "Connection:
+	// close" and it is never claimed again (drained here).
+	busyMisses int
+	phase      int
+	verdict    chan struct{} // closed when the stopped Read came back (claimHeld, or claimNone: bytes came)
+	decided    chan struct{} // closed when a held conn was passed (claimGone) or kept (claimNone)
 }
 
 func newMigratedConn(c net.Conn, s *Server, mig Migrator) *migratedConn {
@@ -204,8 +210,14 @@ func (m *migratedConn) markBusy(now time.Time) bool {
 		return false
 	}
 	m.busyAt = now
+	m.busyMisses++
 	return true
 }
+
+// maxBusyMisses: how many times a conn may be found with its next request
+// arriving and still be kept alive to be passed on once idle (a
+// pipelining client's answers fit; a client that never pauses does not).
+const maxBusyMisses = 2
 
 func (m *migratedConn) markHTTP1() {
 	m.mu.Lock()
@@ -223,7 +235,7 @@ func (m *migratedConn) markHTTP2() {
 // carries is answered (a new conn whose first request is under way, an
 // active one, an idle HTTP/1.x one). m.mu must be held.
 func (m *migratedConn) pendingLocked() bool {
-	if m.h2 || m.refused || m.closed || m.phase == claimGone {
+	if m.h2 || m.refused || m.closed || m.phase == claimGone || m.busyMisses > maxBusyMisses {
 		return false
 	}
 	switch m.state {
