@@ -313,8 +313,7 @@ type backend struct {
 	removed  atomic.Bool
 	inflight atomic.Int64
 
-	tr   atomic.Pointer[http.Transport] // created by the first HTTPProxy that uses it
-	pool atomic.Pointer[connPool]       // the fast path's, likewise
+	tr atomic.Pointer[http.Transport] // created by the first HTTPProxy that uses it
 
 	mu      sync.Mutex
 	waiters []chan struct{} // WaitIdle calls, released when a removed backend is idle
@@ -363,9 +362,6 @@ func (b *backend) idle() {
 func (b *backend) closeIdle() {
 	if tr := b.tr.Load(); tr != nil {
 		tr.CloseIdleConnections()
-	}
-	if cp := b.pool.Load(); cp != nil {
-		cp.closeIdle()
 	}
 }
 
