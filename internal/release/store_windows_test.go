@@ -57,9 +57,19 @@ func selfCopies(t *testing.T) (installed, candidate string) {
 // runInstalled starts the installed copy (it sleeps) and returns it.
 func runInstalled(t *testing.T, path string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(path)
-	cmd.Env = append(os.Environ(), "RELEASE_TEST_CHILD=sleep")
-	if err := cmd.Start(); err != nil {
+	var cmd *exec.Cmd
+	var err error
+	// Wine now and then fails to start an .exe just written ("Internal
+	// error", once in the Windows lane): a second try starts it.
+	for try := 0; try < 3; try++ {
+		cmd = exec.Command(path)
+		cmd.Env = append(os.Environ(), "RELEASE_TEST_CHILD=sleep")
+		if err = cmd.Start(); err == nil || !isWine() {
+			break
+		}
+		t.Logf("starting %s under Wine: %v; trying again", path, err)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })

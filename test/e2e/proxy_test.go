@@ -45,22 +45,7 @@ func TestProxyBlueGreenUnderLoad(t *testing.T) {
 			}
 			load := startMixedLoad(t, ctx, addr, sock, "")
 			waitResponses(t, load.tcp, st.PID, 100)
-			current := st.PID
-			var olds []int
-			tick := time.NewTicker(500 * time.Millisecond)
-			defer tick.Stop()
-			for i := range 20 {
-				<-tick.C
-				rep, err := svc.Upgrade(ctx)
-				if err != nil || !rep.OK {
-					t.Fatalf("upgrade %d: %v %+v", i+1, err, rep)
-				}
-				if _, err := load.tcp.WaitPID(ctx, rep.Result.PID); err != nil {
-					t.Fatalf("upgrade %d: %v", i+1, err)
-				}
-				olds = append(olds, current)
-				current = rep.Result.PID
-			}
+			olds, current := upgradeEvery(t, ctx, svc, load.tcp, st.PID, 20, 500*time.Millisecond)
 			waitResponses(t, load.tcp, current, 100)
 			rep := load.stopAndCheck(t)
 			t.Logf("%s proxy, 20 upgrades: %d requests, 0 failed", mode, rep.TotalOK())

@@ -75,22 +75,7 @@ func TestSupervisorUpgradesUnderLoad(t *testing.T) {
 	}
 	load := startMixedLoad(t, ctx, addr, sock, "")
 	waitResponses(t, load.tcp, st.PID, 100)
-	var olds []int
-	current := st.PID
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
-	for i := 0; i < 20; i++ {
-		<-tick.C
-		rep, err := svc.Upgrade(ctx)
-		if err != nil || !rep.OK {
-			t.Fatalf("upgrade %d: %v %+v", i+1, err, rep)
-		}
-		if _, err := load.tcp.WaitPID(ctx, rep.Result.PID); err != nil {
-			t.Fatalf("upgrade %d: %v", i+1, err)
-		}
-		olds = append(olds, current)
-		current = rep.Result.PID
-	}
+	olds, current := upgradeEvery(t, ctx, svc, load.tcp, st.PID, 20, 500*time.Millisecond)
 	waitResponses(t, load.tcp, current, 100) // the last generation serves a while too
 	load.stopAndCheck(t)
 	st, err = svc.Status(ctx)
@@ -336,6 +321,29 @@ func supervisorKilled(t *testing.T, guard string) {
 			t.Fatalf("generation %d still running after the supervisor was killed: %v", pid, err)
 		}
 	}
+}
+
+// upgradeEvery upgrades svc n times, one every interval, each time waiting
+// until the new generation has answered load; it returns the replaced
+// generations' pids and the one serving at the end.
+func upgradeEvery(t *testing.T, ctx context.Context, svc *proctest.Service, load *loadgen.Load, first, n int, interval time.Duration) (olds []int, current int) {
+	t.Helper()
+	current = first
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for i := range n {
+		<-tick.C
+		rep, err := svc.Upgrade(ctx)
+		if err != nil || !rep.OK {
+			t.Fatalf("upgrade %d: %v %+v", i+1, err, rep)
+		}
+		if _, err := load.WaitPID(ctx, rep.Result.PID); err != nil {
+			t.Fatalf("upgrade %d: %v", i+1, err)
+		}
+		olds = append(olds, current)
+		current = rep.Result.PID
+	}
+	return olds, current
 }
 
 // runCLI runs the baton CLI and returns its exit code and output.
