@@ -335,6 +335,9 @@ func TestConcurrentUpgradeIsBusy(t *testing.T) {
 	if _, err := e.Rollback(context.Background()); !errors.Is(err, contract.ErrBusy) {
 		t.Fatalf("rollback during an upgrade: %v, want ErrBusy", err)
 	}
+	// The fake says it started from inside Start; the engine records the
+	// generation as starting once Start has returned.
+	waitFor(t, "the new generation in the snapshot", func() bool { return e.Snapshot().Starting != nil })
 	if s := e.Snapshot(); s.Phase != PhaseUpgrading || s.Starting == nil || s.Starting.PID != second.pid {
 		t.Fatalf("snapshot during the upgrade: %+v", s)
 	}
