@@ -207,7 +207,11 @@ func (c *Child) WaitReady(ctx context.Context) (Reply, error) {
 		select {
 		case err := <-c.sendErr:
 			if err != nil {
-				// The child may have exited or refused already; prefer that story.
+				// The child may have exited or refused already; prefer that
+				// story. A write fails like this when the child's end is
+				// closed, i.e. normally when it exits: give its exit time to
+				// be seen (500 ms was too short on a loaded machine: an exit
+				// reported as a protocol error, once in CI).
 				select {
 				case <-c.exited:
 					return Reply{}, c.exitErr
@@ -215,7 +219,12 @@ func (c *Child) WaitReady(ctx context.Context) (Reply, error) {
 					if rr.err == nil {
 						return c.checkReply(rr.r)
 					}
-				case <-time.After(500 * time.Millisecond):
+					select {
+					case <-c.exited:
+						return Reply{}, c.exitErr
+					case <-time.After(2 * time.Second):
+					}
+				case <-time.After(2 * time.Second):
 				}
 				return Reply{}, fmt.Errorf("%w: sending the handoff message: %v", ErrRefused, err)
 			}
