@@ -199,9 +199,6 @@ func (l *Load) Snapshot() Report {
 	default:
 		r.Duration = time.Since(l.start)
 	}
-	// Under l.mu, which success and fail hold while they count: every
-	// answer is in the kind's counts and its pid's, or in neither.
-	l.mu.Lock()
 	for k, s := range l.kinds {
 		s.mu.Lock()
 		r.ByKind[k] = KindStats{
@@ -210,6 +207,7 @@ func (l *Load) Snapshot() Report {
 		}
 		s.mu.Unlock()
 	}
+	l.mu.Lock()
 	r.PIDs = make(map[int]PIDStats, len(l.pids))
 	for p, s := range l.pids {
 		r.PIDs[p] = *s
@@ -291,8 +289,6 @@ func (l *Load) pause(d time.Duration) bool {
 }
 
 func (l *Load) success(k Kind, lat time.Duration, at time.Time, pid int, version string) {
-	l.mu.Lock() // see Snapshot
-	defer l.mu.Unlock()
 	s := l.kinds[k]
 	s.mu.Lock()
 	s.ok++
@@ -301,6 +297,8 @@ func (l *Load) success(k Kind, lat time.Duration, at time.Time, pid int, version
 	if pid <= 0 {
 		return
 	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	p, ok := l.pids[pid]
 	if !ok {
 		p = &PIDStats{First: at}
@@ -319,11 +317,11 @@ func (l *Load) success(k Kind, lat time.Duration, at time.Time, pid int, version
 }
 
 func (l *Load) fail(k Kind, phase string, err error, pid int) {
-	l.mu.Lock() // see Snapshot
 	s := l.kinds[k]
 	s.mu.Lock()
 	s.failed++
 	s.mu.Unlock()
+	l.mu.Lock()
 	if len(l.failures) < maxFailures {
 		l.failures = append(l.failures, Failure{Kind: k, At: time.Now(), Phase: phase, Err: err.Error(), PID: pid})
 	}

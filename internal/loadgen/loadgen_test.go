@@ -569,27 +569,3 @@ func TestStaggeredStart(t *testing.T) {
 		}
 	}
 }
-
-// TestSnapshotIsConsistent: a snapshot taken while answers arrive counts
-// each answer both in its kind and in its pid, or in neither (tests
-// compare the two: "every answer came from a known generation").
-func TestSnapshotIsConsistent(t *testing.T) {
-	ln := listenTCP(t)
-	startHello(t, ln, false)
-	l, err := Start(context.Background(), Config{
-		Addr:    ln.Addr().String(),
-		Workers: map[Kind]int{KeepAliveGET: 4, KeepAlivePOST: 4},
-		Pause:   -1,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Stop()
-	pid := os.Getpid()
-	for i := 0; i < 2000; i++ {
-		r := l.Snapshot()
-		if ok, byPID := r.TotalOK(), r.PIDs[pid].Responses; ok != byPID {
-			t.Fatalf("snapshot %d: %d answers by kind, %d by pid", i, ok, byPID)
-		}
-	}
-}
