@@ -224,10 +224,8 @@ func (f *front) waitAccepted(ctx context.Context, n int, g *backendAddrs) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	known := g != nil && len(g.files) > 0
-	for _, file := range g.filesOrNil() {
-		if _, ok := acceptQueue(file); !ok {
-			known = false
-		}
+	for i := 0; known && i < len(g.files); i++ {
+		_, known = acceptQueue(g.files[i])
 	}
 	if !known {
 		idle, cancel := context.WithTimeout(ctx, time.Second)
@@ -256,13 +254,6 @@ func (f *front) waitAccepted(ctx context.Context, n int, g *backendAddrs) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-}
-
-func (g *backendAddrs) filesOrNil() []*os.File {
-	if g == nil {
-		return nil
-	}
-	return g.files
 }
 
 // privatePorts are the ports of generation n's private sockets.
