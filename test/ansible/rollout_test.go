@@ -167,6 +167,18 @@ func TestRolloutStopsAtFirstFailedHost(t *testing.T) {
 			t.Errorf("%s: baton not installed at %s", h.name, h.batonBin)
 		}
 	}
+	// Idempotent: the same play again finds every host as it should be
+	// and changes nothing.
+	code, out, rs = ansible("baton.fleet.install")
+	if code != 0 {
+		t.Fatalf("install play, second run: exit %d\n%s", code, out)
+	}
+	t.Logf("install play, second run: recap %+v", rs)
+	for _, h := range hosts {
+		if r, ok := rs[h.name]; !ok || r.ok == 0 || r.changed != 0 || r.failed != 0 || r.unreachable != 0 {
+			t.Errorf("install play, second run, %s: %+v (in the recap: %v), want ok and changed=0\n%s", h.name, r, ok, out)
+		}
+	}
 
 	// Run 1: web1 upgraded, web2 refuses, web3 untouched.
 	code, out, rs = ansible("baton.fleet.rollout")
