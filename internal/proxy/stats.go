@@ -99,15 +99,18 @@ func (h *Histogram) merge(o *Histogram) {
 // status, including 101), Errors5xx those with a status of 500 or more,
 // and Latency the time to the answer's header (not its body: streams and
 // WebSockets would dominate it). For TCP, Requests counts connections
-// established and Latency the time to connect. ConnErrors counts attempts
-// that got no answer: dial failures, resets and timeouts.
+// established and Latency the time to connect, or, for a connection
+// passed to the backend's process (TCPOptions.Pass), the time the pass
+// took. ConnErrors counts attempts that got no answer: dial failures,
+// resets and timeouts, passes lost half-way, and refused passes of a
+// connection that no backend took.
 type BackendStats struct {
 	ID       string
 	Network  string
 	Addr     string
 	Weight   int   // 0 when removed
 	Active   bool  // in the Set's current list; false while a removed one drains
-	InFlight int64 // requests (HTTP, including upgraded connections) or connections (TCP) in progress
+	InFlight int64 // requests (HTTP, including upgraded connections) or connections (TCP; a passed one only while it is passed) in progress
 
 	Requests   int64
 	Errors5xx  int64
@@ -115,6 +118,8 @@ type BackendStats struct {
 	Retried    int64 // of ConnErrors: dial failures passed on to another backend (the client saw no error)
 	BytesIn    int64 // TCP: bytes from clients to the backend
 	BytesOut   int64 // TCP: bytes from the backend to clients
+	Passed     int64 // TCP, of Requests: connections passed to the backend's process (no bytes relayed)
+	Refused    int64 // TCP: passes it refused (the connection was offered to the other backends)
 
 	Latency Histogram // since the backend was added
 	Window  Window    // the recent past only
@@ -160,6 +165,8 @@ func (s BackendStats) Sub(prev BackendStats) BackendStats {
 	s.Retried -= prev.Retried
 	s.BytesIn -= prev.BytesIn
 	s.BytesOut -= prev.BytesOut
+	s.Passed -= prev.Passed
+	s.Refused -= prev.Refused
 	s.Latency = s.Latency.Sub(prev.Latency)
 	return s
 }
@@ -175,6 +182,7 @@ type stats struct {
 
 	requests, e5xx, connErr, retried int64
 	bytesIn, bytesOut                int64
+	passedConns, refusedConns        int64
 	hist                             Histogram
 	slots                            [nSlots]slot
 }
@@ -235,6 +243,21 @@ func (st *stats) passedOn() {
 	st.mu.Unlock()
 }
 
+// passed records a TCP connection given to the backend's process.
+func (st *stats) passed(lat time.Duration) {
+	st.answer(lat, false)
+	st.mu.Lock()
+	st.passedConns++
+	st.mu.Unlock()
+}
+
+// refused records a pass the backend refused.
+func (st *stats) refused() {
+	st.mu.Lock()
+	st.refusedConns++
+	st.mu.Unlock()
+}
+
 func (st *stats) bytes(in, out int64) {
 	st.mu.Lock()
 	st.bytesIn += in
@@ -247,6 +270,7 @@ func (st *stats) snapshot(bs *BackendStats) {
 	defer st.mu.Unlock()
 	bs.Requests, bs.Errors5xx, bs.ConnErrors, bs.Retried = st.requests, st.e5xx, st.connErr, st.retried
 	bs.BytesIn, bs.BytesOut = st.bytesIn, st.bytesOut
+	bs.Passed, bs.Refused = st.passedConns, st.refusedConns
 	bs.Latency = st.hist
 	var h Histogram
 	w := Window{Span: st.slotDur * nSlots}

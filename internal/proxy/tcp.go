@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -18,13 +19,49 @@ type TCPOptions struct {
 	// Logger receives connections that found no backend (Warn); default
 	// slog.Default().
 	Logger *slog.Logger
+	// Pass, when set, is offered each accepted connection once a backend
+	// is chosen by weight, before any dial: it may give the client's
+	// socket itself to the backend's process, which then serves the
+	// client directly (baton: a library generation, over its supervisor
+	// link), instead of the proxy copying bytes. Its result says what
+	// the proxy does next (see PassResult). It must neither read from
+	// nor write to c, may block (bounded), and is called concurrently.
+	Pass func(backendID string, c net.Conn) PassResult
 }
+
+// PassResult is what TCPOptions.Pass did with a connection.
+type PassResult int
+
+const (
+	// PassRelay: not passed (the backend does not take sockets, or its
+	// queue is full): the proxy relays the connection to that backend.
+	PassRelay PassResult = iota
+	// Passed: the backend's process has the socket and serves it; the
+	// proxy closes its own copy. It counts as a connection of that
+	// backend (Requests, Passed), its latency the time the pass took.
+	Passed
+	// PassRefused: the backend must not get it (it is being retired):
+	// the proxy tries the other backends by weight, as after a dial
+	// failure; the refusal counts (Refused), and is a connection error
+	// of that backend only when no backend took the connection.
+	PassRefused
+	// PassLost: the pass failed half-way and the backend may have the
+	// socket: the proxy closes its copy (relaying it could serve it
+	// twice) and counts a connection error of that backend.
+	PassLost
+)
 
 // TCPProxy forwards each accepted connection to a backend of its Set
 // chosen by weight, copying bytes both ways until both sides have
 // finished. A client's or backend's half-close (FIN) is passed on as one,
 // so request/response protocols that shut down their sending side work.
 // Between *net.TCPConn the copy uses splice(2) on Linux.
+//
+// With TCPOptions.Pass the proxy can leave the data path instead: the
+// connection's socket goes to the chosen backend's process, and the
+// proxy's part ends there. Such a connection is in flight (InFlight,
+// Set.WaitIdle) only while it is being passed: once passed, the proxy
+// cannot see it end.
 type TCPProxy struct {
 	set  *Set
 	opts TCPOptions
@@ -174,25 +211,53 @@ func (p *TCPProxy) handle(s *tcpSession) {
 	}()
 	tab := p.set.tab.Load()
 	var triedBuf [4]*backend
-	tried := triedBuf[:0]
+	tried := triedBuf[:0] // dial failures and refused passes: not again
+	var refused []*backend
+	dialFailed := false // the last attempt was a dial failure
 	var lastErr error
 	for {
 		b := p.set.acquire(&tab, "", tried)
 		if b == nil {
+			for _, r := range refused {
+				r.stats.connError() // refused, and nobody else took it either
+			}
 			p.set.unrouted.Add(1)
 			p.failed.Add(1)
 			p.log.Warn("proxy: tcp connection refused: no backend", "client", s.client.RemoteAddr().String(), "err", lastErr)
 			return
 		}
-		if len(tried) > 0 {
+		if dialFailed {
 			tried[len(tried)-1].stats.passedOn()
 		}
 		start := time.Now()
+		if p.opts.Pass != nil {
+			switch p.opts.Pass(b.ID, s.client) {
+			case Passed:
+				b.stats.passed(time.Since(start))
+				b.end()
+				return // our copy closes; the backend's serves the client
+			case PassRefused:
+				b.stats.refused()
+				b.end()
+				tried = append(tried, b)
+				refused = append(refused, b)
+				dialFailed = false
+				lastErr = fmt.Errorf("%w: %s refused the connection's socket", ErrNoBackend, b.ID)
+				continue
+			case PassLost:
+				b.stats.connError()
+				b.end()
+				p.failed.Add(1)
+				p.log.Warn("proxy: tcp connection lost while passed to its backend", "client", s.client.RemoteAddr().String(), "backend", b.ID)
+				return
+			}
+		}
 		bc, err := b.dial(p.ctx, p.opts.DialTimeout)
 		if err != nil {
 			b.end()
 			b.stats.connError()
 			tried = append(tried, b)
+			dialFailed = true
 			lastErr = err
 			continue
 		}

@@ -286,3 +286,139 @@ func TestTCPShutdown(t *testing.T) {
 		t.Errorf("second Shutdown: %v", err)
 	}
 }
+
+// passTo is a TCPOptions.Pass that stands for backends' processes taking
+// the client's socket: for the IDs in take, a duplicate of the socket is
+// served here (it says "passed-ID" and closes); others get the result in
+// other. Every call is counted by ID.
+type passTo struct {
+	take  map[string]bool
+	other map[string]PassResult
+	mu    sync.Mutex
+	calls map[string]int
+	wg    sync.WaitGroup
+}
+
+func (pt *passTo) pass(id string, c net.Conn) PassResult {
+	pt.mu.Lock()
+	if pt.calls == nil {
+		pt.calls = map[string]int{}
+	}
+	pt.calls[id]++
+	take, other := pt.take[id], pt.other[id]
+	pt.mu.Unlock()
+	if !take {
+		return other
+	}
+	f, err := c.(*net.TCPConn).File()
+	if err != nil {
+		return PassRelay
+	}
+	dup, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return PassRelay
+	}
+	pt.wg.Add(1)
+	go func() {
+		defer pt.wg.Done()
+		defer dup.Close()
+		_, _ = io.WriteString(dup, "passed-"+id)
+	}()
+	return Passed
+}
+
+func (pt *passTo) count(id string) int {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	return pt.calls[id]
+}
+
+func startTCPPass(t testing.TB, set *Set, pt *passTo) (*TCPProxy, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := NewTCP(set, TCPOptions{Logger: slog.New(slog.DiscardHandler), Pass: pt.pass})
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := p.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		<-served
+		pt.wg.Wait()
+	})
+	return p, ln.Addr().String()
+}
+
+// TCPOptions.Pass: a passed connection is served by whoever took its
+// socket, with nothing relayed; one refused goes to the other backends by
+// weight (never to the refusing one, never twice), and fails only when no
+// backend takes it; PassRelay relays as without Pass; PassLost closes.
+func TestTCPPass(t *testing.T) {
+	a, b := startTCPApp(t, "a", sayID("a")), startTCPApp(t, "b", sayID("b"))
+	set := NewSet(SetOptions{})
+	pt := &passTo{take: map[string]bool{"a": true}, other: map[string]PassResult{"b": PassRefused}}
+	p, addr := startTCPPass(t, set, pt)
+	mustSet(t, set, a.backend(50), b.backend(50))
+
+	// Concurrent clients: each reads exactly one answer, from a's taker.
+	const n = 200
+	got := make(chan string, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got <- dialRead(t, addr)
+		}()
+	}
+	wg.Wait()
+	close(got)
+	for s := range got {
+		if s != "passed-a" {
+			t.Fatalf("a client read %q, want exactly %q (b refuses every pass)", s, "passed-a")
+		}
+	}
+	waitFor(t, "the passes to end", func() bool { return set.Stats()["a"].InFlight+set.Stats()["b"].InFlight == 0 })
+	st := set.Stats()
+	if pt.count("a") != n || pt.count("b") == 0 {
+		t.Errorf("Pass called %d times for a, %d for b; want %d and some", pt.count("a"), pt.count("b"), n)
+	}
+	if sa := st["a"]; sa.Passed != n || sa.Requests != n || sa.BytesIn+sa.BytesOut != 0 {
+		t.Errorf("a: passed %d, requests %d, bytes %d+%d; want %d passed, nothing relayed", sa.Passed, sa.Requests, sa.BytesIn, sa.BytesOut, n)
+	}
+	if sb := st["b"]; sb.Refused != int64(pt.count("b")) || sb.Requests != 0 || sb.ConnErrors != 0 {
+		t.Errorf("b: refused %d (of %d calls), requests %d, errors %d; want every call refused, no error (a took them)", sb.Refused, pt.count("b"), sb.Requests, sb.ConnErrors)
+	}
+	if p.Failed() != 0 || set.Unrouted() != 0 {
+		t.Errorf("failed %d, unrouted %d", p.Failed(), set.Unrouted())
+	}
+
+	// Only a refusing backend: the connection is closed, counted failed
+	// and as b's error.
+	mustSet(t, set, b.backend(1))
+	if got := dialRead(t, addr); got != "" || p.Failed() != 1 || set.Unrouted() != 1 || set.Stats()["b"].ConnErrors != 1 {
+		t.Errorf("refused everywhere: read %q, failed %d, unrouted %d, b errors %d", got, p.Failed(), set.Unrouted(), set.Stats()["b"].ConnErrors)
+	}
+
+	// PassRelay: relayed to b as without Pass.
+	pt.mu.Lock()
+	pt.other["b"] = PassRelay
+	pt.mu.Unlock()
+	if got := dialRead(t, addr); got != "b" {
+		t.Errorf("PassRelay: read %q, want b's relayed answer", got)
+	}
+
+	// PassLost: closed, a connection error of b, no relay.
+	pt.mu.Lock()
+	pt.other["b"] = PassLost
+	pt.mu.Unlock()
+	if got := dialRead(t, addr); got != "" || p.Failed() != 2 || set.Stats()["b"].ConnErrors != 2 {
+		t.Errorf("PassLost: read %q, failed %d, b errors %d", got, p.Failed(), set.Stats()["b"].ConnErrors)
+	}
+}
