@@ -446,3 +446,72 @@ func TestUpgradeProgress(t *testing.T) {
 		t.Fatalf("baton upgrade --json on a terminal: exit %d, %v: %q", code, err, out)
 	}
 }
+
+// TestEventsSince: a record two hours old, planted in the events file as
+// an earlier run would have left it, then a `baton run` service under the
+// same name: `baton events --since 1h` lists the service's start and not
+// the old record (table and --json), --since 3h and no --since list both.
+func TestEventsSince(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test (-short)")
+	}
+	const name = "evsince"
+	path := events.Path(os.Getenv(contract.EnvRuntimeDir), name)
+	l, err := events.Open(path, name, "supervisor", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := events.Record{Time: time.Now().Add(-2 * time.Hour), Name: events.Serving, Generation: 1, PID: 4242,
+		Message: "an earlier run's generation 1 (pid 4242) serving"}
+	if err := l.Emit(old); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t, "tcp")
+	svc, _ := startSupervised(t, name, os.Environ(), "--listen", "tcp://"+addr,
+		"--", bins["hello"], "-addr", addr, "-idle-grace", "100ms")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	servingOf := func(recs []events.Record, pid int) bool {
+		for _, r := range recs {
+			if r.Name == events.Serving && r.PID == pid {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor(t, 30*time.Second, "the service's start recorded", func() bool { return servingOf(eventsOf(t, name), st.PID) })
+
+	for _, c := range []struct {
+		since   []string
+		wantOld bool
+	}{{nil, true}, {[]string{"--since", "3h"}, true}, {[]string{"--since", "1h"}, false}} {
+		args := append([]string{"events", "--name", name, "--json"}, c.since...)
+		code, out, errOut := batonRun(ctx, t, args...)
+		if code != 0 {
+			t.Fatalf("baton %s: exit %d: %s", strings.Join(args, " "), code, errOut)
+		}
+		recs := decodeEvents(t, out)
+		if !servingOf(recs, st.PID) {
+			t.Errorf("baton %s: the service's start (pid %d) is not listed:\n%s", strings.Join(args, " "), st.PID, out)
+		}
+		if got := servingOf(recs, old.PID); got != c.wantOld {
+			t.Errorf("baton %s: the record of two hours ago listed: %v, want %v:\n%s", strings.Join(args, " "), got, c.wantOld, out)
+		}
+		checkInOrder(t, recs)
+		if c.wantOld && (len(recs) == 0 || recs[0].PID != old.PID) {
+			t.Errorf("baton %s: the oldest record is not listed first:\n%s", strings.Join(args, " "), out)
+		}
+	}
+	code, out, errOut := batonRun(ctx, t, "events", "--name", name, "--since", "1h")
+	if code != 0 || strings.Contains(out, "an earlier run") || !strings.Contains(out, strconv.Itoa(st.PID)) {
+		t.Errorf("baton events --since 1h (table): exit %d, want the start of pid %d and not the old record:\n%s%s", code, st.PID, out, errOut)
+	}
+	code, _, errOut = batonRun(ctx, t, "events", "--name", name, "--since", "-1h")
+	if code != contract.ExitUsage {
+		t.Errorf("baton events --since -1h: exit %d, want %d: %s", code, contract.ExitUsage, errOut)
+	}
+}
