@@ -246,6 +246,29 @@ func TestPID1ReapsOrphansForwardsSignalsAndUpgrades(t *testing.T) {
 	}
 }
 
+// TestPID1SIGINTDrains: SIGINT to PID 1 (Ctrl-C on `docker run -it`) is
+// forwarded like SIGTERM: the supervisor drains (a slow request in flight
+// is answered by the generation that took it) and PID 1 exits 0. Not
+// forwarded, it would end PID 1 at once (Go's default for SIGINT), the
+// kernel would kill the namespace and the request would fail.
+func TestPID1SIGINTDrains(t *testing.T) {
+	ns := startPID1(t, "pid1int")
+	held := holdRequest(t, ns.addr, 1500)
+	if err := signalPID(t, ns.init, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if err := held.wait(); err != nil {
+		t.Errorf("the request in flight at SIGINT: %v", err)
+	}
+	waitFor(t, 30*time.Second, "baton run (PID 1) exits after SIGINT", ns.exited)
+	if ns.err != nil {
+		t.Fatalf("PID 1 after SIGINT: %v, want exit 0", ns.err)
+	}
+	if !strings.Contains(ns.log.String(), "drained") {
+		t.Errorf("the generation did not report its drain")
+	}
+}
+
 // TestPID1ExitCodeSaysWhy: PID 1 exits with 128+N when the supervisor is
 // killed by signal N, and says so (its exit code is the supervisor's
 // otherwise: 0 after SIGTERM, above).
