@@ -15,6 +15,7 @@ import (
 	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/release"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // serviceInstall is what `baton service install` was told.
@@ -54,6 +55,27 @@ func checkServiceName(name string) error {
 		return &exitError{code: contract.CodeUsage, err: fmt.Errorf("--name %q: use letters, digits, '.', '_' and '-' (at most 80, starting with a letter or digit)", name)}
 	}
 	return nil
+}
+
+// windowsServiceUnserved are the baton run flags whose endpoints the
+// Windows service does not start (runAsService serves neither metrics nor
+// HTTP control, and refuses them): written into its command line, they
+// would make every start of the service fail.
+var windowsServiceUnserved = []string{"metrics", "http-control", "http-control-token-file", "http-control-allow-remote", "http-control-rate"}
+
+// refuseFlags is a usage error naming those of names that were given in
+// fs, or nil when none was.
+func refuseFlags(fs *pflag.FlagSet, names []string, why string) error {
+	var given []string
+	for _, n := range names {
+		if f := fs.Lookup(n); f != nil && f.Changed {
+			given = append(given, "--"+n)
+		}
+	}
+	if len(given) == 0 {
+		return nil
+	}
+	return &exitError{code: contract.CodeUsage, err: fmt.Errorf("%s: %s", strings.Join(given, ", "), why)}
 }
 
 // recoveryDelays: the SCM restarts a failed service after 5s, then 30s,
@@ -209,7 +231,8 @@ func newServiceInstallCmd() *cobra.Command {
 		Short: "Register a service whose process is 'baton run' with these flags",
 		Long: `Register a service NAME whose process is 'baton run --name NAME <flags> -- APP
 ARGS'. Every 'baton run' flag is accepted and written into the service's
-command line.
+command line, except on Windows --metrics and the --http-control flags,
+refused (exit 2): the Windows service does not serve them yet.
 
 Windows: an SCM service (--start auto, manual or delayed auto-start;
 --account LocalSystem, LocalService, NetworkService or DOMAIN\user with

@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/baton-go/baton/internal/contract"
 )
 
 // The install's plan: baton run's flags as given, the hidden --as-service,
@@ -59,5 +62,33 @@ func TestServicePlan(t *testing.T) {
 	}
 	if got := windowsCommandLine([]string{`a"b`, `c d\`, ""}); got != `"a\"b" "c d\\" ""` {
 		t.Errorf("quoting: %s", got)
+	}
+}
+
+// The flags the Windows service does not serve are refused by name, as a
+// usage error; the others pass.
+func TestRefuseFlags(t *testing.T) {
+	c := newServiceInstallCmd()
+	if err := c.ParseFlags([]string{"--name", "web", "--listen", "tcp://127.0.0.1:8080", "--drain-timeout", "20s"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := refuseFlags(c.Flags(), windowsServiceUnserved, "why"); err != nil {
+		t.Errorf("no unserved flag given: %v", err)
+	}
+	c = newServiceInstallCmd()
+	if err := c.ParseFlags([]string{"--name", "web", "--metrics", "127.0.0.1:9464", "--http-control", "127.0.0.1:9465",
+		"--http-control-token-file", "tok", "--listen", "tcp://127.0.0.1:8080"}); err != nil {
+		t.Fatal(err)
+	}
+	err := refuseFlags(c.Flags(), windowsServiceUnserved, "not served")
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != contract.CodeUsage ||
+		err.Error() != "--metrics, --http-control, --http-control-token-file: not served" {
+		t.Errorf("refusal: %v", err)
+	}
+	for _, n := range windowsServiceUnserved {
+		if c.Flags().Lookup(n) == nil {
+			t.Errorf("--%s is not a flag of service install: the check would never see it", n)
+		}
 	}
 }

@@ -92,6 +92,10 @@ func startName(account string) string {
 }
 
 func installService(cmd *cobra.Command, si *serviceInstall, app []string) error {
+	if err := refuseFlags(cmd.Flags(), windowsServiceUnserved,
+		"the Windows service does not serve metrics or HTTP control yet (it would refuse to start): leave them out, or run baton run in a console"); err != nil {
+		return err
+	}
 	out := cmd.OutOrStdout()
 	name := si.run.cfg.Name
 	exe, err := os.Executable()
