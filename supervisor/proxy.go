@@ -53,6 +53,9 @@ type front struct {
 	gens   map[int]*backendAddrs // by generation number
 	weight map[int]int           // percent of new traffic, by generation number
 	canary *canaryRun            // the canary under way, if any
+	// passers give tcp connections to library generations instead of
+	// relaying them (proxy_pass.go), by backend ID.
+	passers map[string]*passer
 }
 
 // backendAddrs are one generation's private sockets, in --listen order:
@@ -82,7 +85,7 @@ func newFront(s *Supervisor, lns []net.Listener) *front {
 		case ProxyHTTP:
 			f.https = append(f.https, proxy.NewHTTP(set, proxy.HTTPOptions{Sticky: s.cfg.Sticky, Logger: s.log.With("component", "proxy")}))
 		default:
-			f.tcps = append(f.tcps, proxy.NewTCP(set, proxy.TCPOptions{Logger: s.log.With("component", "proxy")}))
+			f.tcps = append(f.tcps, proxy.NewTCP(set, proxy.TCPOptions{Logger: s.log.With("component", "proxy"), Pass: f.passHook(len(f.tcps))}))
 		}
 	}
 	return f
@@ -198,12 +201,17 @@ func (f *front) retireID(ctx context.Context, n int) {
 		}
 	}
 	addrs := f.gens[n]
+	p := f.passers[backendID(n)]
 	f.mu.Unlock()
 	if f.mode != ProxyHTTP {
 		// A TCP session lasts as long as its client wants: the app's own
 		// drain ends (or passes on) its connections, as in hand-off mode.
-		// Only the connections the proxy made just before the switch must
-		// have left the accept queue, or the app's drain would reset them.
+		// Only the connections the proxy made (or is passing) just before
+		// the switch must have reached the app, or its drain would reset
+		// them (a pass it would refuse: the connection goes elsewhere).
+		if p != nil {
+			p.refuse(ctx)
+		}
 		f.waitAccepted(ctx, n, addrs)
 		return
 	}
@@ -285,6 +293,9 @@ func (f *front) exited(n int) {
 	if g == nil {
 		return
 	}
+	if p := f.passers[backendID(n)]; p != nil {
+		p.gone()
+	}
 	if f.weight[n] > 0 && len(g.files) > 0 {
 		g.dead = true
 		return
@@ -327,6 +338,7 @@ func (f *front) forgetLocked(n int) {
 		}
 	}
 	delete(f.gens, n)
+	delete(f.passers, backendID(n))
 }
 
 // info is the proxy's part of status.
@@ -385,6 +397,8 @@ func (f *front) stats() map[string]proxy.BackendStats {
 			a.InFlight += st.InFlight
 			a.BytesIn += st.BytesIn
 			a.BytesOut += st.BytesOut
+			a.Passed += st.Passed
+			a.Refused += st.Refused
 			a.Latency.Merge(st.Latency)
 			a.Window.Requests += st.Window.Requests
 			a.Window.Errors5xx += st.Window.Errors5xx
@@ -420,6 +434,7 @@ func usesPortPlaceholder(cmd []string) bool {
 // roll-back), or, for an upgrade with a canary plan while another
 // generation serves, step by step as the plan and the operator say.
 func (f *front) commit(g *generation) error {
+	f.addPasser(g)
 	if req := g.canary; req != nil {
 		if stable := f.s.currentGen(); stable != nil && stable != g {
 			select {

@@ -242,6 +242,9 @@ func (p *TCPProxy) handle(s *tcpSession) {
 				tried = append(tried, b)
 				refused = append(refused, b)
 				dialFailed = false
+				// A backend refuses once it is out of the list: look in
+				// the current one, not the one this connection started with.
+				tab = p.set.tab.Load()
 				lastErr = fmt.Errorf("%w: %s refused the connection's socket", ErrNoBackend, b.ID)
 				continue
 			case PassLost:

@@ -98,17 +98,23 @@ func reverser(c *net.TCPConn) {
 
 func dialRead(t testing.TB, addr string) string {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
+	s, err := tryDialRead(addr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return s
+}
+
+// tryDialRead is dialRead for goroutines other than the test's.
+func tryDialRead(addr string) (string, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return "", err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
 	b, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return string(b), err
 }
 
 func TestTCPHalfCloseEcho(t *testing.T) {
@@ -374,7 +380,11 @@ func TestTCPPass(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			got <- dialRead(t, addr)
+			s, err := tryDialRead(addr)
+			if err != nil {
+				s = err.Error()
+			}
+			got <- s
 		}()
 	}
 	wg.Wait()
@@ -420,5 +430,46 @@ func TestTCPPass(t *testing.T) {
 	pt.mu.Unlock()
 	if got := dialRead(t, addr); got != "" || p.Failed() != 2 || set.Stats()["b"].ConnErrors != 2 {
 		t.Errorf("PassLost: read %q, failed %d, b errors %d", got, p.Failed(), set.Stats()["b"].ConnErrors)
+	}
+}
+
+// A pass refused because its backend was switched out meanwhile (baton
+// retires a generation after taking it out of the list) goes to the
+// backend that replaced it, not to an error.
+func TestTCPPassRefusedAfterSwitch(t *testing.T) {
+	a, b := startTCPApp(t, "a", sayID("a")), startTCPApp(t, "b", sayID("b"))
+	set := NewSet(SetOptions{})
+	offered, switched := make(chan struct{}), make(chan struct{})
+	pt := &passTo{}
+	hook := func(id string, c net.Conn) PassResult {
+		pt.pass(id, c) // counts the call
+		if id == "a" {
+			close(offered)
+			<-switched
+			return PassRefused
+		}
+		return PassRelay
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := NewTCP(set, TCPOptions{Logger: slog.New(slog.DiscardHandler), Pass: hook})
+	go p.Serve(ln)
+	t.Cleanup(func() { _ = p.Shutdown(context.Background()) })
+	mustSet(t, set, a.backend(1))
+	got := make(chan string, 1)
+	go func() {
+		s, err := tryDialRead(ln.Addr().String())
+		if err != nil {
+			s = err.Error()
+		}
+		got <- s
+	}()
+	<-offered
+	mustSet(t, set, b.backend(1))
+	close(switched)
+	if s := <-got; s != "b" || p.Failed() != 0 {
+		t.Errorf("read %q (failed %d); want b's answer", s, p.Failed())
 	}
 }

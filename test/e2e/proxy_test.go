@@ -10,6 +10,7 @@ import (
 	"net/http/cookiejar"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -35,7 +36,7 @@ func TestProxyBlueGreenUnderLoad(t *testing.T) {
 			addr := freeAddr(t, "tcp")
 			sock := filepath.Join(workDir, "px-"+mode+".sock")
 			name := "px" + mode
-			svc, _ := startSupervised(t, name, os.Environ(), "--proxy", mode, "--listen", "tcp://"+addr, "--listen", "unix://"+sock,
+			svc, logf := startSupervised(t, name, os.Environ(), "--proxy", mode, "--listen", "tcp://"+addr, "--listen", "unix://"+sock,
 				"--drain-timeout", "10s", "--", bins["hello"], "-addr", addr, "-unix", sock, "-idle-grace", "1s")
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
@@ -62,8 +63,51 @@ func TestProxyBlueGreenUnderLoad(t *testing.T) {
 					t.Fatalf("old generation %d still running: %v", pid, err)
 				}
 			}
+			if mode == "tcp" {
+				// hello is a library app: its connections are passed to
+				// it, not relayed (each retired generation logs its counts).
+				c := passCounts(t, logf.Name())
+				t.Logf("tcp proxy, retired generations' client connections: %+v", c)
+				if c.retired < len(olds) || c.passed == 0 || c.relayed != 0 || c.lost != 0 {
+					t.Errorf("connections passed to the generations: %+v over %d retired generations; want all passed (none relayed, none lost)", c, len(olds))
+				}
+			}
 		})
 	}
+}
+
+// passCounts sums what the supervisor's log says about the client
+// connections of the generations it retired (tcp proxy, proxy_pass.go).
+type passCount struct{ retired, passed, relayed, refused, lost int }
+
+func passCounts(t *testing.T, log string) passCount {
+	t.Helper()
+	b, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c passCount
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, "client connections of the retired generation") {
+			continue
+		}
+		c.retired++
+		for _, f := range strings.Fields(line) {
+			k, v, _ := strings.Cut(f, "=")
+			n, _ := strconv.Atoi(v)
+			switch k {
+			case "conns_passed":
+				c.passed += n
+			case "conns_relayed":
+				c.relayed += n
+			case "conns_refused":
+				c.refused += n
+			case "conns_lost":
+				c.lost += n
+			}
+		}
+	}
+	return c
 }
 
 // canaryShare counts, between two snapshots, the answers of the canary
