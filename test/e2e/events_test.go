@@ -112,6 +112,27 @@ func checkUpgrade(t *testing.T, o operation, old, new int) {
 	}
 }
 
+// checkRollback: a rollback (baton rollback) from pid old to pid new went
+// through its steps in order: the previous release started for the
+// rollback, ready, took over, rolled back; the old generation drained;
+// each step with its duration.
+func checkRollback(t *testing.T, o operation, old, new int) {
+	t.Helper()
+	i, started := o.step(t, 0, events.Started, new)
+	if started.Reason != "rollback" {
+		t.Errorf("the rollback's generation was started for %q", started.Reason)
+	}
+	i, ready := o.step(t, i, events.Ready, new)
+	i, switched := o.step(t, i, events.Switched, new)
+	o.step(t, i, events.RolledBack, new)
+	_, drained := o.step(t, 0, events.Drained, old)
+	for _, r := range []events.Record{started, ready, switched, drained} {
+		if r.Duration <= 0 {
+			t.Errorf("%s of %s %s has no duration: %+v", r.Name, o.op, o.id, r)
+		}
+	}
+}
+
 func checkInOrder(t *testing.T, recs []events.Record) {
 	t.Helper()
 	for i := 1; i < len(recs); i++ {
@@ -249,16 +270,7 @@ func TestEventsOfSupervisedService(t *testing.T) {
 	for n, o := range ops[1:] {
 		old, new := pids[n], pids[n+1]
 		if o.op == "rollback" {
-			i, started := o.step(t, 0, events.Started, new)
-			if started.Reason != "rollback" {
-				t.Errorf("the rollback's generation was started for %q", started.Reason)
-			}
-			i, _ = o.step(t, i, events.Ready, new)
-			i, _ = o.step(t, i, events.Switched, new)
-			o.step(t, i, events.RolledBack, new)
-			if _, d := o.step(t, 0, events.Drained, old); d.Duration <= 0 {
-				t.Errorf("the drain after the rollback has no duration")
-			}
+			checkRollback(t, o, old, new)
 			continue
 		}
 		checkUpgrade(t, o, old, new)

@@ -11,9 +11,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-go/baton/events"
+	"github.com/baton-go/baton/internal/testenv"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -25,12 +30,18 @@ import (
 // generation) says so: 5 successful upgrades, 1 manual rollback, the
 // serving generation's number (7) and binary, each phase's histogram with
 // 5 observations. Then an upgrade to a broken release: 1 failed, the last
-// upgrade unsuccessful, its start observed but no ready. Every scrape
-// parses as Prometheus text format (with the classic name rules).
+// upgrade unsuccessful, its start observed but no ready. Then the serving
+// generation killed: once its restart serves, 1 restart. Every scrape
+// parses as Prometheus text format (with the classic name rules). The
+// same history in `baton events --json`: the 5 upgrades and the rollback
+// in order, each step with its duration; and in `baton report --html`,
+// rendered by headless Chromium without a console message, every
+// generation's pid a lane.
 func TestSupervisorMetrics(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test (-short)")
 	}
+	browser := testenv.Command(t, "chromium", "chromium")
 	dir := t.TempDir()
 	app := filepath.Join(dir, "hello")
 	installCopy(t, bins["hello"], app)
@@ -43,12 +54,18 @@ func TestSupervisorMetrics(t *testing.T) {
 	m := scrape(t, maddr)
 	wantMetric(t, m, 1, "baton_generation")
 	wantMetric(t, m, 0, "baton_upgrades_total", "result", "success")
+	first, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 
+	pids := []int{first.PID} // the generations that served, in order
 	for i := range 5 {
 		rep, err := svc.Upgrade(ctx)
 		if err != nil || !rep.OK {
 			t.Fatalf("upgrade %d: %v %+v", i+1, err, rep)
 		}
+		pids = append(pids, rep.Result.PID)
 	}
 	if code, out := runCLI("rollback", "--name", "supmetrics"); code != 0 {
 		t.Fatalf("baton rollback: exit %d: %s", code, out)
@@ -57,6 +74,7 @@ func TestSupervisorMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pids = append(pids, st.PID)
 	waitFor(t, time.Minute, "every replaced generation drained", func() bool {
 		s, err := svc.Status(ctx)
 		return err == nil && len(s.Draining) == 0
@@ -108,6 +126,81 @@ func TestSupervisorMetrics(t *testing.T) {
 	if _, ok := metricValue(m, "process_open_fds"); !ok {
 		t.Error("no process_open_fds: the supervisor's own process metrics are missing")
 	}
+
+	// The serving generation killed: the supervisor starts it again (the
+	// good release back in place), and counts 1 restart.
+	installCopy(t, bins["hello"], app)
+	if err := signalPID(t, st.PID, syscall.SIGKILL); err != nil {
+		t.Fatalf("killing the serving generation %d: %v", st.PID, err)
+	}
+	restarted := 0
+	waitFor(t, time.Minute, fmt.Sprintf("a restarted generation serving after pid %d was killed", st.PID), func() bool {
+		s, err := svc.Status(ctx)
+		if err != nil || s.PID <= 0 || s.PID == st.PID {
+			return false
+		}
+		resp, err := http.Get("http://" + addr + "/")
+		if err != nil {
+			return false
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Pid") != strconv.Itoa(s.PID) {
+			return false
+		}
+		restarted = s.PID
+		return true
+	})
+	svc.Tracker.Track(restarted)
+	m = scrape(t, maddr)
+	wantMetric(t, m, 1, "baton_restarts_total")
+	wantMetric(t, m, 5, "baton_upgrades_total", "result", "success")
+	wantMetric(t, m, 1, "baton_rollbacks_total", "reason", "manual")
+	g, _ := metricValue(m, "baton_generation")
+	t.Logf("after the restart: pid %d, baton_generation %v", restarted, g)
+
+	// baton events --json: the 5 upgrades and the rollback, in order,
+	// each step with its duration; the broken upgrade and the restart
+	// after them.
+	var recs []events.Record
+	waitFor(t, 30*time.Second, fmt.Sprintf("the restart of pid %d recorded", restarted), func() bool {
+		recs = eventsOf(t, "supmetrics")
+		for _, r := range recs {
+			if r.Name == events.Serving && r.PID == restarted {
+				return true
+			}
+		}
+		return false
+	})
+	checkInOrder(t, recs)
+	ops := operations(recs)
+	var kinds []string
+	for _, o := range ops {
+		kinds = append(kinds, o.op)
+	}
+	if got := strings.Join(kinds, " "); got != "start upgrade upgrade upgrade upgrade upgrade rollback upgrade restart" {
+		t.Fatalf("operations %q, want start, 5 upgrades, a rollback, the broken upgrade, a restart", got)
+	}
+	for i, o := range ops[1:6] {
+		checkUpgrade(t, o, pids[i], pids[i+1])
+	}
+	checkRollback(t, ops[6], pids[5], pids[6])
+	_, failed := ops[7].step(t, 0, events.StartFailed, 0)
+	if failed.PID <= 0 || failed.ErrorType != "child_exited" {
+		t.Errorf("the broken release's failure: %+v, want its pid and child_exited", failed)
+	}
+	ops[8].step(t, 0, events.Serving, restarted)
+
+	// baton report --html: every generation a lane, the broken one and
+	// the restarted one too; rendered without a console message.
+	gens := append(pids, failed.PID, restarted)
+	page := filepath.Join(dir, "report.html")
+	code, out, errOut := batonRun(ctx, t, "report", "--name", "supmetrics", "--html", page)
+	if code != 0 || !strings.Contains(out, "wrote "+page) || !strings.Contains(out, fmt.Sprintf("%d generations", len(gens))) {
+		t.Fatalf("baton report: exit %d, want %d generations: %s%s", code, len(gens), out, errOut)
+	}
+	checkReportInChromium(t, browser, page, gens)
+	t.Logf("report of %d generations (pids %v): %s", len(gens), gens, out)
 }
 
 // TestMetricsAddressRefused: --metrics with an address that cannot be

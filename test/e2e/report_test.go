@@ -45,6 +45,27 @@ func chromium(t *testing.T, bin, page string, args ...string) (string, []string)
 	return stdout.String(), console
 }
 
+// checkReportInChromium renders the report page in headless Chromium and
+// checks that it logged nothing to the console (no script error), that it
+// holds its timeline and its table, and that each of pids is a lane. It
+// returns the rendered DOM.
+func checkReportInChromium(t *testing.T, browser, page string, pids []int) string {
+	t.Helper()
+	dom, console := chromium(t, browser, page, "--dump-dom")
+	if len(console) > 0 {
+		t.Errorf("the page logged to the console (or had a script error):\n%s", strings.Join(console, "\n"))
+	}
+	if !strings.Contains(dom, `<svg id="timeline"`) || !strings.Contains(dom, `<table id="upgrades"`) {
+		t.Fatalf("the rendered DOM has no timeline or no table:\n%.3000s", dom)
+	}
+	for _, pid := range pids {
+		if !regexp.MustCompile(`>gen \d+ · pid ` + strconv.Itoa(pid) + `<`).MatchString(dom) {
+			t.Errorf("generation pid %d is not a lane of the rendered page", pid)
+		}
+	}
+	return dom
+}
+
 // TestReportRendersInChromium: a `baton run` service upgraded twice, a
 // failed upgrade (a release that exits before it is ready), a rollback and
 // one more upgrade; `baton report --html` writes a page that headless
@@ -122,18 +143,7 @@ func TestReportRendersInChromium(t *testing.T) {
 		t.Fatalf("baton report: exit %d: %s%s", code, out, errOut)
 	}
 
-	dom, console := chromium(t, browser, page, "--dump-dom")
-	if len(console) > 0 {
-		t.Errorf("the page logged to the console (or had a script error):\n%s", strings.Join(console, "\n"))
-	}
-	if !strings.Contains(dom, `<svg id="timeline"`) || !strings.Contains(dom, `<table id="upgrades"`) {
-		t.Fatalf("the rendered DOM has no timeline or no table:\n%.3000s", dom)
-	}
-	for _, pid := range pids {
-		if !regexp.MustCompile(`>gen \d+ · pid ` + strconv.Itoa(pid) + `<`).MatchString(dom) {
-			t.Errorf("generation pid %d is not a lane of the rendered page", pid)
-		}
-	}
+	dom := checkReportInChromium(t, browser, page, pids)
 	for _, phase := range []string{"starting", "ready", "serving", "draining", "exited", "failed"} {
 		if !strings.Contains(dom, `<rect class="`+phase) {
 			t.Errorf("no %s span in the rendered page", phase)
