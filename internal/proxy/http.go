@@ -71,9 +71,18 @@ type HTTPProxy struct {
 	opts HTTPOptions
 	log  *slog.Logger
 	rp   *httputil.ReverseProxy
-	srv  *http.Server
+	srv  *http.Server // serves the connections the fast path hands over
 
-	failed atomic.Int64
+	failed     atomic.Int64
+	handedOver atomic.Int64 // connections given to net/http (tests)
+
+	shutting atomic.Bool
+	handoff  *handoffListener
+	srvOnce  sync.Once
+	mu       sync.Mutex
+	lns      map[net.Listener]struct{}
+	conns    map[*clientConn]struct{} // fast-path client connections
+	drained  chan struct{}            // closed when conns empties during Shutdown
 }
 
 // NewHTTP returns an HTTPProxy forwarding to the backends of set. A Set
@@ -98,7 +107,8 @@ func NewHTTP(set *Set, opts HTTPOptions) *HTTPProxy {
 	if opts.ClientIdle <= 0 {
 		opts.ClientIdle = DefaultClientIdle
 	}
-	p := &HTTPProxy{set: set, opts: opts, log: opts.Logger}
+	p := &HTTPProxy{set: set, opts: opts, log: opts.Logger, handoff: newHandoffListener(),
+		lns: make(map[net.Listener]struct{}), conns: make(map[*clientConn]struct{})}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -131,18 +141,81 @@ func (p *HTTPProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.rp.Ser
 
 // Serve accepts HTTP/1.1 connections on ln until Shutdown; it may be
 // called for several listeners. It returns ErrClosed after Shutdown.
+// Connections are served by the fast path (see fast.go) and handed over to
+// net/http and ServeHTTP at the first request it does not take; where
+// the fast path is not supported (see idle_other.go), by net/http only.
 func (p *HTTPProxy) Serve(ln net.Listener) error {
-	err := p.srv.Serve(ln)
-	if errors.Is(err, http.ErrServerClosed) {
+	if !fastPathSupported {
+		err := p.srv.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			return ErrClosed
+		}
+		return err
+	}
+	p.mu.Lock()
+	if p.shutting.Load() {
+		p.mu.Unlock()
+		_ = ln.Close()
 		return ErrClosed
 	}
-	return err
+	p.lns[ln] = struct{}{}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.lns, ln)
+		p.mu.Unlock()
+	}()
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if p.shutting.Load() {
+				return ErrClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() { // as net/http: back off, go on
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				p.log.Debug("proxy: accept", "err", err, "retry in", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		go p.serveConn(c)
+	}
 }
 
 // Shutdown closes the listeners and idle client connections and waits,
 // until ctx is done, for requests in progress (upgraded connections are
-// not waited for).
-func (p *HTTPProxy) Shutdown(ctx context.Context) error { return p.srv.Shutdown(ctx) }
+// not waited for). Connections finishing a request then are closed.
+func (p *HTTPProxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	p.shutting.Store(true)
+	for ln := range p.lns {
+		_ = ln.Close()
+	}
+	for cc := range p.conns {
+		if cc.state.CompareAndSwap(connIdle, connClosed) {
+			_ = cc.c.Close()
+		}
+	}
+	drained := make(chan struct{})
+	if len(p.conns) == 0 {
+		close(drained)
+	} else {
+		p.drained = drained
+	}
+	p.mu.Unlock()
+	_ = p.handoff.Close()
+	srvErr := p.srv.Shutdown(ctx)
+	select {
+	case <-drained:
+		return srvErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // Failed counts requests the proxy answered itself with 502 (the backend
 // gave no answer) or 503 (no backend).
@@ -167,16 +240,7 @@ func (p *HTTPProxy) rewrite(pr *httputil.ProxyRequest) {
 // forwarded is the RFC 7239 element describing r's hop.
 func forwarded(r *http.Request) string {
 	var b strings.Builder
-	b.WriteString("for=")
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil && ip != "" {
-		if strings.Contains(ip, ":") {
-			b.WriteString(`"[` + ip + `]"`)
-		} else {
-			b.WriteString(ip)
-		}
-	} else {
-		b.WriteString("unknown")
-	}
+	b.WriteString(forwardedFor(r.RemoteAddr))
 	if r.Host != "" {
 		b.WriteString(";host=")
 		b.WriteString(quoteIfNeeded(r.Host))
@@ -187,6 +251,18 @@ func forwarded(r *http.Request) string {
 		b.WriteString(";proto=http")
 	}
 	return b.String()
+}
+
+// forwardedFor is the for= part of a Forwarded element.
+func forwardedFor(remoteAddr string) string {
+	ip, _, err := net.SplitHostPort(remoteAddr)
+	switch {
+	case err != nil || ip == "":
+		return "for=unknown"
+	case strings.Contains(ip, ":"):
+		return `for="[` + ip + `]"`
+	}
+	return "for=" + ip
 }
 
 // quoteIfNeeded returns s as an RFC 7230 token, or quoted-string.

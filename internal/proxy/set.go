@@ -313,7 +313,8 @@ type backend struct {
 	removed  atomic.Bool
 	inflight atomic.Int64
 
-	tr atomic.Pointer[http.Transport] // created by the first HTTPProxy that uses it
+	tr   atomic.Pointer[http.Transport] // created by the first HTTPProxy that uses it
+	pool atomic.Pointer[connPool]       // the fast path's, likewise
 
 	mu      sync.Mutex
 	waiters []chan struct{} // WaitIdle calls, released when a removed backend is idle
@@ -362,6 +363,9 @@ func (b *backend) idle() {
 func (b *backend) closeIdle() {
 	if tr := b.tr.Load(); tr != nil {
 		tr.CloseIdleConnections()
+	}
+	if cp := b.pool.Load(); cp != nil {
+		cp.closeIdle()
 	}
 }
 

@@ -1,0 +1,16 @@
+//go:build !unix
+
+package proxy
+
+import "net"
+
+// fastPathSupported: without a non-blocking peek the fast path could
+// neither check a pooled backend connection for late bytes nor watch a
+// waiting client, so every connection is served by net/http here.
+const fastPathSupported = false
+
+func peekable(net.Conn) bool { return false }
+
+func idleConnUsable(net.Conn) bool { return false }
+
+func clientGone(net.Conn) bool { return false }
