@@ -35,8 +35,9 @@ func TestSupervisorCrashLoopFallsBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	const workers = 4
 	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{
-		loadgen.KeepAliveGET: 2, loadgen.Fresh: 2}, MaxRequests: 2_000_000})
+		loadgen.KeepAliveGET: workers / 2, loadgen.Fresh: workers / 2}, MaxRequests: 2_000_000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,6 +63,7 @@ func TestSupervisorCrashLoopFallsBack(t *testing.T) {
 	if _, err := load.WaitPID(ctx, now.PID); err != nil {
 		t.Fatal(err)
 	}
+	fellBackAt := time.Now()
 	waitResponses(t, load, now.PID, 50)
 	r := load.Stop()
 	if v := r.PIDs[now.PID].Version; v != "dev" {
@@ -69,10 +71,19 @@ func TestSupervisorCrashLoopFallsBack(t *testing.T) {
 	}
 	// (The supervisor answered status throughout: it did not give up.)
 	// Connections queue on the supervisor's socket while no generation
-	// runs: none is refused; requests cut inside a crashing process fail.
+	// runs: none is refused; requests cut inside a crashing process fail,
+	// at most one per worker at each of its three deaths (the first, and
+	// after each of the two restarts), and none once the fallback serves.
+	const crashes = 3
+	if len(r.Failures) > workers*crashes {
+		t.Errorf("%d failed requests, more than the %d three crashes can cut", len(r.Failures), workers*crashes)
+	}
 	for _, f := range r.Failures {
 		if f.Phase == "dial" {
 			t.Errorf("connection refused during the crash loop (port dark): %+v", f)
+		}
+		if f.At.After(fellBackAt) {
+			t.Errorf("a request failed after the fallback served: %+v", f)
 		}
 	}
 	t.Logf("requests: %d ok, %d failed (cut inside a crashing process)", r.TotalOK(), r.TotalFailed())
