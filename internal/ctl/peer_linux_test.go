@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/testenv"
 )
 
 // The test binary doubles as a control client run under another uid.
@@ -44,7 +45,7 @@ func TestMain(m *testing.M) {
 // peer with another uid is refused by its credentials.
 func TestOtherUserRefused(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a client under another uid")
+		testenv.Missing(t, "needs root to run a client under another uid")
 	}
 	dir := useTempDir(t)
 	ln, err := Listen("svc")
@@ -119,7 +120,7 @@ func fakeServer() {
 // never reads its answer (before: the fake status was believed).
 func TestClientRefusesForeignServer(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a server under another uid")
+		testenv.Missing(t, "needs root to run a server under another uid")
 	}
 	dir := useTempDir(t)
 	if err := ensureDir(dir); err != nil {

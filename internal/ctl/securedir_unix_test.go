@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/baton-go/baton/internal/testenv"
 )
 
 // TestRuntimeDirThroughForeignLink: the attack of issue 14. Another user
@@ -19,7 +21,7 @@ import (
 // directories that only we or root control pass.
 func TestRuntimeDirThroughForeignLink(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to give a link and directories to another user (uid 65534)")
+		testenv.Missing(t, "needs root to give a link and directories to another user (uid 65534)")
 	}
 	const nobody = 65534
 	base, err := os.MkdirTemp("", "bsec")

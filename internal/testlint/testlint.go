@@ -3,8 +3,10 @@
 // observable event, never for a stretch of time (time.Sleep and a bare
 // <-time.After only in the named polling and pacing helpers); a pid is
 // signalled only through the helpers that refuse pid <= 0 (syscall.Kill,
-// unix.Kill and os.FindProcess nowhere else); and a skip says why (no
-// t.Skip(), t.Skip(""), t.Skipf("") or t.SkipNow()).
+// unix.Kill and os.FindProcess nowhere else); a skip says why (no
+// t.Skip(), t.Skip(""), t.Skipf("") or t.SkipNow()); and a test that
+// needs root does not skip by itself (testenv.Missing does, and fails
+// under CI=true, where a root-only test skipped would pass as green).
 //
 // It reads the source with go/parser: no build, no type checking, so it
 // sees every file whatever its build tags. It is imported by tests only.
@@ -17,6 +19,7 @@ import (
 	"go/token"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,6 +30,7 @@ const (
 	RuleSleep  = "sleep"  // time.Sleep or a bare <-time.After outside the allowed helpers
 	RuleSignal = "signal" // syscall.Kill, unix.Kill or os.FindProcess outside the allowed helpers
 	RuleSkip   = "skip"   // a skip that does not say why
+	RuleRoot   = "root"   // t.Skip for want of root: testenv.Missing instead
 )
 
 // Finding is one broken rule.
@@ -71,7 +75,7 @@ func CheckSource(name string, src []byte, allowed map[string]bool) ([]Finding, e
 	if err != nil {
 		return nil, fmt.Errorf("testlint: %w", err)
 	}
-	c := &checker{fset: fset, imports: importNames(f), selectCase: map[ast.Stmt]bool{}}
+	c := &checker{fset: fset, imports: importNames(f), selectCase: map[ast.Stmt]bool{}, euidBody: map[ast.Node]bool{}}
 	for _, d := range f.Decls {
 		fn, ok := d.(*ast.FuncDecl)
 		c.inAllowed = ok && allowed[fn.Name.Name]
@@ -87,6 +91,7 @@ type checker struct {
 	inAllowed  bool
 	found      []Finding
 	selectCase map[ast.Stmt]bool // receives of a select case: not bare
+	euidBody   map[ast.Node]bool // skip calls in the body of an if on os.Geteuid()
 }
 
 func (c *checker) add(n ast.Node, rule, what string) {
@@ -118,6 +123,17 @@ func (c *checker) visit(n ast.Node) bool {
 		case c.pkgFunc(n, "os", "FindProcess"):
 			c.add(n, RuleSignal, "os.FindProcess: signal through the helper that refuses pid <= 0")
 		}
+	case *ast.IfStmt:
+		// Inspect visits the body after the if, so the skips under it
+		// are marked before they are reached.
+		if c.callsGeteuid(n.Init) || c.callsGeteuid(n.Cond) {
+			ast.Inspect(n.Body, func(m ast.Node) bool {
+				if call, ok := m.(*ast.CallExpr); ok {
+					c.euidBody[call] = true
+				}
+				return true
+			})
+		}
 	case *ast.CommClause:
 		if n.Comm != nil {
 			c.selectCase[n.Comm] = true
@@ -142,13 +158,45 @@ func (c *checker) visit(n ast.Node) bool {
 		case "SkipNow":
 			c.add(n, RuleSkip, "SkipNow says nothing: t.Skip(\"why\")")
 		case "Skip", "Skipf":
-			if len(n.Args) == 0 || emptyString(n.Args[0]) {
+			switch {
+			case len(n.Args) == 0 || emptyString(n.Args[0]):
 				c.add(n, RuleSkip, sel.Sel.Name+" without a reason: say why")
+			case c.euidBody[n] || mentionsRoot(n.Args[0]):
+				c.add(n, RuleRoot, sel.Sel.Name+" for want of root: testenv.Missing (fails under CI=true)")
 			}
 		}
 	}
 	return true
 }
+
+// callsGeteuid tells whether n (an if's init or condition, perhaps nil)
+// calls os.Geteuid anywhere.
+func (c *checker) callsGeteuid(n ast.Node) bool {
+	if n == nil {
+		return false
+	}
+	found := false
+	ast.Inspect(n, func(m ast.Node) bool {
+		if call, ok := m.(*ast.CallExpr); ok && c.pkgFunc(call.Fun, "os", "Geteuid") {
+			found = true
+		}
+		return !found
+	})
+	return found
+}
+
+// mentionsRoot tells whether e is a string literal with the word "root"
+// in it.
+func mentionsRoot(e ast.Expr) bool {
+	lit, ok := e.(*ast.BasicLit)
+	if !ok || lit.Kind != token.STRING {
+		return false
+	}
+	s, err := strconv.Unquote(lit.Value)
+	return err == nil && rootWord.MatchString(s)
+}
+
+var rootWord = regexp.MustCompile(`(?i)\broot\b`)
 
 func identName(e ast.Expr) string {
 	if id, ok := e.(*ast.Ident); ok {

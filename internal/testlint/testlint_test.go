@@ -94,3 +94,25 @@ func readAll(t *testing.T, dir string) string {
 	}
 	return b.String()
 }
+
+// rootOnlyDirs hold tests that need root (another uid for an attacker or
+// a peer) outside test/e2e: they skip through testenv as well.
+var rootOnlyDirs = []string{
+	filepath.Join("..", "ctl"),
+}
+
+// TestRootSkipsGoThroughTestenv: in those directories no test skips by
+// itself for want of root (the other rules are test/e2e's own).
+func TestRootSkipsGoThroughTestenv(t *testing.T) {
+	for _, dir := range rootOnlyDirs {
+		found, err := CheckDir(dir, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range found {
+			if f.Rule == RuleRoot {
+				t.Errorf("%s", f)
+			}
+		}
+	}
+}

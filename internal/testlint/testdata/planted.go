@@ -33,6 +33,17 @@ func TestPlanted(t *testing.T) {
 	go func() {
 		tm.Sleep(1) // want sleep
 	}()
+	if os.Geteuid() != 0 {
+		t.Skip("needs another uid") // want root
+	}
+	if uid := os.Geteuid(); uid != 0 && err == nil {
+		t.Skipf("uid %d", uid) // want root
+	}
+	t.Skip("needs Root privileges")        // want root
+	t.Skip("uses the chroot of the build") // fine: root is not a word here
+	if os.Getuid() != 0 {
+		t.Skip("not uid 0") // fine: not the effective uid
+	}
 }
 
 // pollUntil is allowed to sleep and signal (the test names it).
