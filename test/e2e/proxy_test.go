@@ -411,3 +411,68 @@ func startProxiedUnderLoad(t *testing.T, ctx context.Context, name, app string, 
 	waitResponses(t, load, st.PID, 100)
 	return load, st.PID
 }
+
+// TestProxyTCPCanaryPassed: behind --proxy tcp, hello's connections are
+// passed to the generations, and the weights still decide where: a
+// --canary 10 gets 10% ± 2 of new connections (each fresh-connection
+// request is one, by X-Pid); after a roll-back it gets none of those sent
+// afterwards; no request fails; the canary's connections were passed.
+func TestProxyTCPCanaryPassed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end load test")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	addr := freeAddr(t, "tcp")
+	svc, logf := startSupervised(t, "pxtcpcanary", os.Environ(), "--proxy", "tcp", "--listen", "tcp://"+addr,
+		"--drain-timeout", "10s", "--", bins["hello"], "-addr", addr, "-idle-grace", "1s")
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stable := st.PID
+	load, err := loadgen.Start(ctx, loadgen.Config{Addr: addr, Workers: map[loadgen.Kind]int{loadgen.Fresh: 4}, MaxRequests: 200_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer load.Stop()
+	waitResponses(t, load, stable, 100)
+
+	code, out := runCLI("upgrade", "--name", "pxtcpcanary", "--json", "--canary", "10", "--step-interval", "1s")
+	var rep struct {
+		OK     bool
+		Result *contract.UpgradeResult
+	}
+	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil || !rep.OK || rep.Result == nil || rep.Result.Canary == nil {
+		t.Fatalf("baton upgrade --canary 10: exit %d: %s", code, out)
+	}
+	canary := rep.Result.Canary.PID
+	mark := load.Snapshot()
+	waitFor(t, 60*time.Second, "1,000 answers at 10%", func() bool { return load.Snapshot().TotalOK()-mark.TotalOK() >= 1000 })
+	now := load.Snapshot()
+	c, s := canaryShare(mark, now, canary, stable)
+	share := 100 * float64(c) / float64(c+s)
+	t.Logf("tcp canary at 10%%: %d of %d fresh connections' answers from the canary = %.2f%%", c, c+s, share)
+	if share < 8 || share > 12 || c+s != now.TotalOK()-mark.TotalOK() {
+		t.Errorf("tcp canary at 10%%: %.2f%% of %d (want 10 ± 2), %d answers in all", share, c+s, now.TotalOK()-mark.TotalOK())
+	}
+
+	if code, out := runCLI("rollback", "--name", "pxtcpcanary"); code != 0 {
+		t.Fatalf("baton rollback of the canary: exit %d: %s", code, out)
+	}
+	rolledBack := time.Now()
+	mark = load.Snapshot()
+	waitFor(t, 30*time.Second, "500 answers after the roll-back", func() bool { return load.Snapshot().TotalOK()-mark.TotalOK() >= 500 })
+	if sent := load.Snapshot().PIDs[canary].LastSent; sent.After(rolledBack) {
+		t.Errorf("after the roll-back, the canary answered a request sent %v after it", sent.Sub(rolledBack))
+	}
+	final := load.Stop()
+	if final.TotalFailed() != 0 {
+		t.Errorf("%d failed requests: %s", final.TotalFailed(), final)
+	}
+	pc := passCounts(t, logf.Name())
+	t.Logf("the canary's client connections: %+v", pc)
+	if pc.retired != 1 || pc.passed < int(c) || pc.relayed != 0 || pc.lost != 0 {
+		t.Errorf("the rolled-back canary's connections: %+v; want its %d (at least) passed, none relayed or lost", pc, c)
+	}
+}
