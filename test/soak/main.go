@@ -6,8 +6,8 @@
 // first and the last hundred upgrades, the averages of the serving
 // generation's descriptors (/proc/PID/fd), goroutines (hello
 // -debug-goroutines) and RSS (VmRSS), and of the supervisor's
-// descriptors, threads and RSS (it reports no goroutine count), and the
-// files in the runtime directory, with their ratio. It fails on a failed
+// descriptors, goroutines (go_goroutines of its --metrics), threads and
+// RSS, and the files in the runtime directory, with their ratio. It fails on a failed
 // request, an old generation left running, or a ratio over its bound.
 package main
 

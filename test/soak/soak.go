@@ -14,6 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/loadgen"
 	"github.com/baton-go/baton/internal/proctest"
@@ -34,12 +37,15 @@ func Targets() map[string]rig.Target {
 // is all that could pile up, so their figures stay within noise (the
 // goroutine count moves with the connections the load holds at the
 // moment of the sample). The supervisor lives throughout: its heap may
-// settle higher once, not grow with the count.
+// settle higher once, not grow with the count; its goroutines move with
+// the generations still draining at the sample (each has its link's),
+// as its threads do.
 var Bounds = map[string]float64{
 	"gen fds":        1.25, // not counting client connections
 	"gen goroutines": 1.25, // not counting client connections' (one each)
 	"gen RSS KiB":    1.25,
 	"sup fds":        1.25,
+	"sup goroutines": 1.5,
 	"sup threads":    1.5,
 	"sup RSS KiB":    1.5,
 	"runtime files":  1.25,
@@ -93,8 +99,16 @@ func Run(ctx context.Context, env *rig.Env, cfg Config, name string) (*Result, e
 	// that on this busy machine, and their next POST is lost (the race
 	// the grace is there for).
 	o := rig.Opts{Hello: []string{"-debug-goroutines", "-drain-timeout", "5s", "-max-draining", "64"}}
+	var metricsAddr string
 	if cfg.Mode == rig.Run {
-		o.Run = []string{"--drain-timeout", "6s", "--max-draining", "64"}
+		// The supervisor's goroutines are read from its own metrics
+		// (go_goroutines); nothing else reports them.
+		addr, err := rig.FreeAddr()
+		if err != nil {
+			return nil, err
+		}
+		metricsAddr = addr
+		o.Run = []string{"--drain-timeout", "6s", "--max-draining", "64", "--metrics", metricsAddr}
 	}
 	svc, err := env.Start(ctx, cfg.Mode, name, o)
 	if err != nil {
@@ -155,7 +169,7 @@ func Run(ctx context.Context, env *rig.Env, cfg Config, name string) (*Result, e
 		}
 		res.LastGenNo = rep.Result.Generation
 		if i < res.Window || i >= cfg.Upgrades-res.Window {
-			s, err := sample(ctx, env, svc, pid)
+			s, err := sample(ctx, env, svc, pid, metricsAddr)
 			if err != nil {
 				return nil, fmt.Errorf("upgrade %d: %w", i+1, err)
 			}
@@ -238,9 +252,10 @@ func average(ss []Sample) map[string]float64 {
 }
 
 // sample reads the serving generation's descriptors, RSS and goroutines,
-// and the supervisor's descriptors, RSS and threads (it reports no
-// goroutine count), and the files in the runtime directory.
-func sample(ctx context.Context, env *rig.Env, svc *rig.Svc, pid int) (Sample, error) {
+// the supervisor's descriptors, RSS and threads, its goroutines from
+// metricsAddr (baton run --metrics; "" in library mode), and the files in
+// the runtime directory.
+func sample(ctx context.Context, env *rig.Env, svc *rig.Svc, pid int, metricsAddr string) (Sample, error) {
 	s := Sample{Values: map[string]float64{}}
 	// Client connections come and go with the load (idle clients' move in
 	// right after the switch), each with its descriptor and goroutine:
@@ -293,6 +308,13 @@ func sample(ctx context.Context, env *rig.Env, svc *rig.Svc, pid int) (Sample, e
 		s.Values["sup RSS KiB"] = float64(u.RSSKiB)
 		s.Values["sup threads"] = float64(threads(svc.SupPID))
 	}
+	if metricsAddr != "" {
+		g, err := supGoroutines(ctx, metricsAddr)
+		if err != nil {
+			return s, err
+		}
+		s.Values["sup goroutines"] = g
+	}
 	ents, _ := os.ReadDir(env.RuntimeDir())
 	s.Values["runtime files"] = float64(len(ents))
 	return s, nil
@@ -335,6 +357,38 @@ func goroutines(ctx context.Context, addr string, pid int) (int, error) {
 	return 0, fmt.Errorf("pid %d never answered /debug/goroutines", pid)
 }
 
+// scrapeClient opens a connection per scrape, so the supervisor never
+// counts an idle keep-alive connection's goroutine in one sample and not
+// in another.
+var scrapeClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// supGoroutines is go_goroutines in a scrape of the supervisor's metrics
+// at addr (counting the goroutine that answers the scrape).
+func supGoroutines(ctx context.Context, addr string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := scrapeClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("scraping the supervisor's metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("scraping the supervisor's metrics: %s", resp.Status)
+	}
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	mfs, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("the supervisor's metrics: %w", err)
+	}
+	mf := mfs["go_goroutines"]
+	if mf == nil || len(mf.GetMetric()) != 1 || mf.GetMetric()[0].GetGauge() == nil {
+		return 0, fmt.Errorf("the supervisor's metrics have no go_goroutines gauge")
+	}
+	return mf.GetMetric()[0].GetGauge().GetValue(), nil
+}
+
 // threads is the Threads: line of /proc/PID/status.
 func threads(pid int) int {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
@@ -365,7 +419,7 @@ func Print(w io.Writer, r *Result) {
 		}
 	}
 	fmt.Fprintf(w, "  %-16s %12s %12s %8s %8s   (averages over the first and the last %d upgrades)\n", "", "first", "last", "ratio", "bound", r.Window)
-	for _, k := range []string{"gen fds", "gen goroutines", "gen RSS KiB", "sup fds", "sup threads", "sup RSS KiB", "runtime files"} {
+	for _, k := range []string{"gen fds", "gen goroutines", "gen RSS KiB", "sup fds", "sup goroutines", "sup threads", "sup RSS KiB", "runtime files"} {
 		f, ok := r.First[k]
 		if !ok {
 			continue

@@ -12,8 +12,9 @@ import (
 )
 
 // TestSoakShort is make soak with 50 upgrades per mode: no failed request,
-// no old generation left, and the figures of the last 12 upgrades within
-// their bounds of the first 12.
+// no old generation left, the figures of the last 12 upgrades within
+// their bounds of the first 12, and under baton run the supervisor's
+// goroutines among them.
 func TestSoakShort(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end: builds and runs real services under load")
@@ -33,6 +34,9 @@ func TestSoakShort(t *testing.T) {
 		var b strings.Builder
 		Print(&b, res)
 		t.Logf("\n%s", b.String())
+		if mode == rig.Run && (res.First["sup goroutines"] <= 0 || res.Last["sup goroutines"] <= 0) {
+			t.Errorf("%s: the supervisor's goroutines were not read from its metrics: first %v, last %v", mode, res.First["sup goroutines"], res.Last["sup goroutines"])
+		}
 		if res.Failed() {
 			t.Errorf("%s: failed requests %d, old generations left %d, grew: %v", mode, res.Load.TotalFailed(), res.Left, res.Violations)
 		}
