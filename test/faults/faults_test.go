@@ -13,8 +13,9 @@ import (
 
 // TestFaultsShort runs a few representative cases of the matrix (make
 // faults runs them all): a refused binary, a release that crashes before
-// it is ready under baton run, concurrent upgrades, and a corrupt state
-// blob given to a real new generation. Each must PASS.
+// it is ready under baton run, concurrent upgrades, a corrupt state blob
+// given to a real new generation, and malformed control messages. Each
+// must PASS.
 func TestFaultsShort(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end: builds and runs real services under load")
@@ -37,6 +38,7 @@ func TestFaultsShort(t *testing.T) {
 		{"crash before ready", rig.Run},
 		{"concurrent upgrades", rig.Library},
 		{"corrupt state (checksum)", rig.Library},
+		{"malformed control messages", rig.Library},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -5,7 +5,11 @@
 // under `baton run`, clients that never retry POST to it, and each case
 // provokes one fault (a bad binary, a release that hangs or crashes, a
 // crash right after the handover, a full disk, a descriptor limit, another
-// user, bad state, a supervisor killed with SIGKILL, ...). One table says,
+// user, bad state, a supervisor killed with SIGKILL, a clock a year ahead;
+// issue 14's own attacks: another user's link as the runtime directory, a
+// candidate that is or becomes a FIFO or a link to /dev/zero, READY=1 or a
+// link connection from another process, baton stop again and again,
+// malformed control messages, 2,000 half-open connections). One table says,
 // per case and mode, what is expected, what was observed (the exit code and
 // code of `baton upgrade --json`, which pid serves afterwards), how many
 // requests failed (by kind) and PASS or FAIL. Exits 1 if any case fails.

@@ -132,7 +132,7 @@ type Opts struct {
 	Hello     []string // hello's arguments (besides -addr and -name)
 	Run       []string // baton run's flags (besides --name and --listen)
 	Dir       string   // the directory of the installed binary (default a new one)
-	Wrap      []string // command that wraps the first generation (library mode), e.g. unshare ...
+	Wrap      []string // command that wraps the first generation (library mode) or the supervisor (baton run), e.g. unshare ...
 	ExtraEnv  []string
 	StartWait time.Duration // default 30s
 }
@@ -175,7 +175,13 @@ func (e *Env) Start(ctx context.Context, m Mode, name string, o Opts) (*Svc, err
 	if m == Run {
 		args := append([]string{"run", "--name", name, "--listen", "tcp://" + addr}, o.Run...)
 		args = append(append(args, "--", installed), hello...)
-		svc, err = proctest.Start(sctx, e.Tracker, e.Bins["baton"], name, env, logf, e.Bins["baton"], args...)
+		bin := e.Bins["baton"]
+		if len(o.Wrap) > 0 {
+			// SupPID is then the wrapper's pid (its child is the supervisor).
+			bin = o.Wrap[0]
+			args = append(append(append([]string{}, o.Wrap[1:]...), e.Bins["baton"]), args...)
+		}
+		svc, err = proctest.Start(sctx, e.Tracker, e.Bins["baton"], name, env, logf, bin, args...)
 	} else {
 		args := append([]string{"-name", name}, hello...)
 		bin := installed
@@ -231,6 +237,10 @@ func (s *Svc) Stop() {
 	}
 	s.log.Close()
 }
+
+// Gone closes the log of a service already stopped by other means (a
+// case's own baton stop): Stop would signal pids that may be reused.
+func (s *Svc) Gone() { s.log.Close() }
 
 // LogTail is the end of the service's output.
 func (s *Svc) LogTail(n int) string {
