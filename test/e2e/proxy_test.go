@@ -119,6 +119,19 @@ func canaryShare(before, after loadgen.Report, canary, stable int) (fromCanary, 
 	return fromCanary, fromStable
 }
 
+// othersAnswered counts, between two snapshots, the answers of pids other
+// than the canary and the stable generation (by pid only: a snapshot's
+// counts by kind and by pid are not taken at one instant, so comparing
+// the two is off by the answers being counted at that moment).
+func othersAnswered(before, after loadgen.Report, canary, stable int) (n int64) {
+	for pid, st := range after.PIDs {
+		if pid != canary && pid != stable {
+			n += st.Responses - before.PIDs[pid].Responses
+		}
+	}
+	return n
+}
+
 // TestProxyCanaryPromoteRollback: --canary 10 under keep-alive load takes
 // 10% ± 2 of the requests (by X-Pid), the rest go to the stable
 // generation; promote gives it all of them; a second canary rolled back
@@ -147,7 +160,10 @@ func TestProxyCanaryPromoteRollback(t *testing.T) {
 	}
 
 	// 1. A canary at 10%.
-	res := upgradeCanary("--canary", "10", "--step-interval", "1s")
+	// The p99 check is loosened: this test is about the shares, and a cold
+	// canary's first requests on a loaded machine can fail a 1.5x p99
+	// (TestProxyCanaryFailsAutomatically tests the judgement).
+	res := upgradeCanary("--canary", "10", "--step-interval", "1s", "--max-p99-ratio", "50")
 	canary := res.Canary.PID
 	if res.Canary.Weight != 10 {
 		t.Fatalf("canary weight %d, want 10", res.Canary.Weight)
@@ -158,8 +174,8 @@ func TestProxyCanaryPromoteRollback(t *testing.T) {
 	c, s := canaryShare(mark, now, canary, stable)
 	share := 100 * float64(c) / float64(c+s)
 	t.Logf("canary at 10%%: %d of %d answers from the canary = %.2f%%", c, c+s, share)
-	if share < 8 || share > 12 || c+s != now.TotalOK()-mark.TotalOK() {
-		t.Errorf("canary at 10%%: %.2f%% of %d (want 10 ± 2), %d answers in all", share, c+s, now.TotalOK()-mark.TotalOK())
+	if o := othersAnswered(mark, now, canary, stable); share < 8 || share > 12 || o != 0 {
+		t.Errorf("canary at 10%%: %.2f%% of %d (want 10 ± 2), %d answers from other pids", share, c+s, o)
 	}
 	if px := supervisorStatus(t, "pxcanary").Supervisor.Proxy; px == nil || px.Canary == nil || px.Canary.PID != canary || len(px.Backends) != 2 {
 		t.Errorf("baton status during the canary: %+v; want canary %d and two backends", px, canary)
@@ -438,7 +454,7 @@ func TestProxyTCPCanaryPassed(t *testing.T) {
 	defer load.Stop()
 	waitResponses(t, load, stable, 100)
 
-	code, out := runCLI("upgrade", "--name", "pxtcpcanary", "--json", "--canary", "10", "--step-interval", "1s")
+	code, out := runCLI("upgrade", "--name", "pxtcpcanary", "--json", "--canary", "10", "--step-interval", "1s", "--max-p99-ratio", "50") // shares, not the judgement (above)
 	var rep struct {
 		OK     bool
 		Result *contract.UpgradeResult
@@ -453,8 +469,8 @@ func TestProxyTCPCanaryPassed(t *testing.T) {
 	c, s := canaryShare(mark, now, canary, stable)
 	share := 100 * float64(c) / float64(c+s)
 	t.Logf("tcp canary at 10%%: %d of %d fresh connections' answers from the canary = %.2f%%", c, c+s, share)
-	if share < 8 || share > 12 || c+s != now.TotalOK()-mark.TotalOK() {
-		t.Errorf("tcp canary at 10%%: %.2f%% of %d (want 10 ± 2), %d answers in all", share, c+s, now.TotalOK()-mark.TotalOK())
+	if o := othersAnswered(mark, now, canary, stable); share < 8 || share > 12 || o != 0 {
+		t.Errorf("tcp canary at 10%%: %.2f%% of %d (want 10 ± 2), %d answers from other pids", share, c+s, o)
 	}
 
 	if code, out := runCLI("rollback", "--name", "pxtcpcanary"); code != 0 {
