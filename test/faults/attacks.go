@@ -175,8 +175,8 @@ func symlinkedRuntimeDir(c *C) Row {
 		return code == contract.ExitCode(contract.CodeForbidden) && (jc == "" || jc == contract.CodeForbidden) && strings.Contains(out, says)
 	}
 	return Row{
-		Observed: fmt.Sprintf("a service of root's started through the link: %s; root's status through it: exit %d %s; re-pointed at nobody's hello (pid %s): status exit %d %s, upgrade --binary exit %d %s, nobody's answers shown: %v; root's files written into nobody's dir: %d; installed binary unchanged: %v; pid %d serves (was %d)",
-			startedSaid, code1, jc1, fakePID, code2, jc2, code3, jc3, showedFake, len(ours), same, pid1, pid0),
+		Observed: strings.ReplaceAll(fmt.Sprintf("a service of root's started through the link: %s; root's status through it: exit %d %s; re-pointed at nobody's hello (pid %s): status exit %d %s, upgrade --binary exit %d %s, nobody's answers shown: %v; root's files written into nobody's dir: %d; installed binary unchanged: %v; pid %d serves (was %d)",
+			startedSaid, code1, jc1, fakePID, code2, jc2, code3, jc3, showedFake, len(ours), same, pid1, pid0), base+"/", ""),
 		Failed: rig.Failed(r),
 		Pass: startRefused && forbidden(code1, jc1, out1) && forbidden(code2, jc2, out2) && forbidden(code3, jc3, out3) && !showedFake &&
 			len(ours) == 0 && fakeSame && same && pid1 == pid0 && serves && r.TotalFailed() == 0,
@@ -243,9 +243,9 @@ func badCandidate(kind string) func(c *C) Row {
 		same := fileSHA(svc.Installed) == sha0
 		return Row{
 			Observed: fmt.Sprintf("%s after %v (%s); releases lock %s; .check-* left: %d; installed binary unchanged: %v; pid %d serves (was %d)",
-				repStr(rep), took.Round(10*time.Millisecond), short(rep.Error), lock, len(left), same, pid1, pid0),
+				repStr(rep), took.Round(10*time.Millisecond), short(strings.ReplaceAll(rep.Error, base+"/", "")), lock, len(left), same, pid1, pid0),
 			Failed: rig.Failed(r),
-			Pass: rep.ExitCode == 1 && rep.Code == contract.CodeNotExecutable && took < 5*time.Second && lock == "free" && len(left) == 0 &&
+			Pass: rep.ExitCode == 1 && rep.Code == contract.CodeNotExecutable && took < 10*time.Second && lock == "free" && len(left) == 0 &&
 				same && pid1 == pid0 && serves && r.TotalFailed() == 0,
 		}
 	}

@@ -231,9 +231,9 @@ func Cases() []Case {
 		{Name: "symlinked runtime dir", Modes: both, Fn: symlinkedRuntimeDir,
 			Expect: map[rig.Mode]string{"": "nobody's link to root's runtime dir: a service of root's started through it refuses to start; root's status and upgrade --binary through it exit 3 forbidden, also once it points at nobody's own service; nothing of root's written there; the service serves on"}},
 		{Name: "candidate is a FIFO", Modes: both, Fn: badCandidate("fifo"),
-			Expect: map[rig.Mode]string{"": "upgrade --binary of nobody's FIFO: exit 1 not_executable at once (< 5 s), releases lock free, no .check-* left, installed binary unchanged"}},
+			Expect: map[rig.Mode]string{"": "upgrade --binary of nobody's FIFO: exit 1 not_executable at once (< 10 s), releases lock free, no .check-* left, installed binary unchanged"}},
 		{Name: "candidate links to /dev/zero", Modes: both, Fn: badCandidate("devzero"),
-			Expect: map[rig.Mode]string{"": "upgrade --binary of nobody's link to /dev/zero: exit 1 not_executable at once (< 5 s), releases lock free, no .check-* left, installed binary unchanged"}},
+			Expect: map[rig.Mode]string{"": "upgrade --binary of nobody's link to /dev/zero: exit 1 not_executable at once (< 10 s), releases lock free, no .check-* left, installed binary unchanged"}},
 		{Name: "candidate swapped (race)", Modes: both, Fn: candidateRace,
 			Expect: map[rig.Mode]string{"": "12 upgrades --binary while the name flips between v2, a FIFO and a link to /dev/zero: each exit 0 installing the real v2 or exit 1 not_executable, none blocks (< 10 s); lock free, no .check-* left; 0 failed requests"}},
 		{Name: "foreign READY=1", Modes: []rig.Mode{rig.Run}, Fn: foreignReady,
@@ -245,9 +245,9 @@ func Cases() []Case {
 		{Name: "malformed control messages", Modes: both, Fn: malformedControl,
 			Expect: map[rig.Mode]string{"": "11 malformed messages each answered with an error (the 2 MiB line: answered or cut); nothing happens (no stop, no upgrade); then an upgrade exits 0; 0 failed"}},
 		{Name: "slowloris (control)", Modes: both, Fn: slowloris("control"),
-			Expect: map[rig.Mode]string{"": "2,000 half-open control connections held: status answers (< 2 s), an upgrade exits 0, the service closes all of them (10 s request timeout); 0 failed"}},
+			Expect: map[rig.Mode]string{"": "2,000 half-open control connections held: status answers (< 5 s), an upgrade exits 0, the service closes all of them (10 s request timeout); 0 failed"}},
 		{Name: "slowloris (port)", Modes: both, Fn: slowloris("port"),
-			Expect: map[rig.Mode]string{"": "2,000 half-open HTTP requests held on the port: status answers (< 2 s), an upgrade exits 0, the service closes all of them; 0 failed"}},
+			Expect: map[rig.Mode]string{"": "2,000 half-open HTTP requests held on the port: status answers (< 5 s), an upgrade exits 0, the service closes all of them; 0 failed"}},
 	}
 }
 
