@@ -40,9 +40,10 @@ const (
 
 	// watchDelay: a request whose answer takes longer starts watching its
 	// client, so that a client that leaves ends the backend request (as
-	// net/http's server cancels the request context). Quick answers cost
-	// no more than a timer.
-	watchDelay = 2 * time.Millisecond
+	// net/http's server cancels the request context, at once). Quicker
+	// answers cost no more than a timer, also on a loaded machine where
+	// many answers take a few milliseconds.
+	watchDelay = 100 * time.Millisecond
 )
 
 // Client connection states, for Shutdown.

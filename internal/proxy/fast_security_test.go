@@ -383,7 +383,7 @@ func TestFastPathSlowAnswersWhileWatched(t *testing.T) {
 	requireFastPath(t)
 	a := startApp(t, "a", 101, func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		time.Sleep(10 * watchDelay) // a slow app
+		time.Sleep(2 * watchDelay) // a slow app
 		fmt.Fprintf(w, "%s %s", r.Method, body)
 	})
 	set := NewSet(SetOptions{})
