@@ -76,6 +76,7 @@ func main() {
 	}
 	fmt.Printf("\n%d cases, %d failed, %v\n", len(rows), failed, time.Since(start).Round(time.Second))
 	if failed > 0 {
+		env.Close() // os.Exit skips the deferred one: no processes or files left
 		os.Exit(1)
 	}
 }
