@@ -117,7 +117,7 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if cur, err := os.Lstat(w.path); err != nil || !os.SameFile(fi, cur) {
+	if !stillAt(f, w.path) {
 		f.Close()
 		if f, err = openAppend(w.path); err != nil {
 			return 0, err
@@ -144,4 +144,20 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 		}
 	}
 	return f.Write(p)
+}
+
+// stillAt reports whether path names the open file f (ids read from
+// handles: see fileID).
+func stillAt(f *os.File, path string) bool {
+	id, err := idOf(f)
+	if err != nil {
+		return false
+	}
+	g, err := openRead(path)
+	if err != nil {
+		return false
+	}
+	defer g.Close()
+	at, err := idOf(g)
+	return err == nil && at == id
 }

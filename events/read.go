@@ -87,15 +87,19 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 
 // Follow calls fn for every record appended to path from now on (after
 // the ones already there), until ctx ends; it follows the file across
-// rotations. It polls every interval (200ms when zero).
+// rotations. It polls every interval (200ms when zero). A file is known
+// by its id read from an open handle (fileID), and its records are read
+// from the very handle whose id was checked.
 func Follow(ctx context.Context, path string, interval time.Duration, fn func(Record)) error {
 	if interval <= 0 {
 		interval = 200 * time.Millisecond
 	}
-	var cur os.FileInfo
+	var cur fileID
+	known := false
 	var off int64
-	if fi, err := os.Stat(path); err == nil {
-		cur, off = fi, fi.Size()
+	if f, id, size, err := openID(path); err == nil {
+		cur, known, off = id, true, size
+		f.Close()
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -105,32 +109,51 @@ func Follow(ctx context.Context, path string, interval time.Duration, fn func(Re
 			return nil
 		case <-t.C:
 		}
-		fi, err := os.Stat(path)
+		f, id, size, err := openID(path)
 		if err != nil {
 			continue // not created yet, or being rotated
 		}
-		if cur != nil && !os.SameFile(fi, cur) {
+		if known && id != cur {
 			// Rotated: finish the old file (now path.1), then start over.
-			if old, err := os.Stat(path + ".1"); err == nil && os.SameFile(old, cur) {
-				readFrom(path+".1", off, fn)
+			if old, oldID, _, err := openID(path + ".1"); err == nil {
+				if oldID == cur {
+					readRecords(old, off, fn)
+				}
+				old.Close()
 			}
 			off = 0
-		} else if fi.Size() < off {
+		} else if size < off {
 			off = 0 // truncated
 		}
-		cur = fi
-		off = readFrom(path, off, fn)
+		cur, known = id, true
+		off = readRecords(f, off, fn)
+		f.Close()
 	}
 }
 
-// readFrom reads whole records from off on and returns the offset after
-// the last whole line.
-func readFrom(path string, off int64, fn func(Record)) int64 {
+// openID opens path for reading and returns its id and size, both read
+// from the open file.
+func openID(path string) (*os.File, fileID, int64, error) {
 	f, err := openRead(path)
 	if err != nil {
-		return off
+		return nil, fileID{}, 0, err
 	}
-	defer f.Close()
+	id, err := idOf(f)
+	if err != nil {
+		f.Close()
+		return nil, fileID{}, 0, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fileID{}, 0, err
+	}
+	return f, id, fi.Size(), nil
+}
+
+// readRecords reads whole records of f from off on and returns the
+// offset after the last whole line.
+func readRecords(f *os.File, off int64, fn func(Record)) int64 {
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
 		return off
 	}
