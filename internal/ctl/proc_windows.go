@@ -32,14 +32,20 @@ func trustedProcess(pid uint32) error {
 	if err != nil {
 		return fmt.Errorf("cannot be compared with us (%v)", err)
 	}
-	sid := user.User.Sid
-	if sid.Equals(me.User.Sid) || sid.IsWellKnown(windows.WinLocalSystemSid) {
+	owner, _ := ownerOf(tok) // unread: not an administrator's
+	return trustedUser(user.User.Sid, owner, me.User.Sid)
+}
+
+// trustedUser is trustedProcess's decision on a process's token: its user
+// user, its default owner owner (nil when unknown), our user me.
+func trustedUser(user, owner, me *windows.SID) error {
+	if user.Equals(me) || user.IsWellKnown(windows.WinLocalSystemSid) {
 		return nil
 	}
-	if owner, err := ownerOf(tok); err == nil && owner.IsWellKnown(windows.WinBuiltinAdministratorsSid) {
+	if owner != nil && owner.IsWellKnown(windows.WinBuiltinAdministratorsSid) {
 		return nil
 	}
-	return fmt.Errorf("runs as %s, neither as us (%s), SYSTEM nor an elevated administrator", sid, me.User.Sid)
+	return fmt.Errorf("runs as %s, neither as us (%s), SYSTEM nor an elevated administrator", user, me)
 }
 
 // ownerOf reads the token's default owner (TokenOwner).
