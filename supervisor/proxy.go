@@ -362,7 +362,8 @@ func (f *front) info(pids map[int]int) *contract.ProxyInfo {
 	for n, w := range weights {
 		st := agg[backendID(n)]
 		b := contract.ProxyBackend{Generation: n, PID: pids[n], Weight: w, InFlight: st.InFlight, Requests: st.Requests,
-			ErrorRatio: st.Window.ErrorRatio(), P99: st.Window.P99, WindowSeconds: st.Window.Span.Seconds()}
+			ErrorRatio: st.Window.ErrorRatio(), P99: st.Window.P99, WindowSeconds: st.Window.Span.Seconds(),
+			Passed: st.Passed, Refused: st.Refused}
 		if st.Window.Span > 0 {
 			b.RatePerSecond = float64(st.Window.Requests) / st.Window.Span.Seconds()
 		}

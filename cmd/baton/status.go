@@ -109,5 +109,10 @@ func printProxy(out io.Writer, px *contract.ProxyInfo) {
 	for _, b := range px.Backends {
 		fmt.Fprintf(out, "  gen %-4d pid %-7d weight %3d%%  %6.1f req/s  errors %5.2f%%  p99 %-8v in flight %d  (last %.0fs)  %s\n",
 			b.Generation, b.PID, b.Weight, b.RatePerSecond, 100*b.ErrorRatio, b.P99.Round(10*time.Microsecond), b.InFlight, b.WindowSeconds, b.Addr)
+		if b.Passed > 0 || b.Refused > 0 {
+			// tcp mode, a library app: its connections went to it whole
+			// (their bytes and time in flight are not the proxy's to see).
+			fmt.Fprintf(out, "           connections passed to it: %d; refused by it: %d\n", b.Passed, b.Refused)
+		}
 	}
 }

@@ -214,6 +214,11 @@ type ProxyBackend struct {
 	ErrorRatio    float64       `json:"error_ratio"` // 5xx and connection errors
 	P99           time.Duration `json:"p99_ns"`
 	WindowSeconds float64       `json:"window_seconds"`
+	// Passed counts, of Requests, the client connections whose socket
+	// the tcp proxy passed to the generation's process (no bytes
+	// relayed); Refused the passes it refused (offered elsewhere).
+	Passed  int64 `json:"passed,omitempty"`
+	Refused int64 `json:"refused,omitempty"`
 }
 
 // GenInfo describes one live generation of a supervised app.

@@ -472,6 +472,16 @@ func TestProxyTCPCanaryPassed(t *testing.T) {
 	if o := othersAnswered(mark, now, canary, stable); share < 8 || share > 12 || o != 0 {
 		t.Errorf("tcp canary at 10%%: %.2f%% of %d (want 10 ± 2), %d answers from other pids", share, c+s, o)
 	}
+	// baton status counts the passes per generation.
+	if px := supervisorStatus(t, "pxtcpcanary").Supervisor.Proxy; px == nil || len(px.Backends) != 2 {
+		t.Errorf("baton status during the tcp canary: %+v; want two backends", px)
+	} else {
+		for _, b := range px.Backends {
+			if b.Passed == 0 || b.Passed > b.Requests {
+				t.Errorf("baton status: gen %d (pid %d) passed %d of %d connections; want some, at most all", b.Generation, b.PID, b.Passed, b.Requests)
+			}
+		}
+	}
 
 	if code, out := runCLI("rollback", "--name", "pxtcpcanary"); code != 0 {
 		t.Fatalf("baton rollback of the canary: exit %d: %s", code, out)
