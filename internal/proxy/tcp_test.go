@@ -293,6 +293,27 @@ func TestTCPShutdown(t *testing.T) {
 	}
 }
 
+// needSocketFiles skips where a TCP connection cannot become an os.File
+// (Windows: passTo's taker duplicates the socket that way; proxy mode,
+// which passes sockets for real, is Unix-only).
+func needSocketFiles(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	f, err := c.(*net.TCPConn).File()
+	if err != nil {
+		t.Skipf("a TCP connection cannot become an os.File here (%v): the test's taker needs it; proxy mode runs on Unix only", err)
+	}
+	f.Close()
+}
+
 // passTo is a TCPOptions.Pass that stands for backends' processes taking
 // the client's socket: for the IDs in take, a duplicate of the socket is
 // served here (it says "passed-ID" and closes); others get the result in
@@ -366,6 +387,7 @@ func startTCPPass(t testing.TB, set *Set, pt *passTo) (*TCPProxy, string) {
 // weight (never to the refusing one, never twice), and fails only when no
 // backend takes it; PassRelay relays as without Pass; PassLost closes.
 func TestTCPPass(t *testing.T) {
+	needSocketFiles(t)
 	a, b := startTCPApp(t, "a", sayID("a")), startTCPApp(t, "b", sayID("b"))
 	set := NewSet(SetOptions{})
 	pt := &passTo{take: map[string]bool{"a": true}, other: map[string]PassResult{"b": PassRefused}}
