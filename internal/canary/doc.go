@@ -46,7 +46,8 @@
 //     absolute excess reads as "at most 1 request in 100 more fails".
 //   - p99: canary p99 ≤ max(MaxP99Ratio × baseline p99, MinP99). The floor
 //     MinP99 keeps scheduler noise on fast services (a p99 of 300µs
-//     against 200µs) from failing a release nobody could tell apart.
+//     against 200µs) from failing a release nobody could tell apart. The
+//     first step's warm-up (Rollout.Warmup) is not judged on latency.
 //
 // # When a rollout decides
 //

@@ -15,6 +15,7 @@ const (
 	DefaultMinP99        = 10 * time.Millisecond
 	DefaultMinRequests   = 100 // below ~100 answers a p99 is just the slowest one
 	DefaultStepInterval  = 30 * time.Second
+	DefaultWarmup        = 500 * time.Millisecond // Rollout.Warmup
 	DefaultCheckEvery    = 100 * time.Millisecond
 	// DefaultEvidenceFactor: EvidenceTimeout is by default this many
 	// StepIntervals.

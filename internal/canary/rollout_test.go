@@ -248,6 +248,47 @@ func TestSlowCanaryFailsTheP99Check(t *testing.T) {
 	}
 }
 
+// TestColdCanaryStartIsNotJudgedOnLatency: a healthy canary whose first
+// requests are slow (a fresh process: new connections, a cold runtime) is
+// not failed on them: the first step's warm-up is not judged on latency.
+// Without the warm-up the same canary fails the p99 check.
+func TestColdCanaryStartIsNotJudgedOnLatency(t *testing.T) {
+	coldRollout := func(warmup time.Duration) (*rig, *canary.Rollout) {
+		var n atomic.Int64
+		r := newRig(t, func(w http.ResponseWriter, req *http.Request) {
+			if n.Add(1) <= 4 { // the first requests: slower than MinP99
+				select {
+				case <-time.After(testThresholds.MinP99 + 50*time.Millisecond):
+				case <-req.Context().Done():
+				}
+			}
+			_, _ = io.WriteString(w, "ok\n")
+		})
+		ro := r.rollout(50)
+		ro.StepInterval, ro.Warmup = 2*time.Second, warmup
+		return r, ro
+	}
+
+	r, ro := coldRollout(time.Second)
+	stop := r.load(t)
+	rep, err := run(t, ro)
+	stop()
+	if err != nil {
+		t.Fatalf("a canary slow only at its start, with a 1s warm-up: %v", err)
+	}
+	t.Logf("with the warm-up: %v", rep.Steps[0].Verdict)
+
+	r, ro = coldRollout(-1)
+	stop = r.load(t)
+	_, err = run(t, ro)
+	stop()
+	var fe *canary.FailedError
+	if !errors.As(err, &fe) || fe.Verdict.Check != canary.CheckP99 {
+		t.Fatalf("the same canary without a warm-up: %v; want a p99 failure (else this test proves nothing)", err)
+	}
+	t.Logf("without: %v", err)
+}
+
 // An operator's command interrupts a rollout: Run returns the context's
 // error and leaves the weights for the command to set.
 func TestCancelLeavesTheWeights(t *testing.T) {
