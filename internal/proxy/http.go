@@ -165,23 +165,19 @@ func (p *HTTPProxy) Serve(ln net.Listener) error {
 		delete(p.lns, ln)
 		p.mu.Unlock()
 	}()
-	var delay time.Duration
+	var backoff acceptBackoff
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if p.shutting.Load() {
 				return ErrClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() { // as net/http: back off, go on
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				p.log.Debug("proxy: accept", "err", err, "retry in", delay)
-				time.Sleep(delay)
+			if backoff.wait(err, p.log) {
 				continue
 			}
 			return err
 		}
-		delay = 0
+		backoff.reset()
 		go p.serveConn(c)
 	}
 }

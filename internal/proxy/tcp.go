@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -130,7 +129,7 @@ func (p *TCPProxy) Serve(ln net.Listener) error {
 		delete(p.lns, ln)
 		p.mu.Unlock()
 	}()
-	var backoff time.Duration
+	var backoff acceptBackoff
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -140,17 +139,12 @@ func (p *TCPProxy) Serve(ln net.Listener) error {
 			if closed {
 				return ErrClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
-				// Out of file descriptors and the like: wait and go on,
-				// as net/http does.
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
+			if backoff.wait(err, p.log) {
 				continue
 			}
 			return err
 		}
-		backoff = 0
+		backoff.reset()
 		s := &tcpSession{client: c}
 		p.mu.Lock()
 		if p.closed {
@@ -163,11 +157,6 @@ func (p *TCPProxy) Serve(ln net.Listener) error {
 		p.mu.Unlock()
 		go p.handle(s)
 	}
-}
-
-func isTemporary(err error) bool {
-	var t interface{ Temporary() bool }
-	return errors.As(err, &t) && t.Temporary()
 }
 
 // Shutdown stops accepting and waits until every connection has ended
