@@ -91,3 +91,26 @@ func ReadUsage(pid int) (Usage, error) {
 	u.CPU = time.Duration(ut+stime) * 10 * time.Millisecond
 	return u, nil
 }
+
+// PIDWithEnv is the pid of a process whose environment holds kv (as
+// "NAME=value"), 0 when there is none: how a test finds a process another
+// one started (an activator's app, a supervisor's generation).
+func PIDWithEnv(kv string) int {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil {
+			continue
+		}
+		for _, v := range bytes.Split(b, []byte{0}) {
+			if string(v) == kv {
+				return pid
+			}
+		}
+	}
+	return 0
+}

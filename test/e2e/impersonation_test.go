@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"github.com/baton-go/baton/internal/contract"
 	"github.com/baton-go/baton/internal/ctl"
 	"github.com/baton-go/baton/internal/loadgen"
+	"github.com/baton-go/baton/internal/proctest"
 )
 
 // Another process of the service's user speaks on a generation's notify
@@ -155,7 +155,7 @@ exec %s "$@"
 		// this link.
 		var pid int
 		if !pollUntil(20*time.Second, func() bool {
-			pid = pidWithEnv(contract.EnvLink + "=" + linkPath)
+			pid = proctest.PIDWithEnv(contract.EnvLink + "=" + linkPath)
 			return pid != 0
 		}) {
 			impostor <- result{0, fmt.Errorf("generation 2 (link %s) never seen", linkPath)}
@@ -199,27 +199,6 @@ exec %s "$@"
 	if b, _ := os.ReadFile(logf.Name()); !strings.Contains(string(b), "link refused") {
 		t.Errorf("the supervisor did not log the refused link")
 	}
-}
-
-// pidWithEnv is the pid of a process of ours whose environment holds kv.
-func pidWithEnv(kv string) int {
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/environ")
-		if err != nil {
-			continue
-		}
-		for _, v := range bytes.Split(b, []byte{0}) {
-			if string(v) == kv {
-				return pid
-			}
-		}
-	}
-	return 0
 }
 
 // servedCount asks hello's /state how many requests it counts (its own

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/baton-go/baton/internal/contract"
+	"github.com/baton-go/baton/internal/proctest"
 	"github.com/baton-go/baton/internal/release"
 	"github.com/baton-go/baton/test/faults/rig"
 )
@@ -396,7 +397,7 @@ func linkTakenFirst(c *C) Row {
 	go func() {
 		var pid int
 		for pid == 0 {
-			if pid = pidWithEnv(contract.EnvLink + "=" + linkPath); pid != 0 {
+			if pid = proctest.PIDWithEnv(contract.EnvLink + "=" + linkPath); pid != 0 {
 				break
 			}
 			select {
@@ -443,27 +444,6 @@ func linkTakenFirst(c *C) Row {
 		Pass: imp.err == nil && rep.OK && rep.Result.PID == imp.pid && logged && pid1 == imp.pid && spid == pid1 && serves &&
 			r.PIDs[pid1].Version == "v2" && served >= int(before) && r.TotalFailed() == 0,
 	}
-}
-
-// pidWithEnv is the pid of a process whose environment holds kv.
-func pidWithEnv(kv string) int {
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/environ")
-		if err != nil {
-			continue
-		}
-		for _, v := range bytes.Split(b, []byte{0}) {
-			if string(v) == kv {
-				return pid
-			}
-		}
-	}
-	return 0
 }
 
 // servedCount asks hello's /state how many requests it counts (its own
