@@ -50,6 +50,32 @@ func decodeEvents(t *testing.T, out string) []events.Record {
 	return recs
 }
 
+// eventsOnceRecorded polls `baton events --name name --json` until a
+// record named what, of pid, is there, and returns them all.
+func eventsOnceRecorded(t *testing.T, name, what string, pid int) []events.Record {
+	t.Helper()
+	var recs []events.Record
+	waitFor(t, 30*time.Second, fmt.Sprintf("%s of pid %d recorded", what, pid), func() bool {
+		recs = eventsOf(t, name)
+		for _, r := range recs {
+			if r.Name == what && r.PID == pid {
+				return true
+			}
+		}
+		return false
+	})
+	return recs
+}
+
+// opKinds lists the operations' kinds, space-separated, in order.
+func opKinds(ops []operation) string {
+	var kinds []string
+	for _, o := range ops {
+		kinds = append(kinds, o.op)
+	}
+	return strings.Join(kinds, " ")
+}
+
 // operation is one deployment's records, in order.
 type operation struct {
 	id, op string
@@ -248,23 +274,10 @@ func TestEventsOfSupervisedService(t *testing.T) {
 	}
 	pids = append(pids, rep.Result.PID)
 	before := pids[len(pids)-2]
-	var recs []events.Record
-	waitFor(t, 30*time.Second, fmt.Sprintf("the drain of pid %d recorded", before), func() bool {
-		recs = eventsOf(t, "evsup")
-		for _, r := range recs {
-			if r.Name == events.Drained && r.PID == before {
-				return true
-			}
-		}
-		return false
-	})
+	recs := eventsOnceRecorded(t, "evsup", events.Drained, before)
 	checkInOrder(t, recs)
 	ops := operations(recs)
-	var kinds []string
-	for _, o := range ops {
-		kinds = append(kinds, o.op)
-	}
-	if got := strings.Join(kinds, " "); got != "start upgrade upgrade upgrade rollback upgrade" {
+	if got := opKinds(ops); got != "start upgrade upgrade upgrade rollback upgrade" {
 		t.Fatalf("operations %q, want start, 3 upgrades, a rollback, an upgrade", got)
 	}
 	for n, o := range ops[1:] {

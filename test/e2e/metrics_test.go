@@ -162,23 +162,10 @@ func TestSupervisorMetrics(t *testing.T) {
 	// baton events --json: the 5 upgrades and the rollback, in order,
 	// each step with its duration; the broken upgrade and the restart
 	// after them.
-	var recs []events.Record
-	waitFor(t, 30*time.Second, fmt.Sprintf("the restart of pid %d recorded", restarted), func() bool {
-		recs = eventsOf(t, "supmetrics")
-		for _, r := range recs {
-			if r.Name == events.Serving && r.PID == restarted {
-				return true
-			}
-		}
-		return false
-	})
+	recs := eventsOnceRecorded(t, "supmetrics", events.Serving, restarted)
 	checkInOrder(t, recs)
 	ops := operations(recs)
-	var kinds []string
-	for _, o := range ops {
-		kinds = append(kinds, o.op)
-	}
-	if got := strings.Join(kinds, " "); got != "start upgrade upgrade upgrade upgrade upgrade rollback upgrade restart" {
+	if got := opKinds(ops); got != "start upgrade upgrade upgrade upgrade upgrade rollback upgrade restart" {
 		t.Fatalf("operations %q, want start, 5 upgrades, a rollback, the broken upgrade, a restart", got)
 	}
 	for i, o := range ops[1:6] {
