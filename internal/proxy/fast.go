@@ -242,7 +242,7 @@ func (cc *clientConn) forward(ri *reqInfo) bool {
 		if err == nil {
 			return keep
 		}
-		if errors.Is(err, errClientBody) || errors.Is(err, errClientGone) {
+		if clientSide(err) {
 			p.failed.Add(1)
 			p.log.Debug("proxy: client went away", "method", ri.method, "path", ri.target, "err", err)
 			return false
@@ -257,7 +257,8 @@ func (cc *clientConn) forward(ri *reqInfo) bool {
 
 // exchange sends the request to b and relays the answer. It returns an
 // error, with b's request ended and counted as a connection error, when
-// no answer came; a connection taken from the pool that fails before any
+// no answer came, or a client-side error (see clientSide: not counted,
+// not retried) when the client left or failed; a connection taken from the pool that fails before any
 // answer byte is replaced by a new one on the same backend when the
 // request can be sent again (idempotent without body, or not one byte
 // written), as http.Transport does.
@@ -297,7 +298,7 @@ func (cc *clientConn) exchange(b *backend, ri *reqInfo, want string) (keep bool,
 		}
 		if err != nil {
 			bc.close()
-			if errors.Is(err, errClientBody) || errors.Is(err, errClientGone) {
+			if clientSide(err) {
 				b.end()
 				return false, err
 			}
@@ -310,13 +311,16 @@ func (cc *clientConn) exchange(b *backend, ri *reqInfo, want string) (keep bool,
 			return false, err
 		}
 		b.stats.answer(time.Since(start), rh.code >= 500)
-		keep, reuse := cc.relay(bc, ri, &rh, b, want)
+		keep, reuse, gone := cc.relay(bc, ri, &rh, b, want)
 		if reuse && bc.br.Buffered() == 0 {
 			pool.put(bc) // before end: the last end of a removed backend closes the pool
 		} else {
 			bc.close()
 		}
 		b.end()
+		if gone != nil {
+			return false, gone
+		}
 		// The end of the answer leaves after the request ended, as with
 		// net/http: a client that has its answer finds it no longer in
 		// flight.
@@ -326,6 +330,15 @@ func (cc *clientConn) exchange(b *backend, ri *reqInfo, want string) (keep bool,
 		}
 		return keep, nil
 	}
+}
+
+// clientSide reports whether err is the client's doing (it left, or its
+// connection failed while reading its body or writing its answer): not
+// the backend's fault, so neither counted against it nor tried on
+// another backend (a client resetting its connections must not make a
+// healthy backend look failing, nor reach every backend with a request).
+func clientSide(err error) bool {
+	return errors.Is(err, errClientBody) || errors.Is(err, errClientGone) || errors.Is(err, errClientWrite)
 }
 
 // startWatch arranges for the client to be watched while bc's answer is
@@ -448,8 +461,9 @@ func writeDate(w *bufio.Writer) {
 // comes (the client's buffer is flushed whenever the backend has nothing
 // more buffered, so streams are not held back and small answers leave in
 // one write, flushed by the caller). It reports whether the client
-// connection may go on and the backend connection may be reused.
-func (cc *clientConn) relay(bc *backendConn, ri *reqInfo, rh *respHead, b *backend, want string) (keep, reuse bool) {
+// connection may go on and the backend connection may be reused, and
+// gone (errClientGone) when the client left while the body was awaited.
+func (cc *clientConn) relay(bc *backendConn, ri *reqInfo, rh *respHead, b *backend, want string) (keep, reuse bool, gone error) {
 	p := cc.p
 	w := cc.bw
 	sent := cc.cw.n // before this answer
@@ -487,14 +501,17 @@ func (cc *clientConn) relay(bc *backendConn, ri *reqInfo, rh *respHead, b *backe
 	}
 	if err != nil {
 		w.Reset(&cc.cw) // what is left of it is not sent
+		if errors.Is(err, errClientGone) {
+			return false, false, err
+		}
 		if sent == cc.cw.n && !errors.Is(err, errClientWrite) {
 			// Nothing of it reached the client: answer 502 instead.
-			return cc.fail(ri, err), false
+			return cc.fail(ri, err), false, nil
 		}
 		p.log.Debug("proxy: answer not relayed to the end", "method", ri.method, "path", ri.target, "err", err)
-		return false, false
+		return false, false, nil
 	}
-	return !closing, !delimited && !rh.close && !rh.doubtful
+	return !closing, !delimited && !rh.close && !rh.doubtful, nil
 }
 
 // countedConn counts the bytes written to the client connection (whether
@@ -541,10 +558,30 @@ func (cc *clientConn) more(bc *backendConn) error {
 			return fmt.Errorf("%w: %w", errClientWrite, err)
 		}
 	}
-	if _, err := bc.br.Peek(1); err != nil {
+	if err := cc.fill(bc); err != nil {
+		if errors.Is(err, errClientGone) {
+			return err
+		}
 		return fmt.Errorf("%w: %w", errAnswerAbort, err)
 	}
 	return nil
+}
+
+// fill waits for more of the answer from bc, its buffer being empty,
+// and watches the client meanwhile as the wait for the head does: a
+// stream (server-sent events, a long poll) whose client left ends then,
+// not when the app writes again (it would hold its backend connection
+// and stay in flight, keeping a retired generation from draining).
+func (cc *clientConn) fill(bc *backendConn) error {
+	watched := cc.startWatch(bc)
+	_, err := bc.br.Peek(1)
+	if watched && cc.stopWatch() {
+		if err == nil { // bc was closed as the bytes came
+			return errClientGone
+		}
+		return fmt.Errorf("%w: %w", errClientGone, err)
+	}
+	return err
 }
 
 func (cc *clientConn) write(p []byte) error {
@@ -659,8 +696,10 @@ func (cc *clientConn) relayUntilEOF(bc *backendConn) error {
 					return fmt.Errorf("%w: %w", errClientWrite, err)
 				}
 			}
-			if _, err := bc.br.Peek(1); err == io.EOF {
+			if err := cc.fill(bc); err == io.EOF {
 				return cc.write([]byte("0\r\n\r\n"))
+			} else if errors.Is(err, errClientGone) {
+				return err
 			} else if err != nil {
 				return fmt.Errorf("%w: %w", errAnswerAbort, err)
 			}
