@@ -511,7 +511,11 @@ func (cc *clientConn) relay(bc *backendConn, ri *reqInfo, rh *respHead, b *backe
 		p.log.Debug("proxy: answer not relayed to the end", "method", ri.method, "path", ri.target, "err", err)
 		return false, false, nil
 	}
-	return !closing, !delimited && !rh.close && !rh.doubtful, nil
+	// An answer without body by rule whose head announces one: the
+	// backend may think it owes a body, and its bytes coming late could
+	// race the check of a pooled connection.
+	announced := ri.isHead || bodyless && (rh.contentLength > 0 || rh.chunked)
+	return !closing, !delimited && !rh.close && !rh.doubtful && !announced, nil
 }
 
 // countedConn counts the bytes written to the client connection (whether

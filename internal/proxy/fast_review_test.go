@@ -178,3 +178,55 @@ func TestFastPathClientResetOn1xx(t *testing.T) {
 		t.Errorf("in flight: b0 %d, b1 %d", st["b0"].InFlight, st["b1"].InFlight)
 	}
 }
+
+// A backend connection is not pooled after an answer that has no body by
+// rule but whose head announces one (HEAD, or 204/304 with a non-zero
+// Content-Length or chunked): the backend may believe it has a body to
+// send, and bytes it sends late could race the check of a pooled
+// connection. Answers announcing nothing keep their connection.
+func TestFastPathNoPoolAfterAnnouncedBodyWithoutBody(t *testing.T) {
+	requireFastPath(t)
+	for _, tc := range []struct {
+		name, method, answer string
+		pooled               bool
+	}{
+		{"HEAD", "HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n", false},
+		{"204 with a length", "GET", "HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\n", false},
+		{"304 chunked", "GET", "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", false},
+		{"304 with a length", "GET", "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n", false},
+		{"204", "GET", "HTTP/1.1 204 No Content\r\n\r\n", true},
+		{"304 with length 0", "GET", "HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := startEvil(t, func(c net.Conn, r *http.Request) {
+				if r.URL.Path == "/first" {
+					_, _ = io.WriteString(c, tc.answer)
+					return
+				}
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood")
+			})
+			set := NewSet(SetOptions{})
+			p, addr := startHTTP(t, set, HTTPOptions{})
+			mustSet(t, set, e.Backend)
+			c, br := clientConnTo(t, addr)
+			if _, _, err := roundTrip(t, c, br, tc.method, "/first"); err != nil {
+				t.Fatal(err)
+			}
+			if _, body, err := roundTrip(t, c, br, "GET", "/second"); err != nil || body != "good" {
+				t.Fatalf("next request: %q, %v", body, err)
+			}
+			want := int64(2)
+			if tc.pooled {
+				want = 1
+			} else {
+				e.waitClosed(t, "/first")
+			}
+			if n := e.conns.Load(); n != want {
+				t.Errorf("%d backend connections, want %d", n, want)
+			}
+			if p.Failed() != 0 || p.handedOver.Load() != 0 {
+				t.Errorf("failed %d, handed over %d", p.Failed(), p.handedOver.Load())
+			}
+		})
+	}
+}
