@@ -38,6 +38,11 @@ const (
 
 	maxInformational = 8 // 1xx answers passed on before the final one
 
+	// keptHeadBuf: an answer head buffer grown larger than this (heads
+	// may take up to maxRespHead) is dropped after its answer rather than
+	// kept with the client connection for its whole life.
+	keptHeadBuf = 16 << 10
+
 	// watchDelay: a request whose answer takes longer starts watching its
 	// client, so that a client that leaves ends the backend request (as
 	// net/http's server cancels the request context, at once). Quicker
@@ -160,6 +165,9 @@ func (p *HTTPProxy) serveConn(c net.Conn) {
 		cc.bodyLeft = ri.contentLength
 		if !cc.forward(&ri) || cc.bodyLeft != 0 {
 			return
+		}
+		if cap(cc.resp) > keptHeadBuf {
+			cc.resp = nil
 		}
 		cc.state.Store(connIdle)
 		if p.shutting.Load() && cc.state.CompareAndSwap(connIdle, connClosed) {
@@ -401,7 +409,16 @@ func (cc *clientConn) stopWatch() (left bool) {
 
 // send writes the request head and body to bc. wrote says whether any of
 // it may have reached the backend.
+//
+// A body's writes each have ClientIdle to finish: a backend that stops
+// reading it (an app answering early, or stuck) must not hold the
+// request, its backend connection and the client forever.
 func (cc *clientConn) send(bc *backendConn, ri *reqInfo) (wrote bool, err error) {
+	hasBody := cc.bodyLeft > 0
+	if hasBody {
+		_ = bc.c.SetWriteDeadline(time.Now().Add(cc.p.opts.ClientIdle))
+		defer func() { _ = bc.c.SetWriteDeadline(time.Time{}) }()
+	}
 	part, _ := cc.br.Peek(int(min(cc.bodyLeft, int64(cc.br.Buffered()))))
 	cc.bufs = [2][]byte{cc.out, part}
 	bufs := net.Buffers(cc.bufs[:])
@@ -419,6 +436,7 @@ func (cc *clientConn) send(bc *backendConn, ri *reqInfo) (wrote bool, err error)
 			return true, fmt.Errorf("%w: %w", errClientBody, err)
 		}
 		part, _ := cc.br.Peek(int(min(cc.bodyLeft, int64(cc.br.Buffered()))))
+		_ = bc.c.SetWriteDeadline(time.Now().Add(cc.p.opts.ClientIdle))
 		w, err := bc.c.Write(part)
 		_, _ = cc.br.Discard(w)
 		cc.bodyLeft -= int64(w)

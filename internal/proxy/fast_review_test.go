@@ -1,13 +1,18 @@
 package proxy
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/baton-go/baton/internal/testenv"
 )
 
 // Regression tests for the second review of the fast path: each one
@@ -228,5 +233,97 @@ func TestFastPathNoPoolAfterAnnouncedBodyWithoutBody(t *testing.T) {
 				t.Errorf("failed %d, handed over %d", p.Failed(), p.handedOver.Load())
 			}
 		})
+	}
+}
+
+// A backend that does not read a request's body cannot hold the request
+// forever: writing the body stops after ClientIdle without progress, and
+// the client gets 502 (the connection closed after it: its body was not
+// read to the end). The app listens on a unix socket, whose buffers hold
+// far less than the largest body the fast path takes (on loopback TCP the
+// kernel would take all of it).
+func TestFastPathBackendNotReadingBody(t *testing.T) {
+	requireFastPath(t)
+	sock := filepath.Join(testenv.TempDir(t), "app.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testDone := make(chan struct{})
+	t.Cleanup(func() { close(testDone); ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				// Reads the head only, and nothing of the body.
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					return
+				}
+				<-testDone
+			}()
+		}
+	}()
+	set := NewSet(SetOptions{})
+	p, addr := startHTTP(t, set, HTTPOptions{ClientIdle: 200 * time.Millisecond})
+	mustSet(t, set, Backend{ID: "deaf", Network: "unix", Addr: sock, Weight: 1})
+	c, br := clientConnTo(t, addr)
+	body := make([]byte, fastBodyMax)
+	go func() {
+		fmt.Fprintf(c, "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", len(body))
+		_, _ = c.Write(body)
+	}()
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	if resp.StatusCode != http.StatusBadGateway || !resp.Close {
+		t.Errorf("%d (close %v), want 502 and close", resp.StatusCode, resp.Close)
+	}
+	waitFor(t, "the request ended", func() bool { return set.Stats()["deaf"].InFlight == 0 && p.Failed() == 1 })
+}
+
+// An answer head buffer grown for a large head is not kept with the
+// client connection after its answer (heads may take up to 1 MiB).
+func TestFastPathReleasesLargeHeadBuffer(t *testing.T) {
+	requireFastPath(t)
+	big := strings.Repeat("x", 8<<10)
+	e := startEvil(t, func(c net.Conn, r *http.Request) {
+		var b strings.Builder
+		b.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n")
+		if r.URL.Path == "/big" {
+			for i := range 32 {
+				fmt.Fprintf(&b, "X-Big-%d: %s\r\n", i, big)
+			}
+		}
+		b.WriteString("\r\nok")
+		_, _ = io.WriteString(c, b.String())
+	})
+	set := NewSet(SetOptions{})
+	p, addr := startHTTP(t, set, HTTPOptions{})
+	mustSet(t, set, e.Backend)
+	c, br := clientConnTo(t, addr)
+	for _, path := range []string{"/small", "/big", "/small"} {
+		resp, body, err := roundTrip(t, c, br, "GET", path)
+		if err != nil || body != "ok" {
+			t.Fatalf("%s: %q, %v", path, body, err)
+		}
+		if path == "/big" && resp.Header.Get("X-Big-31") != big {
+			t.Fatalf("/big: the head was not relayed whole")
+		}
+		var cc *clientConn
+		p.mu.Lock()
+		for k := range p.conns {
+			cc = k
+		}
+		p.mu.Unlock()
+		// Idle again: the connection's goroutine is done with the answer.
+		waitFor(t, "the connection idle", func() bool { return cc.state.Load() == connIdle })
+		if n := cap(cc.resp); n > keptHeadBuf {
+			t.Errorf("after %s: a %d-byte head buffer kept", path, n)
+		}
 	}
 }

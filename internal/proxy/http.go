@@ -55,7 +55,9 @@ type HTTPOptions struct {
 	TrustForwarded bool
 
 	// Used by Serve only: the client side's header read timeout (default
-	// 30s) and keep-alive idle timeout (default 120s).
+	// 30s) and keep-alive idle timeout (default 120s). ClientIdle also
+	// bounds how long a backend may leave a request body unread (each
+	// write of it to the backend must end within it).
 	ReadHeaderTimeout time.Duration
 	ClientIdle        time.Duration
 
