@@ -59,25 +59,7 @@ func TestSupervisorIgnoresForeignReady(t *testing.T) {
 	notifyPath := filepath.Join(ctl.Dir(), "supfready.gen2.notify")
 	stop := make(chan struct{})
 	sent := make(chan int, 1)
-	go func() {
-		n := 0
-		defer func() { sent <- n }()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-			c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
-			if err != nil {
-				continue
-			}
-			if _, err := c.Write([]byte("READY=1\nSTATUS=impostor")); err == nil {
-				n++
-			}
-			c.Close()
-		}
-	}()
+	go proctest.ImpostorReady(notifyPath, stop, sent)
 	rep, err := svc.Upgrade(ctx)
 	close(stop)
 	if n := <-sent; n == 0 {

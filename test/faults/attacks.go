@@ -343,25 +343,7 @@ func foreignReady(c *C) Row {
 	notify := filepath.Join(c.env.RuntimeDir(), c.name+".gen2.notify")
 	stop := make(chan struct{})
 	sent := make(chan int, 1)
-	go func() {
-		n := 0
-		defer func() { sent <- n }()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond): // polls for the socket
-			}
-			conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: notify, Net: "unixgram"})
-			if err != nil {
-				continue
-			}
-			if _, err := conn.Write([]byte("READY=1\nSTATUS=impostor")); err == nil {
-				n++
-			}
-			conn.Close()
-		}
-	}()
+	go proctest.ImpostorReady(notify, stop, sent)
 	rep := c.upgrade()
 	close(stop)
 	n := <-sent
