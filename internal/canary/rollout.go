@@ -179,11 +179,13 @@ func (r *Rollout) step(ctx context.Context, i, pct int, first pair) (StepReport,
 		return StepReport{}, err
 	}
 	sr := StepReport{Step: i, Percent: pct, Started: time.Now()}
-	// The canary's latency counts from latFrom on: the step's start, or
-	// the end of the first step's warm-up (warmEnd).
-	latFrom, warmed, warmEnd := start, false, time.Time{}
+	// The canary's latency counts from latFrom on: the step's start, or,
+	// in the first step, the last look (prev) before its warm-up ended at
+	// warmEnd (never a later one: at a look that is also the step's end,
+	// nothing would be left to judge). The step's end ends the warm-up.
+	latFrom, prev, warming, warmEnd := start, start, false, time.Time{}
 	if w := min(cmp.Or(r.Warmup, DefaultWarmup), interval/2); i == 0 && w > 0 {
-		warmEnd = sr.Started.Add(w)
+		warming, warmEnd = true, sr.Started.Add(w)
 	}
 	end := time.NewTimer(interval)
 	defer end.Stop()
@@ -204,16 +206,15 @@ func (r *Rollout) step(ctx context.Context, i, pct int, first pair) (StepReport,
 		}
 		sr.Took = time.Since(sr.Started)
 		c := cur.canary.Sub(start.canary)
-		if !warmEnd.IsZero() && !warmed {
-			if time.Now().Before(warmEnd) {
-				c.Latency = proxy.Histogram{} // warming up: nothing to judge yet
-			} else {
-				latFrom, warmed = cur, true
-			}
+		if warming && (ended || !time.Now().Before(warmEnd)) {
+			latFrom, warming = prev, false
 		}
-		if warmed {
+		if warming {
+			c.Latency = proxy.Histogram{} // nothing to judge on latency yet
+		} else {
 			c.Latency = cur.canary.Latency.Sub(latFrom.canary.Latency)
 		}
+		prev = cur
 		s, baseline := cur.stable.Sub(start.stable), BaselineStep
 		if s.Requests+s.ConnErrors < th.MinRequests {
 			s, baseline = cur.stable.Sub(first.stable), BaselineRollout

@@ -289,6 +289,32 @@ func TestColdCanaryStartIsNotJudgedOnLatency(t *testing.T) {
 	t.Logf("without: %v", err)
 }
 
+// TestWarmupNeverHidesASlowCanary: the warm-up ends at the step's end at
+// the latest and latency counts from the last look before it ended, so a
+// canary slow on every request fails the p99 check even when the only
+// look is at the step's end (CheckEvery = StepInterval). It passed, with
+// p99 0, when the warm-up's end counted from the look at the step's end.
+func TestWarmupNeverHidesASlowCanary(t *testing.T) {
+	r := newRig(t, func(w http.ResponseWriter, req *http.Request) {
+		select {
+		case <-time.After(40 * time.Millisecond):
+		case <-req.Context().Done():
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	ro := r.rollout(50)
+	ro.Thresholds = canary.Thresholds{MaxErrorRatio: 0.05, MaxP99Ratio: 1.5, MinP99: 10 * time.Millisecond, MinRequests: 10}
+	ro.StepInterval, ro.CheckEvery = 400*time.Millisecond, 400*time.Millisecond // Warmup: the default
+	stop := r.load(t)
+	_, err := run(t, ro)
+	stop()
+	var fe *canary.FailedError
+	if !errors.As(err, &fe) || fe.Verdict.Check != canary.CheckP99 {
+		t.Fatalf("a canary 40 ms slow on every request, judged at its step's end: %v; want a p99 failure", err)
+	}
+	t.Logf("%v", err)
+}
+
 // An operator's command interrupts a rollout: Run returns the context's
 // error and leaves the weights for the command to set.
 func TestCancelLeavesTheWeights(t *testing.T) {
