@@ -178,3 +178,27 @@ func linkPair(t *testing.T) (sup, gen *LinkConn) {
 	t.Cleanup(func() { sup.Close(); gen.Close() })
 	return sup, gen
 }
+
+// A pass given up before it could be sent (its context ended while
+// another exchange held the link) sends nothing: ErrConnsNotTaken, so the
+// caller places the connections elsewhere, and the link stays usable. It
+// used to write past the deadline, break the link and leave the caller
+// unable to tell whether the connections had gone.
+func TestPassConnsGivenUpSendsNothing(t *testing.T) {
+	sup, _ := linkPair(t)
+	sup.conns = true // a generation that takes connections
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	n, err := sup.PassConns(ctx, "tcp", "127.0.0.1:1", []*os.File{f})
+	if n != 0 || !errors.Is(err, ErrConnsNotTaken) {
+		t.Fatalf("PassConns with its context ended: %d taken, %v; want 0 and ErrConnsNotTaken", n, err)
+	}
+	if sup.Broken() {
+		t.Fatal("the link is broken by a pass that sent nothing")
+	}
+}

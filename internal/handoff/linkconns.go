@@ -146,11 +146,19 @@ func (l *LinkConn) PullConns(ctx context.Context, prevTaken int) (network, addr 
 // PassConns gives the serving generation client connections accepted on
 // (network, addr) and returns how many it took (supervisor side). The
 // files stay the caller's (the generation gets duplicates).
+//
+// Errors matching ErrConnsNotTaken mean that nothing was sent (or that
+// the generation refused the batch): the caller may place the
+// connections elsewhere. Other errors mean the link failed mid-exchange.
 func (l *LinkConn) PassConns(ctx context.Context, network, addr string, files []*os.File) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := l.usable(); err != nil {
-		return 0, err
+		return 0, fmt.Errorf("%w: %w", ErrConnsNotTaken, err)
+	}
+	if err := ctx.Err(); err != nil {
+		// Given up while another exchange held the link: nothing sent.
+		return 0, fmt.Errorf("%w: %w", ErrConnsNotTaken, err)
 	}
 	if !l.conns {
 		return 0, ErrConnsNotTaken
@@ -171,7 +179,7 @@ func (l *LinkConn) PassConns(ctx context.Context, network, addr string, files []
 		return 0, l.fail(linkErr("waiting for the connections' answer: %v", err))
 	}
 	if !rep.OK {
-		return 0, linkErr("connections refused: %s", rep.Error)
+		return 0, fmt.Errorf("%w: %w", ErrConnsNotTaken, linkErr("connections refused: %s", rep.Error))
 	}
 	return rep.Taken, nil
 }

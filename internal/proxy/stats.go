@@ -99,9 +99,9 @@ func (h *Histogram) merge(o *Histogram) {
 // status, including 101), Errors5xx those with a status of 500 or more,
 // and Latency the time to the answer's header (not its body: streams and
 // WebSockets would dominate it). For TCP, Requests counts connections
-// established and Latency the time to connect, or, for a connection
-// passed to the backend's process (TCPOptions.Pass), the time the pass
-// took. ConnErrors counts attempts that got no answer: dial failures,
+// established or passed to the backend's process (TCPOptions.Pass), and
+// Latency the time to connect (passes have none: a library app's canary
+// is judged on its errors). ConnErrors counts attempts that got no answer: dial failures,
 // resets and timeouts, passes lost half-way, and refused passes of a
 // connection that no backend took.
 type BackendStats struct {
@@ -243,12 +243,16 @@ func (st *stats) passedOn() {
 	st.mu.Unlock()
 }
 
-// passed records a TCP connection given to the backend's process.
-func (st *stats) passed(lat time.Duration) {
-	st.answer(lat, false)
+// passed records a TCP connection given to the backend's process: a
+// request, without a latency: the time a pass takes (the queue behind
+// the batch under way, a link round trip) is no connect time, and
+// compared with a relayed generation's it would fail healthy canaries.
+func (st *stats) passed() {
 	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.requests++
+	st.slot().requests++
 	st.passedConns++
-	st.mu.Unlock()
 }
 
 // refused records a pass the backend refused.

@@ -222,7 +222,7 @@ func (p *TCPProxy) handle(s *tcpSession) {
 		if p.opts.Pass != nil {
 			switch p.opts.Pass(b.ID, s.client) {
 			case Passed:
-				b.stats.passed(time.Since(start))
+				b.stats.passed()
 				b.end()
 				return // our copy closes; the backend's serves the client
 			case PassRefused:

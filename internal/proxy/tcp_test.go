@@ -424,6 +424,9 @@ func TestTCPPass(t *testing.T) {
 	if sa := st["a"]; sa.Passed != n || sa.Requests != n || sa.BytesIn+sa.BytesOut != 0 {
 		t.Errorf("a: passed %d, requests %d, bytes %d+%d; want %d passed, nothing relayed", sa.Passed, sa.Requests, sa.BytesIn, sa.BytesOut, n)
 	}
+	if lat := st["a"].Latency; lat.Count() != 0 {
+		t.Errorf("a: %d latencies recorded for passed connections; want none (a pass's time is no connect time)", lat.Count())
+	}
 	if sb := st["b"]; sb.Refused != int64(pt.count("b")) || sb.Requests != 0 || sb.ConnErrors != 0 {
 		t.Errorf("b: refused %d (of %d calls), requests %d, errors %d; want every call refused, no error (a took them)", sb.Refused, pt.count("b"), sb.Requests, sb.ConnErrors)
 	}
