@@ -126,7 +126,7 @@ func (c *checker) visit(n ast.Node) bool {
 	case *ast.IfStmt:
 		// Inspect visits the body after the if, so the skips under it
 		// are marked before they are reached.
-		if c.callsGeteuid(n.Init) || c.callsGeteuid(n.Cond) {
+		if (c.callsGeteuid(n.Init) || c.callsGeteuid(n.Cond)) && testsNotZero(n.Cond) {
 			ast.Inspect(n.Body, func(m ast.Node) bool {
 				if call, ok := m.(*ast.CallExpr); ok {
 					c.euidBody[call] = true
@@ -185,8 +185,25 @@ func (c *checker) callsGeteuid(n ast.Node) bool {
 	return found
 }
 
-// mentionsRoot tells whether e is a string literal with the word "root"
-// in it.
+// testsNotZero tells whether cond compares something with 0 by != or >
+// (anywhere in it): "not root, skip". A skip because the test runs as
+// root (== 0: permissions are bypassed) is a reason, not a missing
+// dependency.
+func testsNotZero(cond ast.Expr) bool {
+	found := false
+	ast.Inspect(cond, func(m ast.Node) bool {
+		if b, ok := m.(*ast.BinaryExpr); ok && (b.Op == token.NEQ || b.Op == token.GTR) {
+			if lit, ok := b.Y.(*ast.BasicLit); ok && lit.Kind == token.INT && lit.Value == "0" {
+				found = true
+			}
+		}
+		return !found
+	})
+	return found
+}
+
+// mentionsRoot tells whether e is a string literal saying that root is
+// wanted ("needs root", "requires root", "not root", "without root").
 func mentionsRoot(e ast.Expr) bool {
 	lit, ok := e.(*ast.BasicLit)
 	if !ok || lit.Kind != token.STRING {
@@ -196,7 +213,7 @@ func mentionsRoot(e ast.Expr) bool {
 	return err == nil && rootWord.MatchString(s)
 }
 
-var rootWord = regexp.MustCompile(`(?i)\broot\b`)
+var rootWord = regexp.MustCompile(`(?i)\b(needs?|requires?|wants?|not|without|only as|must run as)\W+(\w+\W+)?root\b`)
 
 func identName(e ast.Expr) string {
 	if id, ok := e.(*ast.Ident); ok {

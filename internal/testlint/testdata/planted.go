@@ -41,6 +41,10 @@ func TestPlanted(t *testing.T) {
 	}
 	t.Skip("needs Root privileges")        // want root
 	t.Skip("uses the chroot of the build") // fine: root is not a word here
+	if os.Geteuid() == 0 {
+		t.Skip("as root, permissions are bypassed") // fine: skipped because root
+	}
+	t.Skip("running as root reads every fd table") // fine: not a want of root
 	if os.Getuid() != 0 {
 		t.Skip("not uid 0") // fine: not the effective uid
 	}
