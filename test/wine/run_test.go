@@ -96,7 +96,7 @@ func (s *supervised) status(ctx context.Context) (contract.Status, error) {
 		return st, err
 	}
 	if code != 0 {
-		return st, fmt.Errorf("baton status exited %d: %s", code, errOut)
+		return st, fmt.Errorf("baton status exited %d: %s%s", code, out, errOut)
 	}
 	return st, json.Unmarshal([]byte(out), &st)
 }
