@@ -194,7 +194,7 @@ func TestProxyCanaryPromoteRollback(t *testing.T) {
 	stable = canary
 
 	// 3. A second canary, rolled back: it gets nothing sent afterwards.
-	res = upgradeCanary("--canary", "10", "--step-interval", "1s")
+	res = upgradeCanary("--canary", "10", "--step-interval", "1s", "--max-p99-ratio", "50")
 	canary = res.Canary.PID
 	if _, err := load.WaitPID(ctx, canary); err != nil {
 		t.Fatal(err)
@@ -302,7 +302,7 @@ func TestProxySticky(t *testing.T) {
 	addr := freeAddr(t, "tcp")
 	startSupervised(t, "pxsticky", os.Environ(), "--proxy", "http", "--sticky", "--listen", "tcp://"+addr,
 		"--", bins["hello"], "-addr", addr)
-	if code, out := runCLI("upgrade", "--name", "pxsticky", "--canary", "50", "--step-interval", "1h"); code != 0 {
+	if code, out := runCLI("upgrade", "--name", "pxsticky", "--canary", "50", "--step-interval", "1h", "--max-p99-ratio", "50"); code != 0 {
 		t.Fatalf("baton upgrade --canary 50: exit %d: %s", code, out)
 	}
 	pids := func(c *http.Client) map[string]int {
@@ -347,7 +347,9 @@ func TestProxyStopWithHeldCanary(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer load.Stop()
-	if code, out := runCLI("upgrade", "--name", "pxheld", "--canary", "20", "--step-interval", "300ms"); code != 0 {
+	// (--max-p99-ratio: this test is about a stop, not the judgement,
+	// which TestProxyCanaryFailsAutomatically tests.)
+	if code, out := runCLI("upgrade", "--name", "pxheld", "--canary", "20", "--step-interval", "300ms", "--max-p99-ratio", "50"); code != 0 {
 		t.Fatalf("baton upgrade --canary 20: exit %d: %s", code, out)
 	}
 	waitFor(t, 30*time.Second, "the canary's step judged", func() bool {
