@@ -77,15 +77,7 @@ func run(m *testing.M) int {
 		home, _ := os.UserHomeDir()
 		prefix = filepath.Join(home, ".cache", "baton-wine")
 	}
-	// GODEBUG=asyncpreemptoff=1: Go preempts a running goroutine on
-	// Windows by suspending its thread (SuspendThread), and under Wine
-	// that froze a whole baton.exe supervisor now and then (every thread
-	// waiting on wineserver, its control endpoint silent: TestRunOnWindows
-	// failed about 1 run in 3 after the serving generation was killed; a
-	// goroutine dump every 2 s stopped at the freeze). A Wine limit, not
-	// the product's: the lane turns async preemption off for the Windows
-	// processes it starts (golang/go#36492 describes the same cure).
-	wineEnv = append(os.Environ(), "WINEPREFIX="+prefix, "WINEDEBUG=-all", "WINEDLLOVERRIDES=mscoree,mshtml=", "DISPLAY=", wineGODEBUG())
+	wineEnv = append(os.Environ(), "WINEPREFIX="+prefix, "WINEDEBUG=-all", "WINEDLLOVERRIDES=mscoree,mshtml=", "DISPLAY=")
 	// A persistent wineserver for the whole run, its helpers detached from
 	// our output.
 	for _, args := range [][]string{{"wineserver", "-p"}, {"wine", "cmd", "/c", "exit"}} {
@@ -261,12 +253,3 @@ func pidIn(msg string) string {
 
 // winPath is how a Windows program under Wine names a host path.
 func winPath(p string) string { return `Z:` + strings.ReplaceAll(p, "/", `\`) }
-
-// wineGODEBUG is GODEBUG for the Windows processes of the lane: the
-// caller's settings, with async preemption off (see wineEnv).
-func wineGODEBUG() string {
-	if v := os.Getenv("GODEBUG"); v != "" {
-		return "GODEBUG=" + v + ",asyncpreemptoff=1"
-	}
-	return "GODEBUG=asyncpreemptoff=1"
-}
