@@ -291,17 +291,16 @@ func (cc *clientConn) exchange(b *backend, ri *reqInfo, want string) (keep bool,
 			}
 			bc = newBackendConn(c)
 		}
-		wrote, err := cc.send(bc, ri)
+		wrote, watched, err := cc.send(bc, ri)
 		var rh respHead
 		if err == nil {
-			watched := cc.startWatch(bc)
 			err = cc.readAnswerHead(bc, ri, &rh)
-			if watched && cc.stopWatch() {
-				if err == nil {
-					err = errClientGone
-				} else {
-					err = fmt.Errorf("%w: %w", errClientGone, err)
-				}
+		}
+		if watched && cc.stopWatch() {
+			if err == nil {
+				err = errClientGone
+			} else {
+				err = fmt.Errorf("%w: %w", errClientGone, err)
 			}
 		}
 		if err != nil {
@@ -350,11 +349,13 @@ func clientSide(err error) bool {
 }
 
 // startWatch arranges for the client to be watched while bc's answer is
-// awaited, if it takes longer than watchDelay. Not when the client has
-// sent more already (a pipelined request): it is there, and its bytes
-// must stay unread. It reports whether stopWatch must be called.
-func (cc *clientConn) startWatch(bc *backendConn) bool {
-	if cc.br.Buffered() > 0 {
+// awaited, if it takes longer than watchDelay. unread is how much of the
+// read buffer is the current request's (its body, not yet sent). Not
+// when the client has sent more already (a pipelined request): it is
+// there, and its bytes must stay unread. It reports whether stopWatch
+// must be called.
+func (cc *clientConn) startWatch(bc *backendConn, unread int) bool {
+	if cc.br.Buffered() > unread {
 		return false
 	}
 	if cc.watchTimer == nil {
@@ -407,33 +408,54 @@ func (cc *clientConn) stopWatch() (left bool) {
 	return cc.left.Load()
 }
 
-// send writes the request head and body to bc. wrote says whether any of
-// it may have reached the backend.
+// send writes the request head and body to bc and starts watching the
+// client (startWatch: watched says whether stopWatch must be called).
+// wrote says whether any of it may have reached the backend.
 //
+// A request that is all in the read buffer goes out in one write made by
+// bc.writeAwaitingAnswer, which also waits for the answer's first bytes.
 // A body's writes each have ClientIdle to finish: a backend that stops
 // reading it (an app answering early, or stuck) must not hold the
 // request, its backend connection and the client forever.
-func (cc *clientConn) send(bc *backendConn, ri *reqInfo) (wrote bool, err error) {
+func (cc *clientConn) send(bc *backendConn, ri *reqInfo) (wrote, watched bool, err error) {
 	hasBody := cc.bodyLeft > 0
 	if hasBody {
 		_ = bc.c.SetWriteDeadline(time.Now().Add(cc.p.opts.ClientIdle))
 		defer func() { _ = bc.c.SetWriteDeadline(time.Time{}) }()
 	}
 	part, _ := cc.br.Peek(int(min(cc.bodyLeft, int64(cc.br.Buffered()))))
+	if int64(len(part)) == cc.bodyLeft {
+		req := cc.out
+		if len(part) > 0 {
+			req = append(req, part...)
+			cc.out = req[:len(cc.out)] // the head, in the grown buffer
+		}
+		watched = cc.startWatch(bc, len(part))
+		n, err := bc.writeAwaitingAnswer(req)
+		if err == nil && n < len(req) {
+			var more int
+			more, err = bc.c.Write(req[n:])
+			n += more
+		}
+		if err != nil {
+			return n > 0, watched, fmt.Errorf("proxy: sending the request: %w", err)
+		}
+		_, _ = cc.br.Discard(len(part))
+		cc.bodyLeft = 0
+		return true, watched, nil
+	}
 	cc.bufs = [2][]byte{cc.out, part}
 	bufs := net.Buffers(cc.bufs[:])
 	n, err := bufs.WriteTo(bc.c)
 	if err != nil {
-		return n > 0, fmt.Errorf("proxy: sending the request: %w", err)
+		return n > 0, false, fmt.Errorf("proxy: sending the request: %w", err)
 	}
 	_, _ = cc.br.Discard(len(part))
 	cc.bodyLeft -= int64(len(part))
-	if cc.bodyLeft > 0 {
-		_ = cc.c.SetReadDeadline(time.Time{}) // no body read timeout, as net/http's
-	}
+	_ = cc.c.SetReadDeadline(time.Time{}) // no body read timeout, as net/http's
 	for cc.bodyLeft > 0 {
 		if _, err := cc.br.Peek(1); err != nil {
-			return true, fmt.Errorf("%w: %w", errClientBody, err)
+			return true, false, fmt.Errorf("%w: %w", errClientBody, err)
 		}
 		part, _ := cc.br.Peek(int(min(cc.bodyLeft, int64(cc.br.Buffered()))))
 		_ = bc.c.SetWriteDeadline(time.Now().Add(cc.p.opts.ClientIdle))
@@ -441,10 +463,10 @@ func (cc *clientConn) send(bc *backendConn, ri *reqInfo) (wrote bool, err error)
 		_, _ = cc.br.Discard(w)
 		cc.bodyLeft -= int64(w)
 		if err != nil {
-			return true, fmt.Errorf("proxy: sending the request body: %w", err)
+			return true, false, fmt.Errorf("proxy: sending the request body: %w", err)
 		}
 	}
-	return true, nil
+	return true, cc.startWatch(bc, 0), nil
 }
 
 // fail answers the request itself (502, or 503 without backend), like
@@ -595,7 +617,7 @@ func (cc *clientConn) more(bc *backendConn) error {
 // not when the app writes again (it would hold its backend connection
 // and stay in flight, keeping a retired generation from draining).
 func (cc *clientConn) fill(bc *backendConn) error {
-	watched := cc.startWatch(bc)
+	watched := cc.startWatch(bc, 0)
 	_, err := bc.br.Peek(1)
 	if watched && cc.stopWatch() {
 		if err == nil { // bc was closed as the bytes came

@@ -14,3 +14,12 @@ func peekable(net.Conn) bool { return false }
 func idleConnUsable(net.Conn) bool { return false }
 
 func clientGone(net.Conn) bool { return false }
+
+// awaiter: see idle_unix.go; here every request is written the usual way.
+type awaiter struct{}
+
+func newAwaiter(net.Conn) *awaiter { return nil }
+
+func (bc *backendConn) writeAwaitingAnswer([]byte) (int, error) { return 0, nil }
+
+func (bc *backendConn) usable() bool { return false }

@@ -43,24 +43,28 @@ func peek(c net.Conn, wait bool) peekResult {
 		return peekFailed
 	}
 	res := peekNothing
-	var b [1]byte
 	err = rc.Read(func(fd uintptr) bool {
-		n, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		switch {
-		case rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK || rerr == syscall.EINTR:
-			res = peekNothing
-			return !wait
-		case rerr != nil || n == 0:
-			res = peekGone
-		default:
-			res = peekData
-		}
-		return true
+		res = peekOnce(fd)
+		return res != peekNothing || !wait
 	})
 	if err != nil {
 		return peekFailed
 	}
 	return res
+}
+
+// peekOnce is one MSG_PEEK of a byte, not waiting.
+func peekOnce(fd uintptr) peekResult {
+	var b [1]byte
+	n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	switch {
+	case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK || err == syscall.EINTR:
+		return peekNothing
+	case err != nil || n == 0:
+		return peekGone
+	default:
+		return peekData
+	}
 }
 
 // idleConnUsable reports whether an idle backend connection is still
@@ -73,3 +77,82 @@ func idleConnUsable(c net.Conn) bool { return peek(c, false) == peekNothing }
 // and reports whether that is its end (the client left) rather than
 // bytes of a next request. It returns false when c's read deadline passes.
 func clientGone(c net.Conn) bool { return peek(c, true) == peekGone }
+
+// awaiter makes bc.writeAwaitingAnswer's system calls; made once per
+// backend connection, so that a request allocates nothing for them.
+type awaiter struct {
+	rc      syscall.RawConn // nil when the connection has no descriptor
+	step    func(fd uintptr) bool
+	peekFn  func(fd uintptr) bool
+	req     []byte
+	n       int
+	err     error
+	called  bool
+	peekRes peekResult
+}
+
+func newAwaiter(c net.Conn) *awaiter {
+	a := &awaiter{}
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			a.rc = rc
+		}
+	}
+	a.step = a.writeThenWait
+	a.peekFn = func(fd uintptr) bool { a.peekRes = peekOnce(fd); return true }
+	return a
+}
+
+// usable is idleConnUsable for a backend connection, without allocating.
+func (bc *backendConn) usable() bool {
+	a := bc.aw
+	if a.rc == nil {
+		return idleConnUsable(bc.c)
+	}
+	if err := a.rc.Read(a.peekFn); err != nil {
+		return false
+	}
+	return a.peekRes == peekNothing
+}
+
+// writeAwaitingAnswer writes req to the backend in one system call and
+// then waits until the connection has something to read (or fails: the
+// read that follows says how). It returns the bytes written; after a
+// short write, or none (n 0, err nil: the socket was full, or has no
+// descriptor), the caller writes the rest the usual way.
+//
+// Why by hand: Go's reads try the socket before they wait for it, and an
+// answer is never there right after its request was written, so that
+// first read fails with EAGAIN on nearly every request (one system call
+// in six of a forwarded request). RawConn.Read clears the socket's read
+// readiness before its first call: a request written from inside that
+// call cannot have its answer's readiness lost, and returning false
+// waits for it without the empty read. Nothing may arrive before the
+// request on a backend connection, which is what makes this safe there
+// (a client connection may have its next request on the way: not there).
+func (bc *backendConn) writeAwaitingAnswer(req []byte) (int, error) {
+	a := bc.aw
+	if a.rc == nil {
+		return 0, nil
+	}
+	a.req, a.n, a.err, a.called = req, 0, nil, false
+	_ = a.rc.Read(a.step) // its own error (closed, say) is the next read's
+	a.req = nil
+	return a.n, a.err
+}
+
+func (a *awaiter) writeThenWait(fd uintptr) bool {
+	if a.called {
+		return true // readable: the caller's read finds the answer
+	}
+	a.called = true
+	n, err := syscall.Write(int(fd), a.req)
+	for err == syscall.EINTR {
+		n, err = syscall.Write(int(fd), a.req)
+	}
+	if err == syscall.EAGAIN || err == syscall.EWOULDBLOCK {
+		n, err = 0, nil
+	}
+	a.n, a.err = max(n, 0), err
+	return err != nil || a.n < len(a.req)
+}

@@ -16,10 +16,11 @@ type backendConn struct {
 	br       *bufio.Reader
 	idleAt   time.Time
 	received bool // some of an answer was read on it (for the retry rule)
+	aw       *awaiter
 }
 
 func newBackendConn(c net.Conn) *backendConn {
-	return &backendConn{c: c, br: bufio.NewReaderSize(c, backendReadBuf)}
+	return &backendConn{c: c, br: bufio.NewReaderSize(c, backendReadBuf), aw: newAwaiter(c)}
 }
 
 func (bc *backendConn) close() { _ = bc.c.Close() }
@@ -89,7 +90,7 @@ func (cp *connPool) get() *backendConn {
 		cp.conns[n-1] = nil
 		cp.conns = cp.conns[:n-1]
 		cp.mu.Unlock()
-		if time.Since(bc.idleAt) >= cp.idle || bc.br.Buffered() > 0 || !idleConnUsable(bc.c) {
+		if time.Since(bc.idleAt) >= cp.idle || bc.br.Buffered() > 0 || !bc.usable() {
 			bc.close()
 			continue
 		}
