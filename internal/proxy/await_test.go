@@ -16,23 +16,8 @@ import (
 // tcpPair is a connected loopback TCP pair: near is the proxy's side, as
 // a backend connection, far the backend's.
 func tcpPair(t *testing.T) (near *backendConn, far net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	far, err = ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	near = newBackendConn(c)
-	t.Cleanup(func() { c.Close(); far.Close() })
-	return near, far
+	c, far := loopbackPair(t)
+	return newBackendConn(c), far
 }
 
 // bufferedNow reports whether c has bytes to read at this moment.

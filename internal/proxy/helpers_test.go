@@ -134,3 +134,24 @@ func share(r loadgen.Report, pid int) float64 {
 	}
 	return 100 * float64(r.PIDs[pid].Responses) / float64(ok)
 }
+
+// loopbackPair is a connected loopback TCP pair, closed when t ends.
+func loopbackPair(t testing.TB) (dialed, accepted net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dialed, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted, err = ln.Accept()
+	if err != nil {
+		dialed.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dialed.Close(); accepted.Close() })
+	return dialed, accepted
+}

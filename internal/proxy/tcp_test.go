@@ -297,16 +297,7 @@ func TestTCPShutdown(t *testing.T) {
 // (Windows: passTo's taker duplicates the socket that way; proxy mode,
 // which passes sockets for real, is Unix-only).
 func needSocketFiles(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, _ := loopbackPair(t)
 	f, err := c.(*net.TCPConn).File()
 	if err != nil {
 		t.Skipf("a TCP connection cannot become an os.File here (%v): the test's taker needs it; proxy mode runs on Unix only", err)
