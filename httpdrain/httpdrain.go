@@ -160,8 +160,9 @@ type Server struct {
 	migrators   map[Migrator]struct{} // of the listeners served (migrate.go); under mu
 	migrateOpen atomic.Bool           // the drain passes conns on (until migrate ends)
 
-	draining atomic.Bool  // Drain was called: responses get "Connection: close"
-	handlers atomic.Int64 // running handlers
+	draining     atomic.Bool  // Drain was called: responses get "Connection: close"
+	drainStarted atomic.Int64 // when, in Unix nanoseconds (set before draining)
+	handlers     atomic.Int64 // running handlers
 
 	mu        sync.Mutex
 	changed   chan struct{} // closed (and reset to nil) on every change; created by waiters
@@ -306,6 +307,7 @@ func (s *Server) Drain(ctx context.Context) (Report, error) {
 	}
 	s.started = true
 	s.migrateOpen.Store(ready && !s.opts.NoMigration)
+	s.drainStarted.Store(time.Now().UnixNano())
 	s.draining.Store(true) // from now on responses carry "Connection: close"
 	rep := Report{
 		Started:         time.Now(),

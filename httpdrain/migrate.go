@@ -86,13 +86,11 @@ type migratedConn struct {
 	readLen  int       // its len(p): netHTTPBufSize when net/http's buffer is empty
 	deadline time.Time // the read deadline net/http asked for (applied after a claim)
 	busyAt   time.Time // when the drain found a request arriving (zero: not); waited for NewConnWait at most
-	// busyMisses counts the requests that came in during the drain while
-	// the conn waited to be taken idle: a client that sends its next
-	// request as soon as it has an answer could keep its conn here until
-	// the drain's deadline (each answer resets busyAt; a drain slower
-	// than the client never even sees it idle), so after maxBusyMisses
-	// its answers say "Connection: close" and it is never claimed again
-	// (drained here).
+	// busyMisses counts the times the drain found a request arriving: a
+	// client that sends its next request as soon as it has an answer
+	// could keep its conn here until the drain's deadline (each answer
+	// resets busyAt), so after maxBusyMisses its answers say "Connection:
+	// close" and it is never claimed again (drained here).
 	busyMisses int
 	phase      int
 	verdict    chan struct{} // closed when the stopped Read came back (claimHeld, or claimNone: bytes came)
@@ -192,15 +190,18 @@ func (m *migratedConn) ReadFrom(r io.Reader) (int64, error) {
 	return io.Copy(struct{ io.Writer }{m.Conn}, r)
 }
 
-// setState records what net/http reported. A request that came in while
-// the drain was waiting to take the conn idle (it found the request
-// arriving, was interrupted by it, or was just slower than a client that
-// sends its next request as soon as it has an answer, as Wine's
-// scheduling often is) is a busy miss.
+// setState records what net/http reported. A request that comes in on
+// a conn the drain has had busyGiveUp to take idle ends its keep-alive:
+// a client that sends its next request as soon as it has an answer can
+// be quicker than the drain every time (under Wine's scheduling it often
+// was: the drain never saw the conn idle, or its claim was interrupted by
+// the bytes, which is no busy mark), and its conn would stay here until
+// the drain's deadline cut a request in flight.
 func (m *migratedConn) setState(st http.ConnState) {
 	m.mu.Lock()
-	if st == http.StateActive && m.state == http.StateIdle && m.s.draining.Load() {
-		m.busyMisses++
+	if st == http.StateActive && m.state == http.StateIdle && m.s.draining.Load() &&
+		time.Since(time.Unix(0, m.s.drainStarted.Load())) >= busyGiveUp {
+		m.busyMisses = maxBusyMisses + 1
 	}
 	m.state = st
 	m.busyAt = time.Time{}
@@ -218,15 +219,21 @@ func (m *migratedConn) markBusy(now time.Time) bool {
 	if !m.busyAt.IsZero() {
 		return false
 	}
-	m.busyAt = now // counted as a miss when its request makes the conn active
+	m.busyAt = now
+	m.busyMisses++
 	return true
 }
 
-// maxBusyMisses: how many requests may come in on a conn the drain waits
-// to take idle and still be answered keep-alive, to be passed on once
-// idle (a pipelining client's answers fit; a client that never pauses
-// does not).
+// maxBusyMisses: how many times a conn may be found with its next request
+// arriving and still be kept alive to be passed on once idle (a
+// pipelining client's answers fit; a client that never pauses does not).
 const maxBusyMisses = 2
+
+// busyGiveUp: how long into the drain a conn's requests may keep coming
+// in before it is taken idle; after that its next answer closes it (the
+// client goes on, lossless, on a new connection to the new generation).
+// The drain takes an idle conn within milliseconds on Linux.
+const busyGiveUp = time.Second
 
 func (m *migratedConn) markHTTP1() {
 	m.mu.Lock()
