@@ -5,6 +5,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -17,6 +18,8 @@ import (
 // a backend connection, far the backend's.
 func tcpPair(t *testing.T) (near *backendConn, far net.Conn) {
 	c, far := loopbackPair(t)
+	// A wait that never ends fails the test instead of hanging it.
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	return newBackendConn(c), far
 }
 
@@ -50,7 +53,7 @@ func TestWriteAwaitingAnswerReturnsWithTheAnswer(t *testing.T) {
 		time.Sleep(50 * time.Millisecond) // a slow answer, not a synchronisation
 		_, _ = io.WriteString(far, "HTTP/1.1 204 No Content\r\n\r\n")
 	}()
-	n, err := near.writeAwaitingAnswer(req)
+	n, err := near.writeAwaitingAnswer(req, false)
 	if err != nil || n != len(req) {
 		t.Fatalf("wrote %d of %d: %v", n, len(req), err)
 	}
@@ -77,12 +80,12 @@ func TestWriteAwaitingAnswerShortWrite(t *testing.T) {
 	}
 	_ = raw.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4096) })
 	req := bytes.Repeat([]byte("x"), 1<<20)
-	n, err := near.writeAwaitingAnswer(req)
+	n, err := near.writeAwaitingAnswer(req, false)
 	if err != nil || n <= 0 || n >= len(req) {
 		t.Fatalf("a socket far smaller than the request: wrote %d of %d, %v", n, len(req), err)
 	}
 	// Again at once: at most part of the rest goes.
-	n2, err := near.writeAwaitingAnswer(req[n:])
+	n2, err := near.writeAwaitingAnswer(req[n:], false)
 	if err != nil || n2 >= len(req)-n {
 		t.Fatalf("a socket far smaller than the request, again: wrote %d of %d, %v", n2, len(req)-n, err)
 	}
@@ -109,10 +112,39 @@ func TestWriteAwaitingAnswerBackendClosed(t *testing.T) {
 	far.Close()
 	waitFor(t, "the backend's end at the proxy", func() bool { return peek(near.c, false) == peekGone })
 	req := []byte("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nonce")
-	if _, err := near.writeAwaitingAnswer(req); err != nil && !strings.Contains(err.Error(), "broken pipe") && !strings.Contains(err.Error(), "reset") {
+	if _, err := near.writeAwaitingAnswer(req, false); err != nil && !strings.Contains(err.Error(), "broken pipe") && !strings.Contains(err.Error(), "reset") {
 		t.Fatalf("unexpected error %v", err)
 	}
 	if _, err := bufio.NewReader(near.c).ReadByte(); err == nil {
 		t.Fatal("read a byte from a closed backend")
+	}
+}
+
+// A pooled connection (check) whose backend half-closed it and still
+// reads, or wrote to it while it was idle, gets nothing: errStaleConn,
+// and the backend reads no byte of the request (it would have answered
+// nothing, and no reset would have ended the wait).
+func TestWriteAwaitingAnswerStaleConn(t *testing.T) {
+	for _, how := range []string{"half-closed", "late bytes"} {
+		t.Run(how, func(t *testing.T) {
+			near, far := tcpPair(t)
+			if how == "half-closed" {
+				if err := far.(*net.TCPConn).CloseWrite(); err != nil {
+					t.Fatal(err)
+				}
+			} else if _, err := io.WriteString(far, "HTTP/1.1 200 OK\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "the backend's end or bytes at the proxy", func() bool { return peek(near.c, false) != peekNothing })
+			n, err := near.writeAwaitingAnswer([]byte("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nonce"), true)
+			if !errors.Is(err, errStaleConn) || n != 0 {
+				t.Fatalf("wrote %d, %v; want nothing, errStaleConn", n, err)
+			}
+			near.c.Close()
+			got, _ := io.ReadAll(far)
+			if len(got) != 0 {
+				t.Fatalf("the backend got %q", got)
+			}
+		})
 	}
 }

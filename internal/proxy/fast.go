@@ -64,6 +64,7 @@ var (
 	errClientWrite  = errors.New("proxy: writing the answer to the client")
 	errAnswerAbort  = errors.New("proxy: the backend's answer ended early")
 	errClientGone   = errors.New("proxy: the client left before the answer")
+	errStaleConn    = errors.New("proxy: the pooled backend connection was closed or written to while idle")
 	aLongTimeAgo    = time.Unix(1, 0)
 	crlf            = []byte("\r\n")
 	chunkedTE       = []byte("Transfer-Encoding: chunked\r\n")
@@ -291,7 +292,7 @@ func (cc *clientConn) exchange(b *backend, ri *reqInfo, want string) (keep bool,
 			}
 			bc = newBackendConn(c)
 		}
-		wrote, watched, err := cc.send(bc, ri)
+		wrote, watched, err := cc.send(bc, ri, reused)
 		var rh respHead
 		if err == nil {
 			err = cc.readAnswerHead(bc, ri, &rh)
@@ -308,6 +309,9 @@ func (cc *clientConn) exchange(b *backend, ri *reqInfo, want string) (keep bool,
 			if clientSide(err) {
 				b.end()
 				return false, err
+			}
+			if errors.Is(err, errStaleConn) {
+				continue // nothing was sent: another pooled connection, or a new one
 			}
 			if reused && !bc.received && (replayable || !wrote) {
 				fresh = true
@@ -414,10 +418,14 @@ func (cc *clientConn) stopWatch() (left bool) {
 //
 // A request that is all in the read buffer goes out in one write made by
 // bc.writeAwaitingAnswer, which also waits for the answer's first bytes.
+// A reused connection is peeked first (errStaleConn, nothing sent, when
+// the backend closed it or wrote to it while it was idle): for the
+// awaited write in the same readiness wait, so that a backend's end
+// arriving between the peek and the write still wakes the wait.
 // A body's writes each have ClientIdle to finish: a backend that stops
 // reading it (an app answering early, or stuck) must not hold the
 // request, its backend connection and the client forever.
-func (cc *clientConn) send(bc *backendConn, ri *reqInfo) (wrote, watched bool, err error) {
+func (cc *clientConn) send(bc *backendConn, ri *reqInfo, reused bool) (wrote, watched bool, err error) {
 	hasBody := cc.bodyLeft > 0
 	if hasBody {
 		_ = bc.c.SetWriteDeadline(time.Now().Add(cc.p.opts.ClientIdle))
@@ -431,7 +439,10 @@ func (cc *clientConn) send(bc *backendConn, ri *reqInfo) (wrote, watched bool, e
 			cc.out = req[:len(cc.out)] // the head, in the grown buffer
 		}
 		watched = cc.startWatch(bc, len(part))
-		n, err := bc.writeAwaitingAnswer(req)
+		n, err := bc.writeAwaitingAnswer(req, reused)
+		if errors.Is(err, errStaleConn) {
+			return false, watched, err
+		}
 		if err == nil && n < len(req) {
 			var more int
 			more, err = bc.c.Write(req[n:])
@@ -443,6 +454,9 @@ func (cc *clientConn) send(bc *backendConn, ri *reqInfo) (wrote, watched bool, e
 		_, _ = cc.br.Discard(len(part))
 		cc.bodyLeft = 0
 		return true, watched, nil
+	}
+	if reused && !bc.usable() {
+		return false, false, errStaleConn
 	}
 	cc.bufs = [2][]byte{cc.out, part}
 	bufs := net.Buffers(cc.bufs[:])

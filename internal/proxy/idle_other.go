@@ -20,6 +20,11 @@ type awaiter struct{}
 
 func newAwaiter(net.Conn) *awaiter { return nil }
 
-func (bc *backendConn) writeAwaitingAnswer([]byte) (int, error) { return 0, nil }
+func (bc *backendConn) writeAwaitingAnswer(_ []byte, check bool) (int, error) {
+	if check {
+		return 0, errStaleConn
+	}
+	return 0, nil
+}
 
 func (bc *backendConn) usable() bool { return false }

@@ -85,6 +85,7 @@ type awaiter struct {
 	step    func(fd uintptr) bool
 	peekFn  func(fd uintptr) bool
 	req     []byte
+	check   bool
 	n       int
 	err     error
 	called  bool
@@ -119,7 +120,13 @@ func (bc *backendConn) usable() bool {
 // then waits until the connection has something to read (or fails: the
 // read that follows says how). It returns the bytes written; after a
 // short write, or none (n 0, err nil: the socket was full, or has no
-// descriptor), the caller writes the rest the usual way.
+// descriptor), the caller writes the rest the usual way. With check (a
+// connection from the pool) it first peeks, within the same wait, and
+// writes nothing (errStaleConn) if the backend closed the connection or
+// wrote to it while it was idle: a peek in a wait of its own would leave
+// a gap in which the backend's end could arrive unseen (its readiness
+// cleared by the next wait), and a backend that half-closed and still
+// reads would never wake it.
 //
 // Why by hand: Go's reads try the socket before they wait for it, and an
 // answer is never there right after its request was written, so that
@@ -130,12 +137,15 @@ func (bc *backendConn) usable() bool {
 // waits for it without the empty read. Nothing may arrive before the
 // request on a backend connection, which is what makes this safe there
 // (a client connection may have its next request on the way: not there).
-func (bc *backendConn) writeAwaitingAnswer(req []byte) (int, error) {
+func (bc *backendConn) writeAwaitingAnswer(req []byte, check bool) (int, error) {
 	a := bc.aw
 	if a.rc == nil {
+		if check && !idleConnUsable(bc.c) {
+			return 0, errStaleConn
+		}
 		return 0, nil
 	}
-	a.req, a.n, a.err, a.called = req, 0, nil, false
+	a.req, a.check, a.n, a.err, a.called = req, check, 0, nil, false
 	_ = a.rc.Read(a.step) // its own error (closed, say) is the next read's
 	a.req = nil
 	return a.n, a.err
@@ -146,6 +156,10 @@ func (a *awaiter) writeThenWait(fd uintptr) bool {
 		return true // readable: the caller's read finds the answer
 	}
 	a.called = true
+	if a.check && peekOnce(fd) != peekNothing {
+		a.err = errStaleConn
+		return true
+	}
 	n, err := syscall.Write(int(fd), a.req)
 	for err == syscall.EINTR {
 		n, err = syscall.Write(int(fd), a.req)

@@ -74,10 +74,11 @@ func (p *HTTPProxy) pool(b *backend) *connPool {
 	return b.pool.Load()
 }
 
-// get returns an idle connection, or nil. Each one is peeked first: a
-// connection the backend closed, or wrote to while it was idle (late
-// bytes of an earlier answer, which would be read as this request's
-// answer), is closed, never used.
+// get returns an idle connection, or nil. Whether the backend closed it,
+// or wrote to it while it was idle (late bytes of an earlier answer,
+// which would be read as this request's answer), is checked when the
+// request is written (send: reused), in the same readiness wait as the
+// write; such a connection is closed, never used.
 func (cp *connPool) get() *backendConn {
 	for {
 		cp.mu.Lock()
@@ -90,7 +91,7 @@ func (cp *connPool) get() *backendConn {
 		cp.conns[n-1] = nil
 		cp.conns = cp.conns[:n-1]
 		cp.mu.Unlock()
-		if time.Since(bc.idleAt) >= cp.idle || bc.br.Buffered() > 0 || !bc.usable() {
+		if time.Since(bc.idleAt) >= cp.idle || bc.br.Buffered() > 0 {
 			bc.close()
 			continue
 		}
