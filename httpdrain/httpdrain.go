@@ -161,7 +161,7 @@ type Server struct {
 	migrateOpen atomic.Bool           // the drain passes conns on (until migrate ends)
 
 	draining     atomic.Bool  // Drain was called: responses get "Connection: close"
-	drainStarted atomic.Int64 // when, in Unix nanoseconds (set before draining)
+	drainStarted atomic.Int64 // when, as monoNow (set before draining)
 	handlers     atomic.Int64 // running handlers
 
 	mu        sync.Mutex
@@ -307,7 +307,7 @@ func (s *Server) Drain(ctx context.Context) (Report, error) {
 	}
 	s.started = true
 	s.migrateOpen.Store(ready && !s.opts.NoMigration)
-	s.drainStarted.Store(time.Now().UnixNano())
+	s.drainStarted.Store(monoNow())
 	s.draining.Store(true) // from now on responses carry "Connection: close"
 	rep := Report{
 		Started:         time.Now(),

@@ -92,9 +92,12 @@ type migratedConn struct {
 	// resets busyAt), so after maxBusyMisses its answers say "Connection:
 	// close" and it is never claimed again (drained here).
 	busyMisses int
-	phase      int
-	verdict    chan struct{} // closed when the stopped Read came back (claimHeld, or claimNone: bytes came)
-	decided    chan struct{} // closed when a held conn was passed (claimGone) or kept (claimNone)
+	// idleInDrain: when net/http first called the conn idle during the
+	// drain (monoNow; 0: not yet), from which busyGiveUp runs.
+	idleInDrain int64
+	phase       int
+	verdict     chan struct{} // closed when the stopped Read came back (claimHeld, or claimNone: bytes came)
+	decided     chan struct{} // closed when a held conn was passed (claimGone) or kept (claimNone)
 }
 
 func newMigratedConn(c net.Conn, s *Server, mig Migrator) *migratedConn {
@@ -191,7 +194,8 @@ func (m *migratedConn) ReadFrom(r io.Reader) (int64, error) {
 }
 
 // setState records what net/http reported. A request that comes in on
-// a conn the drain has had busyGiveUp to take idle ends its keep-alive:
+// a conn the drain has had busyGiveUp to take idle (from the first time
+// it was idle during the drain) ends its keep-alive:
 // a client that sends its next request as soon as it has an answer can
 // be quicker than the drain every time (under Wine's scheduling it often
 // was: the drain never saw the conn idle, or its claim was interrupted by
@@ -199,9 +203,20 @@ func (m *migratedConn) ReadFrom(r io.Reader) (int64, error) {
 // the drain's deadline cut a request in flight.
 func (m *migratedConn) setState(st http.ConnState) {
 	m.mu.Lock()
-	if st == http.StateActive && m.state == http.StateIdle && m.s.draining.Load() &&
-		time.Since(time.Unix(0, m.s.drainStarted.Load())) >= busyGiveUp {
-		m.busyMisses = maxBusyMisses + 1
+	if m.s.draining.Load() {
+		now := monoNow()
+		switch {
+		case st == http.StateIdle && m.idleInDrain == 0:
+			m.idleInDrain = now
+		case st == http.StateActive && m.state == http.StateIdle:
+			since := m.idleInDrain // the first time the drain could have taken it
+			if since == 0 {
+				since = m.s.drainStarted.Load() // idle since before the drain
+			}
+			if now-since >= int64(busyGiveUp) {
+				m.busyMisses = maxBusyMisses + 1
+			}
+		}
 	}
 	m.state = st
 	m.busyAt = time.Time{}
@@ -229,11 +244,17 @@ func (m *migratedConn) markBusy(now time.Time) bool {
 // pipelining client's answers fit; a client that never pauses does not).
 const maxBusyMisses = 2
 
-// busyGiveUp: how long into the drain a conn's requests may keep coming
-// in before it is taken idle; after that its next answer closes it (the
-// client goes on, lossless, on a new connection to the new generation).
-// The drain takes an idle conn within milliseconds on Linux.
+// busyGiveUp: how long after the drain could first have taken a conn
+// idle its requests may keep coming in first; after that its next answer
+// closes it (the client goes on, lossless, on a new connection to the new
+// generation). The drain takes an idle conn within milliseconds on Linux.
 const busyGiveUp = time.Second
+
+// monoBase makes monoNow monotonic: a clock step moves no limit.
+var monoBase = time.Now()
+
+// monoNow is a monotonic time in nanoseconds, never 0.
+func monoNow() int64 { return int64(time.Since(monoBase)) + 1 }
 
 func (m *migratedConn) markHTTP1() {
 	m.mu.Lock()

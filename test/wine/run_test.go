@@ -267,14 +267,14 @@ func (s *supervised) killServing(ctx context.Context, pid int) contract.Status {
 	}
 }
 
-// TestKillsOnWindows: the serving generation killed 12 times in a row,
+// TestKillsOnWindows: the serving generation killed 30 times in a row,
 // each time while `baton status` is asked every 100 ms, is restarted each
 // time. This crashed Wine 8.0's wineserver within 5 to 16 kills (3 runs of
 // 3) while handles were counted through the system handle table (see
 // internal/handlecount): every Wine process then waited on a server that
 // was gone, which looked like a frozen supervisor.
 func TestKillsOnWindows(t *testing.T) {
-	const name, kills = "winkills", 12
+	const name, kills = "winkills", 30
 	addr := freePort(t)
 	s := startSupervisorWith(t, name, addr, []string{"--max-restarts", "1000", "--stable-after", "300ms"}, "-idle-grace", "1s")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
