@@ -63,7 +63,9 @@ const probeGap = 1024
 // table is empty, and crashes (SIGSEGV), leaving every Wine process of
 // the prefix waiting on a server that is gone (docs/windows.md). About a
 // thousand server calls a count, and only under Wine: real Windows
-// answers GetProcessHandleCount.
+// answers GetProcessHandleCount (0 only for a process that has ended,
+// for which probing finds nothing: an error, shown as unknown). A gap of
+// probeGap free values below live handles would undercount them.
 func countByProbing(p windows.Handle) (int, error) {
 	self := windows.CurrentProcess()
 	count := 0
