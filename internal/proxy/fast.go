@@ -455,7 +455,7 @@ func (cc *clientConn) send(bc *backendConn, ri *reqInfo, reused bool) (wrote, wa
 		cc.bodyLeft = 0
 		return true, watched, nil
 	}
-	if reused && !bc.usable() {
+	if reused && !idleConnUsable(bc.c) {
 		return false, false, errStaleConn
 	}
 	cc.bufs = [2][]byte{cc.out, part}

@@ -26,5 +26,3 @@ func (bc *backendConn) writeAwaitingAnswer(_ []byte, check bool) (int, error) {
 	}
 	return 0, nil
 }
-
-func (bc *backendConn) usable() bool { return false }

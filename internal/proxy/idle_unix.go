@@ -81,15 +81,13 @@ func clientGone(c net.Conn) bool { return peek(c, true) == peekGone }
 // awaiter makes bc.writeAwaitingAnswer's system calls; made once per
 // backend connection, so that a request allocates nothing for them.
 type awaiter struct {
-	rc      syscall.RawConn // nil when the connection has no descriptor
-	step    func(fd uintptr) bool
-	peekFn  func(fd uintptr) bool
-	req     []byte
-	check   bool
-	n       int
-	err     error
-	called  bool
-	peekRes peekResult
+	rc     syscall.RawConn // nil when the connection has no descriptor
+	step   func(fd uintptr) bool
+	req    []byte
+	check  bool
+	n      int
+	err    error
+	called bool
 }
 
 func newAwaiter(c net.Conn) *awaiter {
@@ -100,20 +98,7 @@ func newAwaiter(c net.Conn) *awaiter {
 		}
 	}
 	a.step = a.writeThenWait
-	a.peekFn = func(fd uintptr) bool { a.peekRes = peekOnce(fd); return true }
 	return a
-}
-
-// usable is idleConnUsable for a backend connection, without allocating.
-func (bc *backendConn) usable() bool {
-	a := bc.aw
-	if a.rc == nil {
-		return idleConnUsable(bc.c)
-	}
-	if err := a.rc.Read(a.peekFn); err != nil {
-		return false
-	}
-	return a.peekRes == peekNothing
 }
 
 // writeAwaitingAnswer writes req to the backend in one system call and
