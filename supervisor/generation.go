@@ -152,14 +152,20 @@ func (s *Supervisor) acceptLink(g *generation, ln *handoff.LinkListener, handed 
 	// generation's, with tcp each carries one client session, which goes
 	// on in the next generation like any migrated connection.
 	handed.Msg.Conns = link.PassesConns() && (s.front == nil || s.front.mode == ProxyTCP)
-	if err := link.Give(handed); err != nil {
-		s.log.Warn("handing over to the generation's link failed", "gen", g.n, "pid", g.pid, "err", err)
-		link.Close()
-		return
-	}
+	// The link is recorded before it is given: the app can say it is
+	// ready as soon as it has what it inherits, before Give returns here,
+	// and a tcp-mode commit then looks for the link to pass connections
+	// to it (addPasser); recorded after, the generation relayed for life.
+	// Nothing uses the link before the Give: the link's exchanges queue
+	// behind it, and only a ready generation gets any.
 	g.mu.Lock()
 	g.link = link
 	g.mu.Unlock()
+	if err := link.Give(handed); err != nil {
+		s.log.Warn("handing over to the generation's link failed", "gen", g.n, "pid", g.pid, "err", err)
+		link.Close() // broken: whoever took it sees that and does without
+		return
+	}
 	go func() {
 		<-g.exited
 		link.Close()
