@@ -25,6 +25,9 @@ test: vet test-unix test-modules test-windows
 
 test-unix:
 	$(GO) test -race -count=1 -timeout 10m ./...
+	@# the proxy's socket calls are other code without the race detector
+	@# (internal/proxy/sockio_linux.go)
+	$(GO) test -count=1 -timeout 5m ./internal/proxy/
 
 ## test-modules: vet and race-test each nested module (grpcdrain: ~30 s,
 ## of which 20 upgrades of examples/grpc under gRPC load)

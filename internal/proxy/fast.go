@@ -114,7 +114,7 @@ type reqInfo struct {
 // serveConn runs the fast path on c until it closes, fails, or is handed
 // over to net/http.
 func (p *HTTPProxy) serveConn(c net.Conn) {
-	cc := &clientConn{p: p, c: c, br: bufio.NewReaderSize(c, clientReadBuf)}
+	cc := &clientConn{p: p, c: c, br: bufio.NewReaderSize(sockReader(c), clientReadBuf)}
 	if !p.addConn(cc) {
 		_ = c.Close()
 		return
@@ -159,7 +159,7 @@ func (p *HTTPProxy) serveConn(c net.Conn) {
 			return
 		}
 		if cc.bw == nil {
-			cc.cw.c = c
+			cc.cw.w = sockWriter(c)
 			cc.bw = bufio.NewWriterSize(&cc.cw, clientWriteBuf)
 		}
 		_, _ = cc.br.Discard(ri.headLen)
@@ -575,12 +575,12 @@ func (cc *clientConn) relay(bc *backendConn, ri *reqInfo, rh *respHead, b *backe
 // countedConn counts the bytes written to the client connection (whether
 // any of an answer left the proxy yet).
 type countedConn struct {
-	c net.Conn
+	w io.Writer // the client connection's sockWriter
 	n int64
 }
 
 func (w *countedConn) Write(p []byte) (int, error) {
-	n, err := w.c.Write(p)
+	n, err := w.w.Write(p)
 	w.n += int64(n)
 	return n, err
 }

@@ -2,7 +2,10 @@
 
 package proxy
 
-import "net"
+import (
+	"io"
+	"net"
+)
 
 // fastPathSupported: without a non-blocking peek the fast path could
 // neither check a pooled backend connection for late bytes nor watch a
@@ -26,3 +29,8 @@ func (bc *backendConn) writeAwaitingAnswer(_ []byte, check bool) (int, error) {
 	}
 	return 0, nil
 }
+
+// sockReader and sockWriter: see sockio_unix.go.
+func sockReader(c net.Conn) io.Reader { return c }
+
+func sockWriter(c net.Conn) io.Writer { return c }

@@ -145,13 +145,16 @@ func (a *awaiter) writeThenWait(fd uintptr) bool {
 		a.err = errStaleConn
 		return true
 	}
-	n, err := syscall.Write(int(fd), a.req)
-	for err == syscall.EINTR {
-		n, err = syscall.Write(int(fd), a.req)
+	n, errno := sysWrite(fd, a.req)
+	for errno == syscall.EINTR {
+		n, errno = sysWrite(fd, a.req)
 	}
-	if err == syscall.EAGAIN || err == syscall.EWOULDBLOCK {
-		n, err = 0, nil
+	switch errno {
+	case 0:
+		a.n = n
+	case syscall.EAGAIN: // the socket is full: the caller writes the usual way
+	default:
+		a.err = errno
 	}
-	a.n, a.err = max(n, 0), err
-	return err != nil || a.n < len(a.req)
+	return a.err != nil || a.n < len(a.req)
 }

@@ -20,7 +20,7 @@ type backendConn struct {
 }
 
 func newBackendConn(c net.Conn) *backendConn {
-	return &backendConn{c: c, br: bufio.NewReaderSize(c, backendReadBuf), aw: newAwaiter(c)}
+	return &backendConn{c: c, br: bufio.NewReaderSize(sockReader(c), backendReadBuf), aw: newAwaiter(c)}
 }
 
 func (bc *backendConn) close() { _ = bc.c.Close() }

@@ -1,0 +1,27 @@
+//go:build unix && (!linux || race)
+
+package proxy
+
+import "syscall"
+
+// sysRead and sysWrite: see sockio_linux.go. Elsewhere (through libc on
+// some systems), and with the race detector, they are the usual calls.
+func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
+	n, err := syscall.Read(int(fd), p)
+	return max(n, 0), errnoOf(err)
+}
+
+func sysWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+	n, err := syscall.Write(int(fd), p)
+	return max(n, 0), errnoOf(err)
+}
+
+func errnoOf(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	if errno, ok := err.(syscall.Errno); ok {
+		return errno
+	}
+	return syscall.EIO
+}
