@@ -56,11 +56,11 @@ func peek(c net.Conn, wait bool) peekResult {
 // peekOnce is one MSG_PEEK of a byte, not waiting.
 func peekOnce(fd uintptr) peekResult {
 	var b [1]byte
-	n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	n, errno := sysPeek(fd, b[:])
 	switch {
-	case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK || err == syscall.EINTR:
+	case errno == syscall.EAGAIN || errno == syscall.EINTR:
 		return peekNothing
-	case err != nil || n == 0:
+	case errno != 0 || n == 0:
 		return peekGone
 	default:
 		return peekData
