@@ -374,3 +374,39 @@ func TestFastPathShutdown(t *testing.T) {
 		t.Errorf("Serve: %v", err)
 	}
 }
+
+// The fast path's idle timeout follows the client's last answer, though
+// setIdleDeadline moves the deadline only by more than ClientIdle/64: a
+// client that keeps asking is never cut, an idle one is closed after
+// ClientIdle (and not before 63/64 of it), and a ReadHeaderTimeout
+// longer than ClientIdle does not outlast the first request.
+func TestFastPathIdleTimeout(t *testing.T) {
+	requireFastPath(t)
+	a := startApp(t, "a", 1, nil)
+	set := NewSet(SetOptions{})
+	mustSet(t, set, a.backend(100))
+	const idle = time.Second
+	_, addr := startHTTP(t, set, HTTPOptions{ClientIdle: idle, ReadHeaderTimeout: 20 * time.Second})
+	c, br := clientConnTo(t, addr)
+	// Requests 100 ms apart for twice the idle timeout: the deadline
+	// must keep moving (pacing, not synchronisation).
+	start := time.Now()
+	for time.Since(start) < 2*idle {
+		if _, body, err := roundTrip(t, c, br, "GET", "/"); err != nil || body != "ok from a\n" {
+			t.Fatalf("after %v of requests: %q, %v", time.Since(start).Round(time.Millisecond), body, err)
+		}
+		time.Sleep(idle / 10)
+	}
+	last := time.Now()
+	if _, _, err := roundTrip(t, c, br, "GET", "/"); err != nil {
+		t.Fatal(err)
+	}
+	// Now idle: the proxy closes the connection, after 63/64 of ClientIdle
+	// at the soonest, well before the 20 s header timeout.
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle client connection: read %v, want the proxy's close (EOF)", err)
+	}
+	if waited := time.Since(last); waited < idle*63/64 || waited > 10*idle {
+		t.Errorf("idle client closed after %v; want about %v", waited.Round(time.Millisecond), idle)
+	}
+}

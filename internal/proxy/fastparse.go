@@ -234,10 +234,11 @@ func (cc *clientConn) parseRequest(head []byte, ri *reqInfo) bool {
 	}
 	out = append(out, cc.fwdFor...)
 	out = append(out, ";host="...)
-	out = append(out, quoteIfNeeded(string(host))...)
+	out = appendQuoteIfNeeded(out, host)
 	out = append(out, ";proto=http\r\n\r\n"...)
 	cc.out = out
-	ri.method, ri.target = string(method), string(target)
+	cc.names = append(append(cc.names[:0], method...), target...)
+	ri.method, ri.target = cc.names[:len(method)], cc.names[len(method):]
 	return true
 }
 

@@ -264,19 +264,28 @@ func forwardedFor(remoteAddr string) string {
 }
 
 // quoteIfNeeded returns s as an RFC 7230 token, or quoted-string.
-func quoteIfNeeded(s string) string {
-	token := s != ""
+func quoteIfNeeded(s string) string { return string(appendQuoteIfNeeded(nil, []byte(s))) }
+
+// appendQuoteIfNeeded appends s to dst as quoteIfNeeded returns it, with
+// no allocation of its own (the fast path does this for every request).
+func appendQuoteIfNeeded(dst, s []byte) []byte {
+	token := len(s) > 0
 	for i := 0; i < len(s) && token; i++ {
 		c := s[i]
 		token = c > ' ' && c < 0x7f && !strings.ContainsRune(`"(),/:;<=>?@[\]{}`, rune(c))
 	}
 	if token {
-		return s
+		return append(dst, s...)
 	}
-	return `"` + quoteEscaper.Replace(s) + `"`
+	dst = append(dst, '"')
+	for _, c := range s {
+		if c == '\\' || c == '"' {
+			dst = append(dst, '\\')
+		}
+		dst = append(dst, c)
+	}
+	return append(dst, '"')
 }
-
-var quoteEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`)
 
 // fail answers a request that got no response from any backend.
 func (p *HTTPProxy) fail(w http.ResponseWriter, r *http.Request, err error) {
