@@ -94,15 +94,15 @@ type clientConn struct {
 	// Watching the client while a backend prepares the answer (see
 	// startWatch): watchTimer runs watch after watchDelay.
 	watchTimer *time.Timer
-
-	// idleUntil is the read deadline setIdleDeadline set last; zero when
-	// the deadline was changed otherwise since.
-	idleUntil time.Time
 	watchDone  chan struct{}
 	watching   atomic.Pointer[backendConn] // the backend connection to close if the client leaves
 	left       atomic.Bool                 // the client left while watched
 	watchMu    sync.Mutex
 	watchStop  bool // set by stopWatch: watch must not clear the read deadline any more
+
+	// idleUntil is the read deadline setIdleDeadline set last; zero when
+	// the deadline was changed otherwise since.
+	idleUntil time.Time
 }
 
 // reqInfo is what forwarding needs to know about a parsed request.
