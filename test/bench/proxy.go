@@ -364,7 +364,12 @@ func parseWrk(out []byte) (wrkRun, error) {
 
 // startNginx runs nginx as a reverse proxy in front of upstream, with
 // keep-alive connections to it (the set-up its documentation gives for
-// that) and worker_processes auto, like Go's GOMAXPROCS.
+// that) and worker_processes auto, like Go's GOMAXPROCS. It sends the
+// forwarding headers baton's http proxy sends (Host as the client gave
+// it, X-Forwarded-For, -Host and -Proto, Forwarded): the app behind
+// either then parses the same request. Two headers fewer (nginx's usual
+// X-Forwarded-For and -Proto alone) cost hello about 2 µs less per
+// request on this machine, a gap that is not the proxy's.
 func startNginx(ctx context.Context, tracker *proctest.Tracker, nginx, dir, upstream string) (*proxyTarget, func(), error) {
 	addr, err := proctest.FreeAddr("tcp")
 	if err != nil {
@@ -390,9 +395,11 @@ http {
 			proxy_pass http://hello;
 			proxy_http_version 1.1;
 			proxy_set_header Connection "";
-			proxy_set_header Host $host;
+			proxy_set_header Host $http_host;
 			proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+			proxy_set_header X-Forwarded-Host $http_host;
 			proxy_set_header X-Forwarded-Proto $scheme;
+			proxy_set_header Forwarded "for=$remote_addr;host=\"$http_host\";proto=$scheme";
 		}
 	}
 }
