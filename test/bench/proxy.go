@@ -276,7 +276,7 @@ func proxyReport(targets []*proxyTarget) error {
 		fmt.Printf("target tcp ≥ %.1f× direct: %.2f  %s\n", tcpTarget, r, verdict(r >= tcpTarget))
 	}
 	if n, ok := ratio["nginx"]; ok {
-		fmt.Printf("target http ≥ nginx's ratio: %.2f vs %.2f  %s\n", ratio["http"], n, verdict(ratio["http"] >= n))
+		fmt.Printf("target http ≥ nginx's ratio: %.3f vs %.3f  %s\n", ratio["http"], n, verdict(ratio["http"] >= n))
 	} else {
 		fmt.Println("target http ≥ nginx's ratio: not judged (no nginx)")
 	}
