@@ -44,6 +44,7 @@ vet: cross
 	$(GO) vet ./...
 
 ## cross: every change must build and vet for linux, windows, darwin and freebsd
+## (and Linux on 386 and arm64: some system calls differ by architecture)
 cross:
 	@for os in linux windows darwin freebsd; do \
 		echo "go vet (GOOS=$$os)"; \
@@ -51,6 +52,10 @@ cross:
 		for m in $(SUBMODULES); do \
 			(cd $$m && GOOS=$$os GOARCH=amd64 $(GO) vet ./...) || exit 1; \
 		done; \
+	done
+	@for arch in 386 arm64; do \
+		echo "go vet (GOOS=linux GOARCH=$$arch)"; \
+		GOOS=linux GOARCH=$$arch $(GO) vet ./... || exit 1; \
 	done
 
 ## bench: hello under mixed load with an upgrade every 500 ms, then 10,000 idle

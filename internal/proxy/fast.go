@@ -393,7 +393,7 @@ func (cc *clientConn) startWatch(bc *backendConn, unread int) bool {
 	cc.watchStop = false
 	cc.left.Store(false)
 	cc.watching.Store(bc)
-	cc.watchTimer.Reset(watchDelay)
+	cc.watchTimer.Reset(cc.p.opts.watchDelay)
 	return true
 }
 

@@ -410,3 +410,62 @@ func TestFastPathIdleTimeout(t *testing.T) {
 		t.Errorf("idle client closed after %v; want about %v", waited.Round(time.Millisecond), idle)
 	}
 }
+
+// A watched request (its answer slower than the watch delay) leaves the
+// client without a read deadline, as does a body that comes in parts,
+// and a head in parts sets the header timeout: the idle deadline after
+// each must be set again, however little it would move
+// (setIdleDeadline keeps one that moves by less than ClientIdle/64).
+func TestFastPathIdleTimeoutAfterWatch(t *testing.T) {
+	requireFastPath(t)
+	a := startApp(t, "a", 1, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(20 * time.Millisecond) // slower than the watch delay below
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	set := NewSet(SetOptions{})
+	mustSet(t, set, a.backend(100))
+	// ClientIdle/64 (47 ms) is more than a request takes here, so the
+	// deadline from the first request would be kept without the resets.
+	const idle = 3 * time.Second
+	_, addr := startHTTP(t, set, HTTPOptions{ClientIdle: idle, ReadHeaderTimeout: 20 * time.Second, watchDelay: 5 * time.Millisecond})
+	// Each second request in two writes, paced to make two segments.
+	cases := map[string][2]string{
+		"watched":       {"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n", ""},
+		"head in parts": {"GET / HTTP/1.1\r\n", "Host: x\r\n\r\n"},
+		"body in parts": {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab", "cd"},
+	}
+	for name, parts := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel() // each waits ClientIdle
+			c, br := clientConnTo(t, addr)
+			if _, body, err := roundTrip(t, c, br, "GET", "/"); err != nil || body != "ok\n" {
+				t.Fatalf("first request: %q, %v", body, err)
+			}
+			for i, part := range parts {
+				if i > 0 && part != "" {
+					time.Sleep(5 * time.Millisecond) // pacing, not synchronisation
+				}
+				if _, err := io.WriteString(c, part); err != nil {
+					t.Fatal(err)
+				}
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("second request: %v, %v", resp, err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			last := time.Now()
+			_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Fatalf("idle client connection: read %v, want the proxy's close (EOF) after %v", err, idle)
+			}
+			if waited := time.Since(last); waited > 2*idle {
+				t.Errorf("idle client closed after %v; want about %v", waited.Round(time.Millisecond), idle)
+			}
+		})
+	}
+}

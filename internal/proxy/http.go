@@ -64,6 +64,8 @@ type HTTPOptions struct {
 	// Logger receives failed forwards (Warn) and copy errors (Debug);
 	// default slog.Default().
 	Logger *slog.Logger
+
+	watchDelay time.Duration // the package's tests only; default watchDelay
 }
 
 // HTTPProxy forwards each request to a backend of its Set chosen by
@@ -108,6 +110,9 @@ func NewHTTP(set *Set, opts HTTPOptions) *HTTPProxy {
 	}
 	if opts.ClientIdle <= 0 {
 		opts.ClientIdle = DefaultClientIdle
+	}
+	if opts.watchDelay <= 0 {
+		opts.watchDelay = watchDelay
 	}
 	p := &HTTPProxy{set: set, opts: opts, log: opts.Logger, handoff: newHandoffListener(),
 		lns: make(map[net.Listener]struct{}), conns: make(map[*clientConn]struct{})}

@@ -1,4 +1,4 @@
-//go:build linux && !race
+//go:build linux && !race && !386 && !s390x
 
 package proxy
 
@@ -21,7 +21,9 @@ import (
 //
 // Not with the race detector: syscall.Read and Write tell it that bytes
 // written to a socket happen before their read (RawSyscall does not), so
-// that a goroutine and its peer across a socket are seen in order.
+// that a goroutine and its peer across a socket are seen in order. Not on
+// 386 and s390x either: their socket calls go through socketcall(2) (a
+// direct recvfrom(2) needs Linux 4.3 or later there).
 func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
 	n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
 	return int(n), errno

@@ -13,7 +13,10 @@ import (
 // the system calls made by sysRead and sysWrite (sockio_linux.go says why
 // that matters). Made once per connection, so that a read or a write
 // allocates nothing. Unlike a net.Conn's methods, one sockIO serves one
-// goroutine at a time: a bufio.Reader's or a bufio.Writer's.
+// goroutine at a time: a bufio.Reader's or a bufio.Writer's. Its errors
+// are not the net.Conn's: a socket's error is the bare syscall.Errno, a
+// deadline's or a close's a *net.OpError of "raw-read" or "raw-write"
+// (the fast path tells errors apart by its own wrapped sentinels).
 type sockIO struct {
 	rc  syscall.RawConn
 	p   []byte
@@ -23,10 +26,17 @@ type sockIO struct {
 	readStep, writeStep func(fd uintptr) bool
 }
 
-// newSockIO returns c's socket I/O, nil when c has no descriptor.
+// newSockIO returns c's socket I/O; nil when c is not a plain TCP or
+// Unix connection: a type that wraps one (to count its bytes, say) could
+// offer its descriptor and still want its own Read and Write called.
 func newSockIO(c net.Conn) *sockIO {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
+	var sc syscall.Conn
+	switch c := c.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn:
+		sc = c
+	default:
 		return nil
 	}
 	rc, err := sc.SyscallConn()
@@ -100,11 +110,14 @@ func (s *sockIO) Write(p []byte) (int, error) {
 func (s *sockIO) writeAll(fd uintptr) bool {
 	for s.n < len(s.p) {
 		n, errno := sysWrite(fd, s.p[s.n:])
-		switch errno {
-		case 0:
+		switch {
+		case errno == 0 && n == 0:
+			s.err = io.ErrUnexpectedEOF // as poll.FD.Write: never spin on nothing written
+			return true
+		case errno == 0:
 			s.n += n
-		case syscall.EINTR:
-		case syscall.EAGAIN:
+		case errno == syscall.EINTR:
+		case errno == syscall.EAGAIN:
 			return false
 		default:
 			s.err = errno

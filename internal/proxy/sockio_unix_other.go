@@ -1,11 +1,12 @@
-//go:build unix && (!linux || race)
+//go:build unix && !(linux && !race && !386 && !s390x)
 
 package proxy
 
 import "syscall"
 
-// sysRead and sysWrite: see sockio_linux.go. Elsewhere (through libc on
-// some systems), and with the race detector, they are the usual calls.
+// sysRead, sysWrite and sysPeek: see sockio_linux.go. Elsewhere (through
+// libc on some systems), with the race detector, and on Linux 386 and
+// s390x, they are the usual calls.
 func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
 	n, err := syscall.Read(int(fd), p)
 	return max(n, 0), errnoOf(err)

@@ -724,7 +724,7 @@ func diskFull(c *C) Row {
 	l, pid0 := c.load(4, 2)
 	var st unix.Statfs_t
 	unix.Statfs(dir, &st)
-	free := int64(st.Bavail) * st.Bsize
+	free := int64(st.Bavail) * int64(st.Bsize)
 	sha0 := fileSHA(svc.Installed)
 	rep := c.upgrade("--binary", c.env.Bins["hello-v2"])
 	serves := c.stillServes(l, pid0)
