@@ -105,18 +105,21 @@ func (f *front) passer(id string) *passer {
 }
 
 // passHook is TCPOptions.Pass for the public socket sock.
-func (f *front) passHook(sock int) func(string, net.Conn) proxy.PassResult {
-	return func(id string, c net.Conn) proxy.PassResult {
+func (f *front) passHook(sock int) func(context.Context, string, net.Conn) proxy.PassResult {
+	return func(ctx context.Context, id string, c net.Conn) proxy.PassResult {
 		p := f.passer(id)
 		if p == nil {
 			return proxy.PassRelay
 		}
-		return p.pass(sock, c)
+		return p.pass(ctx, sock, c)
 	}
 }
 
-// pass queues c for the next batch and waits for its outcome.
-func (p *passer) pass(sock int, c net.Conn) proxy.PassResult {
+// pass queues c for the next batch and waits for its outcome, or until
+// ctx is done (the proxy's Shutdown gave up): then the connection counts
+// as lost to the proxy, which closes its copy, and the batch's outcome,
+// whenever it comes, decides whether the generation serves it.
+func (p *passer) pass(ctx context.Context, sock int, c net.Conn) proxy.PassResult {
 	if r, done := p.early(); done {
 		return r
 	}
@@ -141,7 +144,12 @@ func (p *passer) pass(sock int, c net.Conn) proxy.PassResult {
 		go p.run(p.running)
 	}
 	p.mu.Unlock()
-	return <-req.res
+	select {
+	case r := <-req.res:
+		return r
+	case <-ctx.Done():
+		return proxy.PassLost // req.res has room for the late answer
+	}
 }
 
 // early is the outcome of a connection that is not queued: the passer is

@@ -4,6 +4,7 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -268,10 +269,51 @@ func TestPassRefusedThenRetired(t *testing.T) {
 	c1, c2 := net.Pipe()
 	defer c1.Close()
 	defer c2.Close()
-	if r := f.passHook(0)(backendID(1), c1); r != proxy.PassRefused {
+	if r := f.passHook(0)(context.Background(), backendID(1), c1); r != proxy.PassRefused {
 		t.Errorf("a retired generation's pass: %v, want PassRefused", r)
 	}
 	if got := clients(addr, 3); got[""] != 3 || px.Failed() != 3 {
 		t.Errorf("only a retired generation: answers %v, failed %d; want 3 closed, failed", got, px.Failed())
+	}
+}
+
+// A generation that hangs in a pass holds the proxy's Shutdown no longer
+// than Shutdown's own deadline (not the pass timeout, 15 s, past baton
+// stop's --drain-timeout): the waiting session ends as lost and the
+// proxy closes its copy; the generation, if it wakes, serves the client
+// with the socket it was passed.
+func TestPassHungGenerationShutdown(t *testing.T) {
+	pg := &passGen{take: -1, hold: make(chan struct{}), held: make(chan struct{})}
+	g := linkedGen(t, pg)
+	_, px, addr := passFront(t, g)
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(pg.hold)
+		}
+	}
+	defer release()
+	done := make(chan map[string]int, 1)
+	go func() { done <- clients(addr, 1) }()
+	<-pg.held
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- px.Shutdown(ctx) }()
+	select {
+	case err := <-shut:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Shutdown with a hung pass: %v, want context.DeadlineExceeded", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown still waits for a hung pass 10 s after its deadline")
+	}
+	if px.Failed() != 1 {
+		t.Errorf("failed %d, want the connection waiting for the hung pass counted", px.Failed())
+	}
+	release()
+	if got := <-done; got["gen"] != 1 {
+		t.Errorf("the generation woke with the socket: client read %v, want its answer", got)
 	}
 }

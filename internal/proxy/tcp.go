@@ -25,7 +25,10 @@ type TCPOptions struct {
 	// link), instead of the proxy copying bytes. Its result says what
 	// the proxy does next (see PassResult). It must neither read from
 	// nor write to c, may block (bounded), and is called concurrently.
-	Pass func(backendID string, c net.Conn) PassResult
+	// ctx is done when Shutdown gives up waiting: Pass must then return
+	// at once (PassLost if the socket may still reach the backend), or a
+	// hung backend would hold Shutdown up.
+	Pass func(ctx context.Context, backendID string, c net.Conn) PassResult
 }
 
 // PassResult is what TCPOptions.Pass did with a connection.
@@ -220,7 +223,7 @@ func (p *TCPProxy) handle(s *tcpSession) {
 		}
 		start := time.Now()
 		if p.opts.Pass != nil {
-			switch p.opts.Pass(b.ID, s.client) {
+			switch p.opts.Pass(p.ctx, b.ID, s.client) {
 			case Passed:
 				b.stats.passed()
 				b.end()

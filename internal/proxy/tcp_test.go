@@ -317,7 +317,7 @@ type passTo struct {
 	wg    sync.WaitGroup
 }
 
-func (pt *passTo) pass(id string, c net.Conn) PassResult {
+func (pt *passTo) pass(_ context.Context, id string, c net.Conn) PassResult {
 	pt.mu.Lock()
 	if pt.calls == nil {
 		pt.calls = map[string]int{}
@@ -457,8 +457,8 @@ func TestTCPPassRefusedAfterSwitch(t *testing.T) {
 	set := NewSet(SetOptions{})
 	offered, switched := make(chan struct{}), make(chan struct{})
 	pt := &passTo{}
-	hook := func(id string, c net.Conn) PassResult {
-		pt.pass(id, c) // counts the call
+	hook := func(ctx context.Context, id string, c net.Conn) PassResult {
+		pt.pass(ctx, id, c) // counts the call
 		if id == "a" {
 			close(offered)
 			<-switched
