@@ -41,9 +41,7 @@ func newProgress(w io.Writer, name string, start time.Time) *progress {
 // record prints r if it is a step of the followed upgrade.
 func (p *progress) record(r events.Record) {
 	if p.dep == "" {
-		// The operation is the first upgrade started after the request.
-		if r.Time.Before(p.start) || r.Deployment == "" || (r.Name != events.UpgradeStarted && r.Name != events.Started) ||
-			(r.Operation != "" && r.Operation != "upgrade") {
+		if !p.startsOperation(r) {
 			return
 		}
 		p.dep = r.Deployment
@@ -113,6 +111,13 @@ func (p *progress) record(r events.Record) {
 	}
 }
 
+// startsOperation reports whether r can start the followed operation:
+// the first upgrade started after the request.
+func (p *progress) startsOperation(r events.Record) bool {
+	return !r.Time.Before(p.start) && r.Deployment != "" && (r.Name == events.UpgradeStarted || r.Name == events.Started) &&
+		(r.Operation == "" || r.Operation == "upgrade")
+}
+
 func (p *progress) line(r events.Record, what, text string) {
 	at := r.Time.Sub(p.start)
 	if at < 0 {
@@ -163,17 +168,30 @@ func watchProgress(ctx context.Context, p *progress) *progressWatch {
 
 func (pw *progressWatch) feed(r events.Record) {
 	pw.mu.Lock()
+	if pw.p.dep == "" && pw.p.startsOperation(r) {
+		// Follow takes its starting point in its own goroutine, which may
+		// come after the operation's first records were written: those
+		// are read from the file first, in order (r among them), or a
+		// "starting" step would come before the "upgrading" line.
+		pw.readFileLocked()
+	}
 	pw.p.record(r)
 	pw.mu.Unlock()
-	select {
-	case pw.changed <- struct{}{}:
-	default:
-	}
+	pw.notify()
 }
 
 // catchUp reads the records Follow may not have seen (written before it
 // took its starting point).
 func (pw *progressWatch) catchUp() {
+	pw.mu.Lock()
+	pw.readFileLocked()
+	pw.mu.Unlock()
+	pw.notify()
+}
+
+// readFileLocked gives p the file's records since the request, in time
+// order (those it has seen already it leaves out).
+func (pw *progressWatch) readFileLocked() {
 	recs, _, err := events.ReadFile(pw.path)
 	if err != nil {
 		return
@@ -181,8 +199,16 @@ func (pw *progressWatch) catchUp() {
 	sort.SliceStable(recs, func(i, j int) bool { return recs[i].Time.Before(recs[j].Time) })
 	for _, r := range recs {
 		if !r.Time.Before(pw.p.start) {
-			pw.feed(r)
+			pw.p.record(r)
 		}
+	}
+}
+
+// notify wakes finish's wait for the old generation's end.
+func (pw *progressWatch) notify() {
+	select {
+	case pw.changed <- struct{}{}:
+	default:
 	}
 }
 

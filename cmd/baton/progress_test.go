@@ -49,6 +49,37 @@ func TestProgressOfAnUpgrade(t *testing.T) {
 	}
 }
 
+// Follow may take its starting point after the upgrade's first record
+// was written (it starts in a goroutine of its own): the first step it
+// sees then has the records before it read from the file, so that the
+// "upgrading" line still comes first (an e2e run printed "starting"
+// before it).
+func TestProgressReadsWhatFollowMissed(t *testing.T) {
+	start := time.Now().Add(-time.Second)
+	path := filepath.Join(t.TempDir(), "web.events.jsonl")
+	log, err := events.Open(path, "web", "supervisor", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upgrade := events.Record{Time: start.Add(2 * time.Millisecond), Name: events.UpgradeStarted, Deployment: "d1", Operation: "upgrade", PID: 10, Generation: 2}
+	started := events.Record{Time: start.Add(5 * time.Millisecond), Name: events.Started, Deployment: "d1", Operation: "upgrade", PID: 11, Generation: 3, Duration: 0.003}
+	for _, r := range []events.Record{upgrade, started} {
+		if err := log.Emit(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var b bytes.Buffer
+	pw := &progressWatch{p: newProgress(&b, "web", start), path: path, changed: make(chan struct{}, 1)}
+	pw.feed(started) // what Follow saw first
+	pw.catchUp()     // and finish reads the file again
+	want := `upgrading web: generation 2 (pid 10) serves
+       +5ms  starting     generation 3 (pid 11)
+`
+	if b.String() != want {
+		t.Errorf("progress:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
 func TestProgressOfAFailedUpgrade(t *testing.T) {
 	start := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
 	ms := func(n int) time.Time { return start.Add(time.Duration(n) * time.Millisecond) }
