@@ -56,7 +56,7 @@ func TestProgressOfAnUpgrade(t *testing.T) {
 // before it).
 func TestProgressReadsWhatFollowMissed(t *testing.T) {
 	start := time.Now().Add(-time.Second)
-	path := filepath.Join(t.TempDir(), "web.events.jsonl")
+	path := events.Path(testenv.TempDir(t), "web") // t.TempDir's clean-up fails under Wine
 	log, err := events.Open(path, "web", "supervisor", 0)
 	if err != nil {
 		t.Fatal(err)
