@@ -101,7 +101,7 @@ type clientConn struct {
 	watchStop  bool // set by stopWatch: watch must not clear the read deadline any more
 
 	// idleUntil is the read deadline setIdleDeadline set last; zero when
-	// the deadline was changed otherwise since.
+	// setReadDeadline (or the watch, see stopWatch) changed it since.
 	idleUntil time.Time
 }
 
@@ -200,6 +200,14 @@ func (cc *clientConn) setIdleDeadline(wait time.Duration) {
 	}
 }
 
+// setReadDeadline sets the client connection's read deadline for
+// anything but the wait for a next request, from the connection's own
+// goroutine: setIdleDeadline then sets its deadline again in full.
+func (cc *clientConn) setReadDeadline(t time.Time) {
+	_ = cc.c.SetReadDeadline(t)
+	cc.idleUntil = time.Time{}
+}
+
 // readHead returns the request head (up to and including its empty line)
 // from the read buffer without consuming it; nil when it does not fit or
 // is not plainly CRLF-delimited. The head's end is found with bare LFs
@@ -222,8 +230,7 @@ func (cc *clientConn) readHead(first bool) ([]byte, error) {
 			return nil, nil
 		}
 		if !deadlineSet { // the header read timeout runs from its first byte
-			_ = cc.c.SetReadDeadline(time.Now().Add(cc.p.opts.ReadHeaderTimeout))
-			cc.idleUntil = time.Time{}
+			cc.setReadDeadline(time.Now().Add(cc.p.opts.ReadHeaderTimeout))
 			deadlineSet = true
 		}
 		if _, err := cc.br.Peek(len(buf) + 1); err != nil {
@@ -430,8 +437,7 @@ func (cc *clientConn) stopWatch() (left bool) {
 	_ = cc.c.SetReadDeadline(aLongTimeAgo)
 	cc.watchMu.Unlock()
 	<-cc.watchDone
-	_ = cc.c.SetReadDeadline(time.Time{})
-	cc.idleUntil = time.Time{}
+	cc.setReadDeadline(time.Time{})
 	cc.watching.Store(nil)
 	return cc.left.Load()
 }
@@ -490,8 +496,7 @@ func (cc *clientConn) send(bc *backendConn, ri *reqInfo, reused bool) (wrote, wa
 	}
 	_, _ = cc.br.Discard(len(part))
 	cc.bodyLeft -= int64(len(part))
-	_ = cc.c.SetReadDeadline(time.Time{}) // no body read timeout, as net/http's
-	cc.idleUntil = time.Time{}
+	cc.setReadDeadline(time.Time{}) // no body read timeout, as net/http's
 	for cc.bodyLeft > 0 {
 		if _, err := cc.br.Peek(1); err != nil {
 			return true, false, fmt.Errorf("%w: %w", errClientBody, err)
